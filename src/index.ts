@@ -1,0 +1,46 @@
+/**
+ * cluster-comm: zero-configuration discovery and messaging between processes
+ * on one host and across machines, on Effect.
+ */
+export { ClusterLive } from "./layers/ClusterLive.ts"
+export { ClusterTest, MemoryNetwork, type MemoryNetworkOptions } from "./layers/ClusterTest.ts"
+export { type ClusterConfig, ClusterConfigInput, makeConfig, Profiles } from "./schema/Config.ts"
+export {
+  FrameTooLarge,
+  HookRejected,
+  InvalidMessage,
+  JoinError,
+  ProtocolFailure,
+  type SendAttempt,
+  SendFailed,
+  ServiceNotFound
+} from "./schema/Errors.ts"
+export {
+  checkFrame,
+  type DecodeFailure,
+  decodeFrame,
+  encodeFrame,
+  Frame,
+  FrameFromBytes,
+  frameSize
+} from "./schema/Frame.ts"
+export {
+  Advertised,
+  type ClusterEvent,
+  type Delivery,
+  Message,
+  type Outgoing,
+  ProtocolName,
+  Service,
+  ServiceConflict,
+  ServiceFound,
+  serviceId,
+  ServiceLost,
+  ServiceUpdated
+} from "./schema/Service.ts"
+export { Cluster, type ClusterShape, type Data, type Targets } from "./services/Cluster.ts"
+export { Discovery } from "./services/Discovery.ts"
+export { type Direction, type Hook, HookPoint, Hooks } from "./services/Hooks.ts"
+export { Registry, type Sighting } from "./services/Registry.ts"
+export { type DropReason, Stats, type StatsSnapshot } from "./services/Stats.ts"
+export { type Endpoint, type Inbound, type Protocol, Transport } from "./services/Transport.ts"

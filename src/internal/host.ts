@@ -1,0 +1,67 @@
+/**
+ * What this host is: its id (first non-loopback MAC, else a stable machine id),
+ * its own addresses, and the interface used for multicast.
+ */
+import { createHash, randomBytes } from "node:crypto"
+import { readFileSync } from "node:fs"
+import { hostname, networkInterfaces } from "node:os"
+
+const ZERO_MAC = "00:00:00:00:00:00"
+
+/** 12 hex digits naming this host: the first non-loopback MAC, else a hash of the machine id. */
+export const detectHostId = (): string => {
+  for (const [, addrs] of Object.entries(networkInterfaces())) {
+    const mac = addrs?.find((a) => !a.internal && a.mac !== ZERO_MAC)?.mac
+    if (mac !== undefined) return mac.replaceAll(":", "")
+  }
+  let seed = hostname()
+  for (const file of ["/etc/machine-id", "/var/lib/dbus/machine-id"]) {
+    try {
+      seed = readFileSync(file, "utf8").trim() || seed
+      break
+    } catch {
+      // try the next source
+    }
+  }
+  return createHash("sha256").update(seed).digest("hex").slice(0, 12)
+}
+
+/** A random 64-bit instance id (16 hex digits): a restart gets a new one. */
+export const newInstance = (): string => randomBytes(8).toString("hex")
+
+let localAddresses = new Set<string>()
+let refreshedAt = 0
+
+const refresh = () => {
+  const next = new Set<string>()
+  for (const addrs of Object.values(networkInterfaces())) for (const a of addrs ?? []) next.add(a.address)
+  localAddresses = next
+  refreshedAt = Date.now()
+}
+
+/** Whether an address belongs to this host (loopback, or one of its interfaces). */
+export const isLocalAddress = (address: string): boolean => {
+  if (address.startsWith("127.") || address === "::1" || address.startsWith("::ffff:127.")) return true
+  if (localAddresses.has(address)) return true
+  // Interfaces come and go; look again, but at most once a second.
+  if (Date.now() - refreshedAt > 1000) {
+    refresh()
+    return localAddresses.has(address)
+  }
+  return false
+}
+
+/** The IPv4 address of the interface named (by name or address), or the first non-loopback one. */
+export const interfaceAddress = (wanted: string | undefined): string | undefined => {
+  for (const [name, addrs] of Object.entries(networkInterfaces())) {
+    for (const a of addrs ?? []) {
+      if (a.family !== "IPv4") continue
+      if (wanted === undefined ? !a.internal : wanted === name || wanted === a.address) return a.address
+    }
+  }
+  return undefined
+}
+
+/** `::ffff:1.2.3.4` (an IPv4 peer on a dual-stack socket) as `1.2.3.4`. */
+export const plainAddress = (address: string | undefined): string =>
+  address === undefined ? "" : address.startsWith("::ffff:") ? address.slice(7) : address

@@ -1,0 +1,31 @@
+/**
+ * `ClusterLive`: a member on real sockets. Building the layer joins the
+ * cluster; closing its scope leaves it.
+ */
+import { Effect, Layer } from "effect"
+import { detectHostId, interfaceAddress, newInstance } from "../internal/host.ts"
+import { type ClusterConfigInput, makeConfig } from "../schema/Config.ts"
+import type { JoinError } from "../schema/Errors.ts"
+import type { Cluster } from "../services/Cluster.ts"
+import { Transport } from "../services/Transport.ts"
+import { composeCluster } from "./compose.ts"
+
+/**
+ * Joins the cluster as `name` (or with a full configuration).
+ *
+ * @example
+ * ```ts
+ * Effect.gen(function*() {
+ *   yield* Cluster.broadcast("C", "Hello")
+ * }).pipe(Effect.provide(ClusterLive("service_one")))
+ * ```
+ */
+export const ClusterLive = (nameOrConfig: string | ClusterConfigInput = {}): Layer.Layer<Cluster, JoinError> =>
+  Layer.unwrap(
+    Effect.gen(function*() {
+      const config = yield* Effect.fromResult(makeConfig(nameOrConfig))
+      const sender = { hostId: config.hostId ?? detectHostId(), instance: newInstance(), name: config.name }
+      const address = config.remote === 0 ? "127.0.0.1" : interfaceAddress(config.interface) ?? "0.0.0.0"
+      return composeCluster(config, sender, address, Transport.layer(config))
+    })
+  )

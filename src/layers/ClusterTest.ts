@@ -1,0 +1,137 @@
+/**
+ * `ClusterTest`: members on an in-memory network shared in one process. The
+ * same program that runs on `ClusterLive` runs here unchanged; frames still
+ * go through the codec, and delay (on the Effect clock, so `TestClock` drives
+ * it), loss and refused tcp can be set per network.
+ */
+import { Duration, Effect, Layer, Random, Scope } from "effect"
+import { newInstance } from "../internal/host.ts"
+import { type ClusterConfigInput, makeConfig } from "../schema/Config.ts"
+import { FrameTooLarge, type JoinError, ProtocolFailure } from "../schema/Errors.ts"
+import { encodeFrame, type Frame } from "../schema/Frame.ts"
+import type { ProtocolName } from "../schema/Service.ts"
+import type { Cluster } from "../services/Cluster.ts"
+import { MAX_DATAGRAM } from "../services/protocols/Udp.ts"
+import { fromProtocols, makeInbound, type Protocol, type Receive, Transport } from "../services/Transport.ts"
+import { composeCluster } from "./compose.ts"
+
+export interface MemoryNetworkOptions {
+  /** Probability (0..1) that a datagram (udp) is lost. tcp never loses. */
+  readonly loss?: number
+  /** Delay of every frame. */
+  readonly delay?: Duration.Input
+}
+
+/** An in-memory network: members, their ports, the multicast group, and faults. */
+export class MemoryNetwork {
+  readonly loss: number
+  readonly delay: Duration.Duration
+  private nextPort = 40000
+  private readonly endpoints = new Map<string, Receive>()
+  private readonly group = new Set<Receive>()
+  private readonly refused = new Set<number>()
+
+  constructor(options: MemoryNetworkOptions = {}) {
+    this.loss = options.loss ?? 0
+    this.delay = Duration.fromInputUnsafe(options.delay ?? 0)
+  }
+
+  static make = (options?: MemoryNetworkOptions) => new MemoryNetwork(options)
+
+  /** Makes tcp connections to `port` fail (refused), as when a member's listener is gone. */
+  refuseTcp(port: number): void {
+    this.refused.add(port)
+  }
+
+  /** @internal */
+  attach(receive: Receive) {
+    const udp = this.nextPort++
+    const tcp = this.nextPort++
+    this.endpoints.set(`udp:${udp}`, receive)
+    this.endpoints.set(`tcp:${tcp}`, receive)
+    this.group.add(receive)
+    return {
+      udp,
+      tcp,
+      detach: () => {
+        this.endpoints.delete(`udp:${udp}`)
+        this.endpoints.delete(`tcp:${tcp}`)
+        this.group.delete(receive)
+      }
+    }
+  }
+
+  /** @internal */
+  endpoint(protocol: ProtocolName, port: number): Receive | undefined {
+    return protocol === "tcp" && this.refused.has(port) ? undefined : this.endpoints.get(`${protocol}:${port}`)
+  }
+
+  /** @internal */
+  members(): ReadonlyArray<Receive> {
+    return [...this.group]
+  }
+}
+
+const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolName>) =>
+  Layer.effect(
+    Transport,
+    Effect.gen(function*() {
+      const scope = yield* Scope.Scope
+      const { inbound, receive } = yield* makeInbound(4096)
+      const ports = network.attach(receive)
+      yield* Effect.addFinalizer(() => Effect.sync(ports.detach))
+
+      // Frames travel as bytes, delayed on the Effect clock and, for udp, lost at random.
+      const carry = (to: ReadonlyArray<Receive>, protocol: ProtocolName, frame: Frame) =>
+        Effect.gen(function*() {
+          const bytes = encodeFrame(frame)
+          if (protocol === "udp" && bytes.length > MAX_DATAGRAM) {
+            return yield* new FrameTooLarge({ protocol, size: bytes.length, limit: MAX_DATAGRAM })
+          }
+          const arrive = Effect.sync(() => {
+            for (const r of to) r(bytes, protocol, "127.0.0.1")
+          })
+          if (protocol === "udp" && network.loss > 0 && (yield* Random.next) < network.loss) return
+          if (Duration.isZero(network.delay)) yield* arrive
+          else yield* Effect.sleep(network.delay).pipe(Effect.andThen(arrive), Effect.forkIn(scope))
+        })
+
+      const udp: Protocol = {
+        name: "udp",
+        port: ports.udp,
+        maxFrame: MAX_DATAGRAM,
+        send: (to, frame) => {
+          const target = network.endpoint("udp", to.port)
+          return target === undefined ? Effect.void : carry([target], "udp", frame)
+        }
+      }
+      const tcp: Protocol = {
+        name: "tcp",
+        port: ports.tcp,
+        maxFrame: 16 * 1024 * 1024,
+        send: (to, frame) => {
+          const target = network.endpoint("tcp", to.port)
+          return target === undefined
+            ? Effect.fail(new ProtocolFailure({ protocol: "tcp", message: "connection refused" }))
+            : carry([target], "tcp", frame)
+        }
+      }
+      const byName = new Map<ProtocolName, Protocol>([["udp", udp]])
+      if (protocols.includes("tcp")) byName.set("tcp", tcp)
+      const config = { protocols } as Parameters<typeof fromProtocols>[0]
+      return fromProtocols(config, byName, (frame) => carry(network.members(), "udp", frame), inbound)
+    })
+  )
+
+/** A member on `network`, configured as `ClusterLive` would be. */
+export const ClusterTest = (
+  network: MemoryNetwork,
+  nameOrConfig: string | ClusterConfigInput = {}
+): Layer.Layer<Cluster, JoinError> =>
+  Layer.unwrap(
+    Effect.gen(function*() {
+      const config = yield* Effect.fromResult(makeConfig(nameOrConfig))
+      const sender = { hostId: config.hostId ?? "00000000abcd", instance: newInstance(), name: config.name }
+      return composeCluster(config, sender, "127.0.0.1", transportOn(network, config.protocols))
+    })
+  )

@@ -1,0 +1,38 @@
+/**
+ * How the four services stack, whatever carries the frames: Hooks and Stats
+ * first, then the Transport given, Registry, Discovery, and the Cluster facade.
+ * Closing the stack runs it backwards, so the leave goes out before the sockets close.
+ */
+import { Layer } from "effect"
+import type { ClusterConfig } from "../schema/Config.ts"
+import type { JoinError } from "../schema/Errors.ts"
+import type { Sender } from "../schema/Frame.ts"
+import { serviceId } from "../schema/Service.ts"
+import { Cluster } from "../services/Cluster.ts"
+import { Discovery } from "../services/Discovery.ts"
+import { Hooks } from "../services/Hooks.ts"
+import { Registry } from "../services/Registry.ts"
+import { Stats } from "../services/Stats.ts"
+import type { Transport } from "../services/Transport.ts"
+
+export const composeCluster = (
+  config: ClusterConfig,
+  sender: Sender,
+  address: string,
+  transport: Layer.Layer<Transport, JoinError, Stats>
+): Layer.Layer<Cluster, JoinError> => {
+  // fresh: two members built in one program must not share hooks or counters.
+  const base = Layer.mergeAll(Layer.fresh(Hooks.layer), Layer.fresh(Stats.layer))
+  const withTransport = transport.pipe(Layer.provideMerge(base))
+  const withRegistry = Registry.layer({
+    ttl: config.ttl,
+    self: { id: serviceId(sender.hostId, sender.name), instance: sender.instance },
+    bufferSize: config.bufferSize
+  }).pipe(Layer.provideMerge(withTransport))
+  const withDiscovery = Discovery.layer({ sender, heartbeat: config.heartbeat, address }).pipe(
+    Layer.provideMerge(withRegistry)
+  )
+  return Cluster.layer({ sender, remote: config.remote, bufferSize: config.bufferSize }).pipe(
+    Layer.provide(withDiscovery)
+  )
+}

@@ -1,0 +1,291 @@
+/**
+ * Wire frames: the single definition of what crosses the network.
+ *
+ * Every frame starts with the same 19-byte header plus the sender's name:
+ *
+ * | offset | size | field                                         |
+ * | ------ | ---- | --------------------------------------------- |
+ * | 0      | 1    | magic `0xCC`                                  |
+ * | 1      | 1    | version (1)                                   |
+ * | 2      | 1    | kind: 1 heartbeat, 2 probe, 3 answer, 4 leave, 5 message |
+ * | 3      | 1    | flags (reserved, 0)                           |
+ * | 4      | 6    | sender host id (12 hex digits as 6 bytes)     |
+ * | 10     | 8    | sender instance (random per process)          |
+ * | 18     | 1    | sender name length N (1..48)                  |
+ * | 19     | N    | sender name, UTF-8                            |
+ *
+ * Heartbeat, probe and answer then carry the protocols the sender speaks, in
+ * its order of preference: a count K (0..8) and K entries of
+ * `u8 protocol (1 tcp, 2 udp), u16 port`. A leave carries nothing more.
+ * A message carries `u8 op length (1..32), op, u16 channel, u8 target count T
+ * (0..32)`, T targets of `6 bytes host id, u8 name length, name`, then the data
+ * up to the end of the frame (the datagram, or the tcp length prefix, delimits it).
+ *
+ * All integers are big-endian. The codec below is plain synchronous code (it
+ * runs once per frame); `FrameFromBytes` exposes it as a Schema transformation.
+ */
+import { Effect, Schema, SchemaIssue, SchemaTransformation } from "effect"
+import { Advertised, type ProtocolName } from "./Service.ts"
+
+export const MAGIC = 0xcc
+export const VERSION = 1
+export const HEADER_SIZE = 19
+export const MAX_NAME_BYTES = 48
+export const MAX_OP_BYTES = 32
+export const MAX_TARGETS = 32
+export const MAX_PROTOCOLS = 8
+
+const HostId = Schema.String.check(Schema.isPattern(/^[0-9a-f]{12}$/))
+const Instance = Schema.String.check(Schema.isPattern(/^[0-9a-f]{16}$/))
+const Name = Schema.String.check(Schema.isMinLength(1))
+
+/** Who sent a frame. */
+export const Sender = Schema.Struct({ hostId: HostId, instance: Instance, name: Name })
+export type Sender = typeof Sender.Type
+
+const beaconFields = { sender: Sender, protocols: Schema.Array(Advertised) }
+
+/** Periodic "I am alive, reach me here". */
+export const Heartbeat = Schema.TaggedStruct("Heartbeat", beaconFields)
+/** Sent once at join: every member answers it directly with an `Answer`. */
+export const Probe = Schema.TaggedStruct("Probe", beaconFields)
+/** A member's direct reply to a probe: its own descriptor. */
+export const Answer = Schema.TaggedStruct("Answer", beaconFields)
+/** Sent when a member's scope closes, so peers drop it at once. */
+export const Leave = Schema.TaggedStruct("Leave", { sender: Sender })
+/** An op-coded message; non-empty `targets` (service ids) means only they accept it. */
+export const MessageFrame = Schema.TaggedStruct("Message", {
+  sender: Sender,
+  op: Schema.String.check(Schema.isMinLength(1)),
+  channel: Schema.Int,
+  targets: Schema.Array(Schema.String),
+  data: Schema.Uint8Array
+})
+
+export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame])
+export type Frame = typeof Frame.Type
+export type Beacon = typeof Heartbeat.Type | typeof Probe.Type | typeof Answer.Type
+export type MessageFrame = typeof MessageFrame.Type
+
+/** Why a frame from the network was not accepted; every reason is counted. */
+export type DecodeFailure =
+  | "truncated"
+  | "bad-magic"
+  | "unknown-version"
+  | "unknown-kind"
+  | "invalid-field"
+  | "trailing-bytes"
+
+const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5 } as const
+const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message"] as const
+const PROTOCOL_ID: Record<ProtocolName, number> = { tcp: 1, udp: 2 }
+const PROTOCOL_BY_ID: ReadonlyArray<ProtocolName | undefined> = [undefined, "tcp", "udp"]
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
+
+const writeHostId = (buf: Buffer, at: number, hostId: string) => buf.write(hostId, at, 6, "hex")
+
+const idParts = (id: string): [hostId: string, name: string] => {
+  const at = id.indexOf("@")
+  return [id.slice(0, at), id.slice(at + 1)]
+}
+
+/** The encoded size of a frame, without any headroom. */
+export const frameSize = (frame: Frame): number => {
+  let size = HEADER_SIZE + Buffer.byteLength(frame.sender.name)
+  switch (frame._tag) {
+    case "Leave":
+      return size
+    case "Message":
+      size += 1 + Buffer.byteLength(frame.op) + 2 + 1 + frame.data.byteLength
+      for (const t of frame.targets) size += 6 + 1 + Buffer.byteLength(idParts(t)[1])
+      return size
+    default:
+      return size + 1 + 3 * frame.protocols.length
+  }
+}
+
+/**
+ * Encodes a frame. `headroom` bytes are left free at the start (tcp writes its
+ * length prefix there, so a frame goes out in one write without a copy).
+ * Callers pass frames they built themselves; limits are checked by `checkFrame`.
+ */
+export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
+  const size = frameSize(frame)
+  const buf = Buffer.allocUnsafe(headroom + size)
+  let at = headroom
+  buf[at++] = MAGIC
+  buf[at++] = VERSION
+  buf[at++] = KIND[frame._tag]
+  buf[at++] = 0
+  writeHostId(buf, at, frame.sender.hostId)
+  at += 6
+  buf.write(frame.sender.instance, at, 8, "hex")
+  at += 8
+  const nameLen = buf.write(frame.sender.name, at + 1, "utf8")
+  buf[at] = nameLen
+  at += 1 + nameLen
+  switch (frame._tag) {
+    case "Leave":
+      break
+    case "Message": {
+      const opLen = buf.write(frame.op, at + 1, "utf8")
+      buf[at] = opLen
+      at += 1 + opLen
+      buf.writeUInt16BE(frame.channel, at)
+      at += 2
+      buf[at++] = frame.targets.length
+      for (const t of frame.targets) {
+        const [hostId, name] = idParts(t)
+        writeHostId(buf, at, hostId)
+        at += 6
+        const len = buf.write(name, at + 1, "utf8")
+        buf[at] = len
+        at += 1 + len
+      }
+      buf.set(frame.data, at)
+      break
+    }
+    default:
+      buf[at++] = frame.protocols.length
+      for (const p of frame.protocols) {
+        buf[at++] = PROTOCOL_ID[p.protocol]
+        buf.writeUInt16BE(p.port, at)
+        at += 2
+      }
+  }
+  return buf
+}
+
+/** Why a frame we are about to send is not valid on the wire, or undefined when it is. */
+export const checkFrame = (frame: Frame): string | undefined => {
+  const nameLen = Buffer.byteLength(frame.sender.name)
+  if (nameLen < 1 || nameLen > MAX_NAME_BYTES) return `name must be 1..${MAX_NAME_BYTES} bytes`
+  if (frame._tag === "Message") {
+    const opLen = Buffer.byteLength(frame.op)
+    if (opLen < 1 || opLen > MAX_OP_BYTES) return `op must be 1..${MAX_OP_BYTES} bytes`
+    if (!Number.isInteger(frame.channel) || frame.channel < 0 || frame.channel > 65535) return "channel must be 0..65535"
+    if (frame.targets.length > MAX_TARGETS) return `at most ${MAX_TARGETS} targets`
+  } else if (frame._tag !== "Leave" && frame.protocols.length > MAX_PROTOCOLS) {
+    return `at most ${MAX_PROTOCOLS} protocols`
+  }
+  return undefined
+}
+
+class Malformed {
+  readonly reason: DecodeFailure
+  constructor(reason: DecodeFailure) {
+    this.reason = reason
+  }
+}
+
+/**
+ * Decodes one frame, or says why it is not one. Never throws: every byte
+ * sequence is either a frame or a `DecodeFailure`.
+ */
+export const decodeFrame = (bytes: Uint8Array): Frame | DecodeFailure => {
+  try {
+    return decodeOrThrow(bytes)
+  } catch (e) {
+    if (e instanceof Malformed) return e.reason
+    // A fatal TextDecoder rejects invalid UTF-8 by throwing a TypeError.
+    return "invalid-field"
+  }
+}
+
+export const isDecodeFailure = (r: Frame | DecodeFailure): r is DecodeFailure => typeof r === "string"
+
+const decodeOrThrow = (bytes: Uint8Array): Frame => {
+  const buf = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  const end = buf.length
+  if (end < 4) throw new Malformed("truncated")
+  if (buf[0] !== MAGIC) throw new Malformed("bad-magic")
+  if (buf[1] !== VERSION) throw new Malformed("unknown-version")
+  const tag = TAG[buf[2]!]
+  if (tag === undefined) throw new Malformed("unknown-kind")
+  if (end < HEADER_SIZE) throw new Malformed("truncated")
+  let at = 4
+  const hostId = buf.toString("hex", at, at + 6)
+  at += 6
+  const instance = buf.toString("hex", at, at + 8)
+  at += 8
+  const name = readString(buf, at, MAX_NAME_BYTES)
+  at += 1 + buf[at]!
+  const sender: Sender = { hostId, instance, name }
+  switch (tag) {
+    case "Leave":
+      if (at !== end) throw new Malformed("trailing-bytes")
+      return { _tag: "Leave", sender }
+    case "Message": {
+      const op = readString(buf, at, MAX_OP_BYTES)
+      at += 1 + buf[at]!
+      need(buf, at, 3)
+      const channel = buf.readUInt16BE(at)
+      at += 2
+      const count = buf[at++]!
+      if (count > MAX_TARGETS) throw new Malformed("invalid-field")
+      const targets: Array<string> = []
+      for (let i = 0; i < count; i++) {
+        need(buf, at, 6)
+        const targetHost = buf.toString("hex", at, at + 6)
+        at += 6
+        targets.push(`${targetHost}@${readString(buf, at, MAX_NAME_BYTES)}`)
+        at += 1 + buf[at]!
+      }
+      return { _tag: "Message", sender, op, channel, targets, data: buf.subarray(at, end) }
+    }
+    default: {
+      need(buf, at, 1)
+      const count = buf[at++]!
+      if (count > MAX_PROTOCOLS) throw new Malformed("invalid-field")
+      need(buf, at, 3 * count)
+      const protocols: Array<Advertised> = []
+      for (let i = 0; i < count; i++) {
+        const protocol = PROTOCOL_BY_ID[buf[at]!]
+        const port = buf.readUInt16BE(at + 1)
+        at += 3
+        // Unknown protocol ids come from newer members: skip them, keep the rest.
+        if (protocol !== undefined) protocols.push({ protocol, port })
+      }
+      if (at !== end) throw new Malformed("trailing-bytes")
+      return { _tag: tag, sender, protocols }
+    }
+  }
+}
+
+const need = (buf: Buffer, at: number, n: number) => {
+  if (at + n > buf.length) throw new Malformed("truncated")
+}
+
+/** A u8 length-prefixed UTF-8 string of 1..max bytes. */
+const readString = (buf: Buffer, at: number, max: number): string => {
+  need(buf, at, 1)
+  const len = buf[at]!
+  if (len === 0 || len > max) throw new Malformed("invalid-field")
+  need(buf, at + 1, len)
+  return strictUtf8.decode(buf.subarray(at + 1, at + 1 + len))
+}
+
+/**
+ * The codec as a Schema: bytes to a typed frame, each malformed input a
+ * typed decode failure naming its reason.
+ */
+export const FrameFromBytes = Schema.Uint8Array.pipe(
+  Schema.decodeTo(
+    Frame,
+    SchemaTransformation.transformEffect({
+      decode: (bytes: Uint8Array) => {
+        const result = decodeFrame(bytes)
+        return isDecodeFailure(result)
+          ? Effect.fail(new SchemaIssue.InvalidValue({ message: result }, bytes))
+          : Effect.succeed(result)
+      },
+      encode: (frame: Frame) => {
+        const problem = checkFrame(frame)
+        return problem === undefined
+          ? Effect.succeed(new Uint8Array(encodeFrame(frame)))
+          : Effect.fail(new SchemaIssue.InvalidValue({ message: problem }, frame))
+      }
+    })
+  )
+)

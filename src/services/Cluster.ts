@@ -1,0 +1,283 @@
+/**
+ * Cluster: the public API, a facade over Discovery, Registry, Transport and
+ * Hooks. It runs the two pipelines of DESIGN.md:
+ *
+ * - receive: decode (Transport) -> drop checks (own, non-local, channel,
+ *   filter) -> service eval -> validate | found (Registry) -> protocol <p>
+ *   receive -> receive -> op <op> receive -> `messages`
+ * - send: op <op> send -> protocol <p> send -> send -> encode (Transport),
+ *   per protocol in the peer's order until one carries the frame
+ */
+import { Context, Effect, Layer, PubSub, Queue, Stream } from "effect"
+import { isLocalAddress } from "../internal/host.ts"
+import {
+  type FrameTooLarge,
+  type HookRejected,
+  InvalidMessage,
+  type ProtocolFailure,
+  type SendAttempt,
+  SendFailed,
+  ServiceNotFound
+} from "../schema/Errors.ts"
+import { checkFrame, type MessageFrame, type Sender } from "../schema/Frame.ts"
+import {
+  type ClusterEvent,
+  type Delivery,
+  Message,
+  type Outgoing,
+  type ProtocolName,
+  type Service,
+  toBytes
+} from "../schema/Service.ts"
+import { Discovery } from "./Discovery.ts"
+import { type Hook, type HookPoint, HookPoint as Points, Hooks } from "./Hooks.ts"
+import { Registry } from "./Registry.ts"
+import { Stats, type StatsSnapshot } from "./Stats.ts"
+import { type Inbound, Transport } from "./Transport.ts"
+
+/** Who to send to: a service, several, or resolve terms (every term must match). */
+export type Targets = Service | string | ReadonlyArray<Service | string>
+
+export type Data = string | Uint8Array
+
+/** Channels every member is on (issue: more to come): 0 broadcast, 1 system, 2 lan. */
+const CHANNELS = new Set([0, 1, 2])
+
+export interface ClusterShape {
+  /** This member as the others see it. */
+  readonly self: Effect.Effect<Service>
+  /** Every service discovered and not yet lost (other members; not this one). */
+  readonly services: Effect.Effect<ReadonlyArray<Service>>
+  /** The distinct addresses of those services. */
+  readonly ips: Effect.Effect<ReadonlyArray<string>>
+  /**
+   * Services matching every term: a name, an id (`hostId@name`), a host id,
+   * an address, or `localhost` (services on this host).
+   */
+  readonly resolve: (...terms: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Service>>
+  /** Sends `op` with `data` to every member by multicast. */
+  readonly broadcast: (
+    op: string,
+    data: Data
+  ) => Effect.Effect<void, HookRejected | FrameTooLarge | ProtocolFailure | InvalidMessage>
+  /**
+   * Sends `op` with `data` to each target directly, trying the target's
+   * protocols in its order among those we speak; reports which one carried it.
+   */
+  readonly sendTo: (
+    targets: Targets,
+    op: string,
+    data: Data
+  ) => Effect.Effect<ReadonlyArray<Delivery>, SendFailed | HookRejected | ServiceNotFound | InvalidMessage>
+  /**
+   * Registers a hook at a point. It is removed when the caller's scope closes
+   * (if the caller runs in one); otherwise it lives as long as the member.
+   */
+  readonly hook: <A>(point: HookPoint<A>, hook: Hook<A>) => Effect.Effect<void>
+  /** Membership events, from the moment the stream starts. */
+  readonly events: Stream.Stream<ClusterEvent>
+  /** Delivered messages (after every receive hook), from the moment the stream starts. */
+  readonly messages: Stream.Stream<Message>
+  /** Frames in and out, and drops by reason. */
+  readonly stats: Effect.Effect<StatsSnapshot>
+}
+
+export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-comm/Cluster") {
+  static readonly self = Cluster.use((c) => c.self)
+  static readonly services = Cluster.use((c) => c.services)
+  static readonly ips = Cluster.use((c) => c.ips)
+  static readonly resolve = (...terms: ReadonlyArray<string>) => Cluster.use((c) => c.resolve(...terms))
+  static readonly broadcast = (op: string, data: Data) => Cluster.use((c) => c.broadcast(op, data))
+  static readonly sendTo = (targets: Targets, op: string, data: Data) =>
+    Cluster.use((c) => c.sendTo(targets, op, data))
+  static readonly hook = <A>(point: HookPoint<A>, hook: Hook<A>) => Cluster.use((c) => c.hook(point, hook))
+  static readonly events = Stream.unwrap(Cluster.useSync((c) => c.events))
+  static readonly messages = Stream.unwrap(Cluster.useSync((c) => c.messages))
+  static readonly stats = Cluster.use((c) => c.stats)
+
+  /** The facade over the four services; `remote: 0` drops frames from other hosts. */
+  static readonly layer = (options: { readonly sender: Sender; readonly remote: number; readonly bufferSize: number }) =>
+    Layer.effect(
+      Cluster,
+      Effect.gen(function*() {
+        const transport = yield* Transport
+        const registry = yield* Registry
+        const discovery = yield* Discovery
+        const hooks = yield* Hooks
+        const stats = yield* Stats
+        const { sender } = options
+        const selfId = discovery.self.id
+        const delivered = yield* PubSub.dropping<Message>(options.bufferSize)
+        yield* Effect.addFinalizer(() => PubSub.shutdown(delivered))
+
+        // ---- receive ----
+
+        const receiveMessage = (frame: MessageFrame, protocol: ProtocolName, address: string) => {
+          if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {
+            stats.drop("filtered")
+            return Effect.void
+          }
+          return registry.observe({ sender: frame.sender, address }).pipe(
+            Effect.flatMap((from) => {
+              if (from === undefined) return Effect.void
+              const message = new Message(frame.op, frame.data, from, protocol, frame.channel)
+              return hooks.run(Points.protocol(protocol, "receive"), message).pipe(
+                Effect.flatMap((m) => hooks.run(Points.receive, m)),
+                Effect.flatMap((m) => hooks.run(Points.op(frame.op, "receive"), m)),
+                Effect.map((m) => {
+                  if (!PubSub.publishUnsafe(delivered, normalize(m))) stats.drop("subscriber-full")
+                }),
+                Effect.catchTag("HookRejected", () => Effect.sync(() => stats.drop("hook-rejected")))
+              )
+            })
+          )
+        }
+
+        const dispatch = ({ frame, protocol, address }: Inbound): Effect.Effect<void> => {
+          if (frame.sender.instance === sender.instance) {
+            stats.drop("own")
+            return Effect.void
+          }
+          if (options.remote === 0 && !isLocalAddress(address)) {
+            stats.drop("non-local")
+            return Effect.void
+          }
+          if (frame._tag === "Message") {
+            if (!CHANNELS.has(frame.channel)) {
+              stats.drop("channel")
+              return Effect.void
+            }
+            return receiveMessage(frame, protocol, address)
+          }
+          return discovery.handle(frame, address)
+        }
+
+        yield* Effect.gen(function*() {
+          while (true) {
+            const batch = yield* Queue.takeAll(transport.inbound)
+            for (const inbound of batch) yield* dispatch(inbound)
+          }
+        }).pipe(Effect.forkScoped)
+
+        // ---- send ----
+
+        const checked = (frame: MessageFrame) => {
+          const problem = checkFrame(frame)
+          return problem === undefined ? Effect.succeed(frame) : Effect.fail(new InvalidMessage({ message: problem }))
+        }
+
+        /** op hook done: protocol hook, send hook, then the frame to encode. */
+        const outbound = (out: Outgoing, protocol: ProtocolName) =>
+          hooks.run(Points.protocol(protocol, "send"), out.protocol === protocol ? out : { ...out, protocol }).pipe(
+            Effect.flatMap((o) => hooks.run(Points.send, o)),
+            Effect.flatMap((o) =>
+              checked({
+                _tag: "Message",
+                sender,
+                op: o.op,
+                channel: o.channel,
+                targets: o.targets.map((t) => t.id),
+                data: o.data
+              })
+            )
+          )
+
+        const broadcast = (op: string, data: Data) =>
+          Effect.suspend(() => {
+            const out: Outgoing = { op, data: toBytes(data), channel: 0, targets: [], protocol: "udp" }
+            return hooks.run(Points.op(op, "send"), out).pipe(
+              Effect.flatMap((o) => outbound(o, "udp")),
+              Effect.flatMap((frame) => transport.multicast(frame)),
+              Effect.tap(() => Effect.sync(() => stats.frameOut()))
+            )
+          })
+
+        const sendOne = (peer: Service, op: string, data: Uint8Array) =>
+          Effect.gen(function*() {
+            const speaks = new Set(transport.advertised.map((a) => a.protocol))
+            const common = peer.protocols.map((p) => p.protocol).filter((p) => speaks.has(p))
+            // Nothing in common (we have not had its beacon yet): a filtered datagram.
+            const order: ReadonlyArray<ProtocolName> = common.length > 0 ? common : ["udp"]
+            const out = yield* hooks.run(Points.op(op, "send"), {
+              op,
+              data,
+              channel: 0,
+              targets: [peer],
+              protocol: order[0]!
+            })
+            const attempts: Array<SendAttempt> = []
+            for (const protocol of order) {
+              const frame = yield* outbound(out, protocol)
+              const sent = yield* Effect.result(transport.send(protocol, peer, frame))
+              if (sent._tag === "Success") {
+                stats.frameOut()
+                return { service: peer, protocol } satisfies Delivery
+              }
+              attempts.push({ protocol, cause: sent.failure })
+            }
+            return yield* new SendFailed({ service: peer, attempts })
+          })
+
+        const services = registry.list
+
+        const resolve = (...terms: ReadonlyArray<string>) =>
+          Effect.map(services, (all) => all.filter((s) => terms.every((t) => matches(s, t))))
+
+        const targetsOf = (targets: Targets) =>
+          Effect.gen(function*() {
+            const list = typeof targets === "string" || !Array.isArray(targets) ? [targets as Service | string] : targets
+            const found: Array<Service> = []
+            for (const t of list) {
+              if (typeof t !== "string") {
+                found.push(t)
+                continue
+              }
+              const matched = yield* resolve(t)
+              if (matched.length === 0) return yield* new ServiceNotFound({ terms: [t] })
+              found.push(...matched)
+            }
+            // One frame per service, even when several terms name it.
+            return [...new Map(found.map((s) => [s.id, s])).values()]
+          })
+
+        const sendTo = (targets: Targets, op: string, data: Data) =>
+          Effect.gen(function*() {
+            const peers = yield* targetsOf(targets)
+            const bytes = toBytes(data)
+            // Every target is tried even if another fails; the first failure is reported.
+            const results = yield* Effect.forEach(peers, (peer) => Effect.result(sendOne(peer, op, bytes)), {
+              concurrency: "unbounded"
+            })
+            const deliveries: Array<Delivery> = []
+            for (const r of results) {
+              if (r._tag === "Failure") return yield* Effect.fail(r.failure)
+              deliveries.push(r.success)
+            }
+            return deliveries
+          })
+
+        return Cluster.of({
+          self: Effect.sync(() => ({ ...discovery.self })),
+          services,
+          ips: Effect.map(services, (all) => [...new Set(all.map((s) => s.address))]),
+          resolve,
+          broadcast,
+          sendTo,
+          hook: (point, hook) => hooks.register(point, hook),
+          events: registry.events,
+          messages: Stream.fromPubSub(delivered),
+          stats: stats.snapshot
+        })
+      })
+    )
+}
+
+/** A hook may hand back a plain object built from a message: make it a Message again. */
+const normalize = (m: Message): Message => {
+  if (m instanceof Message) return m
+  const o = m as Omit<Message, "data"> & { readonly data: Data }
+  return new Message(o.op, toBytes(o.data), o.from, o.protocol, o.channel ?? 0)
+}
+
+const matches = (s: Service, term: string) =>
+  term === s.name || term === s.id || term === s.hostId || term === s.address || (term === "localhost" && s.local)

@@ -1,0 +1,104 @@
+/**
+ * Hook points: user functions that see, change or cancel what passes. Each
+ * point holds an ordered list of hooks; each hook gets the previous one's
+ * result. A hook that fails with anything but `HookRejected`, or dies, is
+ * logged and counts as a rejection: it never takes the member down.
+ */
+import { Cause, Context, Effect, Layer, Option, Scope } from "effect"
+import { HookRejected } from "../schema/Errors.ts"
+import type { Message, Outgoing, ProtocolName, Service } from "../schema/Service.ts"
+
+/** A named place in the send, receive or membership pipeline; `A` is what its hooks see. */
+export interface HookPoint<A> {
+  readonly key: string
+  /** Phantom: the value type its hooks receive and return. */
+  readonly _A?: (a: A) => A
+}
+
+export type Direction = "send" | "receive"
+type Carried<D extends Direction> = D extends "send" ? Outgoing : Message
+
+const point = <A>(key: string): HookPoint<A> => ({ key })
+
+/** The hook points of the Tcl package, in their order of use (see README). */
+export const HookPoint = {
+  /** Every outgoing message, after its op and protocol hooks, before encoding. */
+  send: point<Outgoing>("send"),
+  /** Every incoming message, after its protocol hook, before its op hook. */
+  receive: point<Message>("receive"),
+  /** Messages carried by protocol `p`. */
+  protocol: <D extends Direction>(p: ProtocolName, direction: D): HookPoint<Carried<D>> =>
+    point(`protocol ${p} ${direction}`),
+  /** Messages with op `op`. */
+  op: <D extends Direction>(op: string, direction: D): HookPoint<Carried<D>> => point(`op ${op} ${direction}`),
+  /**
+   * Membership: `eval` sees every sender's descriptor first, then `validate`
+   * (a known service) or `found` (a new one); `lost` runs when one expires or leaves.
+   */
+  service: (stage: "eval" | "validate" | "found" | "lost"): HookPoint<Service> => point(`service ${stage}`)
+} as const
+
+/** A hook: return the (possibly changed) value, or fail with `HookRejected` to cancel. */
+export type Hook<A> = (value: A) => Effect.Effect<A, HookRejected>
+
+export class Hooks extends Context.Service<Hooks, {
+  /**
+   * Adds a hook. It is removed when the caller's scope closes, if the caller
+   * runs in one; otherwise it lives as long as the member.
+   */
+  readonly register: <A>(point: HookPoint<A>, hook: Hook<A>) => Effect.Effect<void>
+  /** Runs a point's hooks in order; the value itself when none are registered. */
+  readonly run: <A>(point: HookPoint<A>, value: A) => Effect.Effect<A, HookRejected>
+  /** Whether a point has hooks (lets the hot path skip building an Effect). */
+  readonly has: (point: HookPoint<any>) => boolean
+}>()("cluster-comm/Hooks") {
+  static readonly layer = Layer.sync(Hooks, () => {
+    const points = new Map<string, Array<Hook<any>>>()
+
+    const guarded = <A>(key: string, hook: Hook<A>, value: A): Effect.Effect<A, HookRejected> =>
+      Effect.suspend(() => hook(value)).pipe(
+        Effect.flatMap((next) =>
+          next === undefined || next === null
+            ? Effect.fail(new HookRejected({ point: key, reason: "hook returned no value" }))
+            : Effect.succeed(next)
+        ),
+        Effect.catchCause((cause) => {
+          if (Cause.hasInterrupts(cause)) return Effect.failCause(cause)
+          const error = Cause.findError(cause)
+          if (error._tag === "Success" && error.success instanceof HookRejected) return Effect.fail(error.success)
+          return Effect.logWarning(`hook at "${key}" failed; the frame is rejected`, Cause.pretty(cause)).pipe(
+            Effect.andThen(Effect.fail(new HookRejected({ point: key, reason: "hook failed", cause: Cause.squash(cause) })))
+          )
+        })
+      )
+
+    return Hooks.of({
+      register: (p, hook) =>
+        Effect.serviceOption(Scope.Scope).pipe(
+          Effect.flatMap((scope) => {
+            const list = points.get(p.key) ?? []
+            list.push(hook)
+            points.set(p.key, list)
+            const remove = Effect.sync(() => {
+              const list = points.get(p.key)
+              if (list === undefined) return
+              const i = list.indexOf(hook)
+              if (i >= 0) list.splice(i, 1)
+              if (list.length === 0) points.delete(p.key)
+            })
+            return Option.isSome(scope) ? Scope.addFinalizer(scope.value, remove) : Effect.void
+          })
+        ),
+      run: <A>(p: HookPoint<A>, value: A) => {
+        const list = points.get(p.key)
+        if (list === undefined) return Effect.succeed(value)
+        // Copy: a hook may register or remove hooks while the chain runs.
+        const chain = list.slice()
+        let effect: Effect.Effect<A, HookRejected> = Effect.succeed(value)
+        for (const hook of chain) effect = Effect.flatMap(effect, (v) => guarded(p.key, hook, v))
+        return effect
+      },
+      has: (p) => points.has(p.key)
+    })
+  })
+}

@@ -1,0 +1,177 @@
+/**
+ * The registry: every service heard of, by id. It runs the membership hooks
+ * (`service eval`, then `validate` or `found`; `lost`), expires services
+ * unheard for `ttl`, tells restarts from conflicts, and publishes events.
+ */
+import { Clock, Context, Duration, Effect, Layer, PubSub, Schedule, Stream } from "effect"
+import { isLocalAddress } from "../internal/host.ts"
+import type { Sender } from "../schema/Frame.ts"
+import {
+  type Advertised,
+  type ClusterEvent,
+  type Service,
+  ServiceConflict,
+  ServiceFound,
+  serviceId,
+  ServiceLost,
+  ServiceUpdated
+} from "../schema/Service.ts"
+import { HookPoint, Hooks } from "./Hooks.ts"
+import { Stats } from "./Stats.ts"
+
+/** What a frame says of its sender; `protocols` only when it is a beacon. */
+export interface Sighting {
+  readonly sender: Sender
+  readonly address: string
+  readonly protocols?: ReadonlyArray<Advertised> | undefined
+}
+
+export interface RegistryOptions {
+  readonly ttl: Duration.Duration
+  /** Our own id and instance: a frame claiming our id from another instance is a conflict. */
+  readonly self: { readonly id: string; readonly instance: string }
+  readonly bufferSize: number
+}
+
+export class Registry extends Context.Service<Registry, {
+  /**
+   * Records a sign of life. Returns the service as registered, or undefined
+   * when the frame must go no further (a hook rejected it, or it comes from
+   * an instance in conflict); such drops are counted here.
+   */
+  readonly observe: (sighting: Sighting) => Effect.Effect<Service | undefined>
+  /** The sender said it leaves: drop it now, if that instance is the one we know. */
+  readonly leave: (sender: Sender) => Effect.Effect<void>
+  /** A service by id, synchronously (for the per-frame path). */
+  readonly get: (id: string) => Service | undefined
+  /** Every known service, as a snapshot. */
+  readonly list: Effect.Effect<ReadonlyArray<Service>>
+  /** Found, lost, updated and conflict events, from subscription on. */
+  readonly events: Stream.Stream<ClusterEvent>
+}>()("cluster-comm/Registry") {
+  static readonly layer = (options: RegistryOptions) =>
+    Layer.effect(
+      Registry,
+      Effect.gen(function*() {
+        const hooks = yield* Hooks
+        const stats = yield* Stats
+        const clock = yield* Clock.Clock
+        const ttlMillis = Duration.toMillis(options.ttl)
+        const services = new Map<string, Service>()
+        // Instances replaced by a newer one under the same id: heard again, they are in conflict.
+        const retired = new Map<string, string>()
+        const reported = new Set<string>()
+        const pubsub = yield* PubSub.dropping<ClusterEvent>(options.bufferSize)
+        yield* Effect.addFinalizer(() => PubSub.shutdown(pubsub))
+
+        const publish = (event: ClusterEvent) => {
+          if (!PubSub.publishUnsafe(pubsub, event)) stats.drop("subscriber-full")
+        }
+
+        const conflict = (service: Service, kept: string, rejected: string) => {
+          stats.drop("conflict")
+          const key = `${service.id}/${rejected}`
+          if (reported.has(key)) return Effect.succeed(undefined)
+          reported.add(key)
+          publish(new ServiceConflict({ service, instances: [kept, rejected] }))
+          return Effect.logWarning(
+            `two live processes claim ${service.id} (instances ${kept} and ${rejected}); ${rejected} is ignored`
+          ).pipe(Effect.as(undefined))
+        }
+
+        const lose = (service: Service, why: "left" | "expired") => {
+          services.delete(service.id)
+          publish(new ServiceLost({ service, why }))
+          // A loss cannot be cancelled: the hook sees it, its verdict is moot.
+          return hooks.has(HookPoint.service("lost"))
+            ? Effect.ignore(hooks.run(HookPoint.service("lost"), service))
+            : Effect.void
+        }
+
+        const observe = (sighting: Sighting): Effect.Effect<Service | undefined> =>
+          Effect.suspend(() => {
+            const { sender, address } = sighting
+            const id = serviceId(sender.hostId, sender.name)
+            const known = services.get(id)
+            const now = clock.currentTimeMillisUnsafe()
+            if (id === options.self.id) {
+              return conflict(
+                serviceFrom(id, sighting, [], now),
+                options.self.instance,
+                sender.instance
+              )
+            }
+            if (known !== undefined && known.instance !== sender.instance && retired.get(id) === sender.instance) {
+              return conflict(known, known.instance, sender.instance)
+            }
+            const protocols = sighting.protocols ?? (known?.instance === sender.instance ? known.protocols : [])
+            // Fast path: nothing changed and no hook wants to see it.
+            if (
+              known !== undefined && known.instance === sender.instance && known.address === address &&
+              sameProtocols(known.protocols, protocols) && !hooks.has(HookPoint.service("eval")) &&
+              !hooks.has(HookPoint.service("validate"))
+            ) {
+              ;(known as { lastSeen: number }).lastSeen = now
+              return Effect.succeed(known)
+            }
+            return hooks.run(HookPoint.service("eval"), serviceFrom(id, sighting, protocols, now)).pipe(
+              Effect.flatMap((s) => hooks.run(HookPoint.service(known === undefined ? "found" : "validate"), s)),
+              Effect.map((s) => {
+                // A hook may change details, never the identity the frame proved.
+                const service: Service = { ...s, id, hostId: sender.hostId, name: sender.name, instance: sender.instance }
+                const current = services.get(id)
+                services.set(id, service)
+                if (current === undefined) publish(new ServiceFound({ service }))
+                else if (changed(current, service)) {
+                  if (current.instance !== service.instance) retired.set(id, current.instance)
+                  publish(new ServiceUpdated({ service, previous: current }))
+                }
+                return service
+              }),
+              Effect.catchTag("HookRejected", () => {
+                stats.drop("hook-rejected")
+                return Effect.succeed(undefined)
+              })
+            )
+          })
+
+        const sweep = Effect.gen(function*() {
+          const now = clock.currentTimeMillisUnsafe()
+          for (const service of [...services.values()]) {
+            if (now - service.lastSeen > ttlMillis) yield* lose(service, "expired")
+          }
+        })
+        const every = Duration.millis(Math.min(1000, Math.max(50, ttlMillis / 4)))
+        yield* sweep.pipe(Effect.repeat(Schedule.spaced(every)), Effect.forkScoped)
+
+        return Registry.of({
+          observe,
+          leave: (sender) =>
+            Effect.suspend(() => {
+              const known = services.get(serviceId(sender.hostId, sender.name))
+              return known !== undefined && known.instance === sender.instance ? lose(known, "left") : Effect.void
+            }),
+          get: (id) => services.get(id),
+          list: Effect.sync(() => [...services.values()].map((s) => ({ ...s }))),
+          events: Stream.fromPubSub(pubsub)
+        })
+      })
+    )
+}
+
+const serviceFrom = (id: string, s: Sighting, protocols: ReadonlyArray<Advertised>, now: number): Service => ({
+  id,
+  name: s.sender.name,
+  hostId: s.sender.hostId,
+  instance: s.sender.instance,
+  address: s.address,
+  local: isLocalAddress(s.address),
+  protocols,
+  lastSeen: now
+})
+
+const sameProtocols = (a: ReadonlyArray<Advertised>, b: ReadonlyArray<Advertised>) =>
+  a === b || (a.length === b.length && a.every((p, i) => p.protocol === b[i]!.protocol && p.port === b[i]!.port))
+
+const changed = (a: Service, b: Service) =>
+  a.instance !== b.instance || a.address !== b.address || a.local !== b.local || !sameProtocols(a.protocols, b.protocols)

@@ -1,0 +1,51 @@
+/**
+ * Counters of what passed and what was dropped, by reason. Nothing from the
+ * network is lost silently: every drop lands here.
+ */
+import { Context, Effect, Layer } from "effect"
+import type { DecodeFailure } from "../schema/Frame.ts"
+
+/** Why a received frame or message went no further. */
+export type DropReason =
+  | DecodeFailure
+  | "oversize" // a tcp length prefix above `maxFrame`
+  | "own" // our own multicast, looped back
+  | "non-local" // from another host while `remote` is 0
+  | "filtered" // addressed to other services
+  | "channel" // on a channel this member is not on
+  | "conflict" // from an instance that lost its id to another live process
+  | "hook-rejected" // a receive or service hook cancelled it
+  | "queue-full" // the inbound queue was full
+  | "subscriber-full" // a `messages`/`events` subscriber fell too far behind
+
+export interface StatsSnapshot {
+  readonly framesIn: number
+  readonly framesOut: number
+  readonly drops: Readonly<Partial<Record<DropReason, number>>>
+}
+
+export class Stats extends Context.Service<Stats, {
+  /** Counts one drop (synchronous: it runs on the per-frame path). */
+  readonly drop: (reason: DropReason) => void
+  readonly frameIn: () => void
+  readonly frameOut: () => void
+  readonly snapshot: Effect.Effect<StatsSnapshot>
+}>()("cluster-comm/Stats") {
+  static readonly layer = Layer.sync(Stats, () => {
+    const drops: Partial<Record<DropReason, number>> = {}
+    let framesIn = 0
+    let framesOut = 0
+    return Stats.of({
+      drop: (reason) => {
+        drops[reason] = (drops[reason] ?? 0) + 1
+      },
+      frameIn: () => {
+        framesIn++
+      },
+      frameOut: () => {
+        framesOut++
+      },
+      snapshot: Effect.sync(() => ({ framesIn, framesOut, drops: { ...drops } }))
+    })
+  })
+}

@@ -1,0 +1,172 @@
+/**
+ * The tcp protocol: one listening socket, and persistent outbound connections
+ * reused per peer. Frames are length-prefixed (u32 big-endian, the frame's
+ * size); a prefix above `maxFrame` is an attack or a bug, so that connection
+ * is dropped (counted `oversize`) rather than buffered.
+ */
+import net from "node:net"
+import { Effect } from "effect"
+import { plainAddress } from "../../internal/host.ts"
+import type { ClusterConfig } from "../../schema/Config.ts"
+import { FrameTooLarge, JoinError, ProtocolFailure } from "../../schema/Errors.ts"
+import { encodeFrame, type Frame } from "../../schema/Frame.ts"
+import { Stats } from "../Stats.ts"
+import type { Endpoint, Protocol, Receive } from "../Transport.ts"
+
+const PREFIX = 4
+/** Past this much unsent data a sender waits for the socket to drain. */
+const HIGH_WATER = 4 * 1024 * 1024
+
+/**
+ * Cuts a byte stream into frames. Chunks are kept as they come and joined
+ * only when a frame spans them, so a large frame costs one copy.
+ */
+export class FrameReader {
+  private chunks: Array<Buffer> = []
+  private buffered = 0
+  private readonly maxFrame: number
+  constructor(maxFrame: number) {
+    this.maxFrame = maxFrame
+  }
+  /** Feeds a chunk; calls `frame` for each complete frame. Returns false on an oversize prefix. */
+  push(chunk: Buffer, frame: (bytes: Buffer) => void): boolean {
+    this.chunks.push(chunk)
+    this.buffered += chunk.length
+    while (this.buffered >= PREFIX) {
+      let head = this.chunks[0]!
+      if (head.length < PREFIX) head = this.flatten()
+      const size = head.readUInt32BE(0)
+      if (size > this.maxFrame) return false
+      if (this.buffered < PREFIX + size) return true
+      if (head.length < PREFIX + size) head = this.flatten()
+      frame(head.subarray(PREFIX, PREFIX + size))
+      const rest = head.subarray(PREFIX + size)
+      this.buffered -= PREFIX + size
+      if (rest.length === 0) this.chunks.shift()
+      else this.chunks[0] = rest
+    }
+    return true
+  }
+  private flatten(): Buffer {
+    const all = Buffer.concat(this.chunks, this.buffered)
+    this.chunks = [all]
+    return all
+  }
+}
+
+/** An outbound connection: opening (senders wait), then open until it closes. */
+interface Connection {
+  readonly socket: net.Socket
+  open: boolean
+  waiting: Array<(error?: Error) => void>
+}
+
+export const TcpProtocol = {
+  make: (config: ClusterConfig, receive: Receive) =>
+    Effect.gen(function*() {
+      const stats = yield* Stats
+      const accepted = new Set<net.Socket>()
+      const server = net.createServer({ noDelay: true }, (socket) => {
+        accepted.add(socket)
+        const address = plainAddress(socket.remoteAddress)
+        const reader = new FrameReader(config.maxFrame)
+        socket.on("data", (chunk) => {
+          if (!reader.push(chunk, (bytes) => receive(bytes, "tcp", address))) {
+            stats.drop("oversize")
+            socket.destroy()
+          }
+        })
+        socket.on("error", () => {}) // a reset peer is not our failure
+        socket.on("close", () => accepted.delete(socket))
+      })
+      server.on("error", () => {})
+
+      yield* Effect.acquireRelease(
+        Effect.callback<void, JoinError>((resume) => {
+          const onError = (e: NodeJS.ErrnoException) =>
+            resume(Effect.fail(new JoinError({
+              reason: "AddressInUse",
+              field: "tcpPort",
+              message: `cannot listen on tcp port ${config.tcpPort}: ${e.message}`,
+              cause: e
+            })))
+          server.once("error", onError)
+          server.listen(config.tcpPort, config.remote === 0 ? "127.0.0.1" : "0.0.0.0", () => {
+            server.off("error", onError)
+            resume(Effect.void)
+          })
+        }),
+        () =>
+          Effect.callback<void>((resume) => {
+            for (const s of accepted) s.destroy()
+            for (const c of connections.values()) c.socket.destroy()
+            server.close(() => resume(Effect.void))
+          })
+      )
+
+      const connections = new Map<string, Connection>()
+
+      const connect = (to: Endpoint, key: string): Connection => {
+        const socket = net.connect({ host: to.address, port: to.port, noDelay: true })
+        const conn: Connection = { socket, open: false, waiting: [] }
+        const settle = (error?: Error) => {
+          const waiting = conn.waiting
+          conn.waiting = []
+          for (const w of waiting) w(error)
+        }
+        socket.once("connect", () => {
+          conn.open = true
+          settle()
+        })
+        socket.on("drain", () => settle())
+        socket.on("error", (e) => settle(e))
+        socket.on("close", () => {
+          conn.open = false
+          if (connections.get(key) === conn) connections.delete(key)
+          settle(new Error("connection closed"))
+        })
+        // We never expect data on an outbound connection; draining keeps it flowing.
+        socket.on("data", () => {})
+        connections.set(key, conn)
+        return conn
+      }
+
+      const failure = (message: string, cause?: unknown) => new ProtocolFailure({ protocol: "tcp", message, cause })
+
+      const send = (to: Endpoint, frame: Frame): Effect.Effect<void, FrameTooLarge | ProtocolFailure> =>
+        Effect.suspend((): Effect.Effect<void, FrameTooLarge | ProtocolFailure> => {
+          const bytes = encodeFrame(frame, PREFIX)
+          const size = bytes.length - PREFIX
+          if (size > config.maxFrame) {
+            return Effect.fail(new FrameTooLarge({ protocol: "tcp", size, limit: config.maxFrame }))
+          }
+          bytes.writeUInt32BE(size, 0)
+          const key = `${to.address}:${to.port}`
+          const conn = connections.get(key) ?? connect(to, key)
+          // Frames queued behind a connect or a drain keep their order: join them.
+          if (conn.open && conn.waiting.length === 0 && conn.socket.writableLength < HIGH_WATER) {
+            conn.socket.write(bytes)
+            return Effect.void
+          }
+          // Opening, or too much unsent: wait for connect or drain, then write.
+          return Effect.callback<void, ProtocolFailure>((resume) => {
+            const write = (error?: Error) => {
+              if (error !== undefined || conn.socket.destroyed) {
+                resume(Effect.fail(failure(error?.message ?? "connection closed", error)))
+                return
+              }
+              conn.socket.write(bytes)
+              resume(Effect.void)
+            }
+            conn.waiting.push(write)
+          })
+        })
+
+      return {
+        name: "tcp",
+        port: (server.address() as net.AddressInfo).port,
+        maxFrame: config.maxFrame,
+        send
+      } satisfies Protocol
+    })
+}

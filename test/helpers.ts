@@ -1,0 +1,40 @@
+import { Context, Duration, Effect, Exit, Layer, Schedule, Scope } from "effect"
+import { Cluster, type ClusterConfigInput, ClusterLive } from "cluster-comm"
+
+/** Joins a member on real sockets for the rest of the test's scope; returns its API. */
+export const member = (config: ClusterConfigInput): Effect.Effect<Cluster["Service"], unknown, Scope.Scope> =>
+  Layer.build(ClusterLive(config)).pipe(Effect.map((ctx) => Context.get(ctx, Cluster)))
+
+/** A member in a scope of its own, closed (leave sent) when `leave` runs, or at the test's end. */
+export const leavable = (config: ClusterConfigInput) =>
+  Effect.gen(function*() {
+    const own = yield* Scope.make()
+    yield* Effect.addFinalizer(() => Scope.close(own, Exit.void))
+    const cluster = yield* Layer.buildWithScope(ClusterLive(config), own).pipe(
+      Effect.map((ctx) => Context.get(ctx, Cluster))
+    )
+    return { cluster, leave: Scope.close(own, Exit.void) }
+  })
+
+/**
+ * Polls `read` until `done` holds, up to `within`; fails with the last value
+ * otherwise. Used to wait for network events, never to assert timings.
+ */
+export const eventually = <A, E>(
+  read: Effect.Effect<A, E>,
+  done: (a: A) => boolean,
+  within: Duration.Input = "5 seconds"
+): Effect.Effect<A, E | Error> =>
+  read.pipe(
+    Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: done }),
+    Effect.timeoutOrElse({
+      duration: within,
+      orElse: () =>
+        read.pipe(Effect.flatMap((last) => Effect.fail(new Error(`not reached within ${Duration.format(Duration.fromInputUnsafe(within))}: ${JSON.stringify(last, (_, v) => typeof v === "bigint" ? String(v) : v)}`))))
+    })
+  )
+
+export const names = (services: ReadonlyArray<{ readonly name: string }>) => services.map((s) => s.name).sort()
+
+/** A multicast port and group per test file, so files running in parallel never meet. */
+export const testCluster = (n: number) => ({ port: 23100 + n, address: `239.77.0.${n}` })
