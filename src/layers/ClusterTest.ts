@@ -4,7 +4,7 @@
  * go through the codec, and delay (on the Effect clock, so `TestClock` drives
  * it), loss and refused tcp can be set per network.
  */
-import { Duration, Effect, Layer, Random, Scope } from "effect"
+import { Duration, Effect, Layer, Random } from "effect"
 import { newInstance } from "../internal/host.ts"
 import { type ClusterConfigInput, makeConfig } from "../schema/Config.ts"
 import { FrameTooLarge, type JoinError, ProtocolFailure } from "../schema/Errors.ts"
@@ -76,7 +76,6 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
   Layer.effect(
     Transport,
     Effect.gen(function*() {
-      const scope = yield* Scope.Scope
       const { inbound, receive } = yield* makeInbound(4096)
       const ports = network.attach(receive)
       yield* Effect.addFinalizer(() => Effect.sync(ports.detach))
@@ -93,7 +92,8 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
           })
           if (protocol === "udp" && network.loss > 0 && (yield* Random.next) < network.loss) return
           if (Duration.isZero(network.delay)) yield* arrive
-          else yield* Effect.sleep(network.delay).pipe(Effect.andThen(arrive), Effect.forkIn(scope))
+          // Detached: a frame in flight still arrives after its sender has left.
+          else yield* Effect.sleep(network.delay).pipe(Effect.andThen(arrive), Effect.forkDetach)
         })
 
       const udp: Protocol = {

@@ -1,0 +1,91 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Fiber, Layer, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import { Cluster, type ClusterConfigInput, ClusterTest, MemoryNetwork } from "cluster-comm"
+import { quickProgram } from "../program.ts"
+
+const join = (network: MemoryNetwork, config: string | ClusterConfigInput) =>
+  Layer.build(ClusterTest(network, config)).pipe(Effect.map((ctx) => Context.get(ctx, Cluster)))
+
+/** Starts collecting `n` messages of a member (subscribed before anything is sent). */
+const collect = (cluster: Cluster["Service"], n: number) =>
+  Effect.gen(function*() {
+    const fiber = yield* cluster.messages.pipe(Stream.take(n), Stream.runCollect, Effect.forkChild)
+    yield* Effect.yieldNow
+    return fiber
+  })
+
+describe("ClusterTest: the in-memory network on the test clock", () => {
+  it.effect("runs the quick example program unchanged", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make({ delay: "1 millis" })
+      const one = yield* join(network, "service_one")
+      const two = yield* join(network, "service_two")
+      const atOne = yield* collect(one, 2)
+      const atTwo = yield* collect(two, 1)
+      const run = yield* quickProgram.pipe(
+        Effect.provide(ClusterTest(network, "service_three")),
+        Effect.forkChild
+      )
+      yield* TestClock.adjust("1 second")
+      const result = yield* Fiber.join(run)
+      yield* TestClock.adjust("10 millis")
+      assert.deepStrictEqual(result.seen, ["service_one", "service_two"])
+      assert.deepStrictEqual(result.ips, ["127.0.0.1"])
+      assert.strictEqual(result.delivery.protocol, "tcp")
+      const gotOne = yield* Fiber.join(atOne)
+      const gotTwo = yield* Fiber.join(atTwo)
+      assert.sameMembers(gotOne.map((m) => `${m.text} by ${m.protocol}`), ["Hello, Foo! by udp", "Hello, Bar! by tcp"])
+      assert.deepStrictEqual(gotTwo.map((m) => m.text), ["Hello, Foo!"])
+    }))
+
+  it.effect("discovers a running cluster by probe, without waiting for a heartbeat", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make({ delay: "1 millis" })
+      const slow = { heartbeat: "1 hour", ttl: "2 hours" } as const
+      yield* join(network, { name: "a", ...slow })
+      yield* join(network, { name: "b", ...slow })
+      const c = yield* join(network, { name: "c", ...slow })
+      // One round trip: the probe out, the answers back.
+      yield* TestClock.adjust("2 millis")
+      assert.deepStrictEqual((yield* c.services).map((s) => s.name).sort(), ["a", "b"])
+    }))
+
+  it.effect("expires a silent member after its ttl", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const watcher = yield* join(network, { name: "watcher", heartbeat: "1 second", ttl: "3 seconds" })
+      const lost = yield* watcher.events.pipe(
+        Stream.filter((e) => e._tag === "ServiceLost"),
+        Stream.take(1),
+        Stream.runCollect,
+        Effect.forkChild
+      )
+      yield* Effect.yieldNow
+      yield* join(network, { name: "silent", heartbeat: "1 hour", ttl: "2 hours" })
+      yield* TestClock.adjust("2 seconds")
+      assert.deepStrictEqual((yield* watcher.services).map((s) => s.name), ["silent"])
+      yield* TestClock.adjust("2 seconds")
+      const [event] = yield* Fiber.join(lost)
+      assert.deepStrictEqual(event?._tag === "ServiceLost" && [event.service.name, event.why], ["silent", "expired"])
+    }))
+
+  it.effect("falls back from refused tcp to udp, with a target filter", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const one = yield* join(network, "one")
+      const two = yield* join(network, "two")
+      const sender = yield* join(network, "sender")
+      const atOne = yield* collect(one, 1)
+      yield* TestClock.adjust("10 millis")
+      const [target] = yield* sender.resolve("one")
+      network.refuseTcp(target!.protocols.find((p) => p.protocol === "tcp")!.port)
+      const [delivery] = yield* sender.sendTo(target!, "C", "over udp")
+      assert.strictEqual(delivery?.protocol, "udp")
+      yield* TestClock.adjust("10 millis")
+      const [m] = yield* Fiber.join(atOne)
+      assert.strictEqual(m?.text, "over udp")
+      assert.strictEqual(m?.protocol, "udp")
+      assert.isUndefined((yield* two.stats).drops.filtered) // unicast: two never saw it
+    }))
+})
