@@ -72,7 +72,7 @@ export class MemoryNetwork {
   }
 }
 
-const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolName>) =>
+const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolName>, address: string) =>
   Layer.effect(
     Transport,
     Effect.gen(function*() {
@@ -88,7 +88,7 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
             return yield* new FrameTooLarge({ protocol, size: bytes.length, limit: MAX_DATAGRAM })
           }
           const arrive = Effect.sync(() => {
-            for (const r of to) r(bytes, protocol, "127.0.0.1")
+            for (const r of to) r(bytes, protocol, address)
           })
           if (protocol === "udp" && network.loss > 0 && (yield* Random.next) < network.loss) return
           if (Duration.isZero(network.delay)) yield* arrive
@@ -123,15 +123,21 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
     })
   )
 
-/** A member on `network`, configured as `ClusterLive` would be. */
+/**
+ * A member on `network`, configured as `ClusterLive` would be. `address` is
+ * where its frames appear to come from (default loopback; another address
+ * plays a member on another host).
+ */
 export const ClusterTest = (
   network: MemoryNetwork,
-  nameOrConfig: string | ClusterConfigInput = {}
+  nameOrConfig: string | ClusterConfigInput = {},
+  options: { readonly address?: string } = {}
 ): Layer.Layer<Cluster, JoinError> =>
   Layer.unwrap(
     Effect.gen(function*() {
       const config = yield* Effect.fromResult(makeConfig(nameOrConfig))
       const sender = { hostId: config.hostId ?? "00000000abcd", instance: newInstance(), name: config.name }
-      return composeCluster(config, sender, "127.0.0.1", transportOn(network, config.protocols))
+      const address = options.address ?? "127.0.0.1"
+      return composeCluster(config, sender, address, transportOn(network, config.protocols, address))
     })
   )

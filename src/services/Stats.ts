@@ -21,6 +21,9 @@ export type DropReason =
 export interface StatsSnapshot {
   readonly framesIn: number
   readonly framesOut: number
+  /** tcp connections accepted from peers, and opened to peers (reused while they live). */
+  readonly connectionsAccepted: number
+  readonly connectionsOpened: number
   readonly drops: Readonly<Partial<Record<DropReason, number>>>
 }
 
@@ -29,12 +32,15 @@ export class Stats extends Context.Service<Stats, {
   readonly drop: (reason: DropReason) => void
   readonly frameIn: () => void
   readonly frameOut: () => void
+  readonly connection: (direction: "accepted" | "opened") => void
   readonly snapshot: Effect.Effect<StatsSnapshot>
 }>()("cluster-comm/Stats") {
   static readonly layer = Layer.sync(Stats, () => {
     const drops: Partial<Record<DropReason, number>> = {}
     let framesIn = 0
     let framesOut = 0
+    let connectionsAccepted = 0
+    let connectionsOpened = 0
     return Stats.of({
       drop: (reason) => {
         drops[reason] = (drops[reason] ?? 0) + 1
@@ -45,7 +51,17 @@ export class Stats extends Context.Service<Stats, {
       frameOut: () => {
         framesOut++
       },
-      snapshot: Effect.sync(() => ({ framesIn, framesOut, drops: { ...drops } }))
+      connection: (direction) => {
+        if (direction === "accepted") connectionsAccepted++
+        else connectionsOpened++
+      },
+      snapshot: Effect.sync(() => ({
+        framesIn,
+        framesOut,
+        connectionsAccepted,
+        connectionsOpened,
+        drops: { ...drops }
+      }))
     })
   })
 }

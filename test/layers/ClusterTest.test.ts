@@ -88,4 +88,19 @@ describe("ClusterTest: the in-memory network on the test clock", () => {
       assert.strictEqual(m?.protocol, "udp")
       assert.isUndefined((yield* two.stats).drops.filtered) // unicast: two never saw it
     }))
+
+  it.effect("remote 0 drops frames from other hosts; remote above 0 accepts them", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const hostOnly = yield* join(network, "host-only")
+      const lan = yield* join(network, { name: "lan", remote: 1 })
+      // TEST-NET-2: an address that is on no interface of this machine.
+      yield* Layer.build(ClusterTest(network, { name: "far", hostId: "0000000000ff" }, { address: "198.51.100.7" }))
+      yield* TestClock.adjust("10 millis")
+      assert.deepStrictEqual((yield* hostOnly.services).map((s) => s.name).sort(), ["lan"])
+      assert.isAbove((yield* hostOnly.stats).drops["non-local"] ?? 0, 0)
+      const far = (yield* lan.services).find((s) => s.name === "far")
+      assert.strictEqual(far?.address, "198.51.100.7")
+      assert.isFalse(far?.local)
+    }))
 })

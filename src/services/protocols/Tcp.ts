@@ -68,6 +68,7 @@ export const TcpProtocol = {
       const accepted = new Set<net.Socket>()
       const server = net.createServer({ noDelay: true }, (socket) => {
         accepted.add(socket)
+        stats.connection("accepted")
         const address = plainAddress(socket.remoteAddress)
         const reader = new FrameReader(config.maxFrame)
         socket.on("data", (chunk) => {
@@ -108,6 +109,7 @@ export const TcpProtocol = {
 
       const connect = (to: Endpoint, key: string): Connection => {
         const socket = net.connect({ host: to.address, port: to.port, noDelay: true })
+        stats.connection("opened")
         const conn: Connection = { socket, open: false, waiting: [] }
         const settle = (error?: Error) => {
           const waiting = conn.waiting

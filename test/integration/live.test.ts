@@ -1,0 +1,229 @@
+import { readFileSync } from "node:fs"
+import net from "node:net"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber, Stream } from "effect"
+import { type Service } from "cluster-comm"
+import { eventually, leavable, member, testCluster } from "../helpers.ts"
+
+// Real sockets, one process, host-only (remote 0): loopback multicast, TTL 0.
+const net1 = testCluster(1)
+const fast = { ...net1, heartbeat: "100 millis", ttl: "1 second" } as const
+// Beacons so rare that only probes, answers and leaves can explain what a test sees.
+const quiet = { ...net1, heartbeat: "30 seconds", ttl: "60 seconds" } as const
+
+const knowsAll = (all: ReadonlyArray<string>, self: string) => (services: ReadonlyArray<Service>) =>
+  all.filter((n) => n !== self).every((n) => services.some((s) => s.name === n))
+
+const collect = (cluster: { readonly messages: Stream.Stream<any> }, n: number) =>
+  Effect.gen(function*() {
+    const fiber = yield* cluster.messages.pipe(Stream.take(n), Stream.runCollect, Effect.forkChild)
+    yield* Effect.sleep("20 millis") // let the subscription start
+    return fiber
+  })
+
+describe("members on real sockets (one host)", () => {
+  it.live("share the multicast port and all hear each other", () =>
+    Effect.gen(function*() {
+      const all = ["s1", "s2", "s3"]
+      const members = yield* Effect.forEach(all, (name) => member({ name, ...fast }))
+      for (const [i, m] of members.entries()) {
+        yield* eventually(m.services, knowsAll(all, all[i]!))
+      }
+      const ips = yield* members[0]!.ips
+      assert.deepStrictEqual(ips, ["127.0.0.1"])
+      const self = yield* members[0]!.self
+      assert.match(self.id, /^[0-9a-f]{12}@s1$/)
+      const seen = (yield* members[1]!.services).find((s) => s.name === "s1")!
+      assert.strictEqual(seen.id, self.id)
+      assert.isTrue(seen.local)
+      assert.deepStrictEqual(seen.protocols.map((p) => p.protocol), ["tcp", "udp"])
+    }))
+
+  it.live("a joiner knows a running cluster from the probe answers, without waiting for a heartbeat", () =>
+    Effect.gen(function*() {
+      const running = ["q1", "q2", "q3"]
+      const members = yield* Effect.forEach(running, (name) => member({ name, ...quiet }))
+      // They know each other through the later joiners' probes.
+      yield* eventually(members[0]!.services, knowsAll(running, "q1"), "2 seconds")
+      const joiner = yield* member({ name: "q4", ...quiet })
+      // Heartbeats come every 30 s: knowing all within 2 s means the probe was answered.
+      yield* eventually(joiner.services, knowsAll(running, "q4"), "2 seconds")
+      // And they know the joiner from its join heartbeat.
+      yield* eventually(members[0]!.services, (s) => s.some((x) => x.name === "q4"), "2 seconds")
+    }))
+
+  it.live("clusters on other groups or ports never see each other", () =>
+    Effect.gen(function*() {
+      const other = testCluster(2)
+      const groups = {
+        home: { ...net1 },
+        otherGroup: { port: net1.port, address: other.address },
+        otherPort: { port: other.port, address: net1.address }
+      }
+      const members: Record<string, Array<{ readonly services: Effect.Effect<ReadonlyArray<Service>> }>> = {}
+      for (const [label, where] of Object.entries(groups)) {
+        members[label] = yield* Effect.forEach(["a", "b"], (n) =>
+          member({ name: `${label}-${n}`, ...where, heartbeat: "50 millis", ttl: "1 second" }))
+      }
+      // Each pair finds its partner (so discovery works here) ...
+      for (const [label, pair] of Object.entries(members)) {
+        yield* eventually(pair[0]!.services, (s) => s.some((x) => x.name === `${label}-b`))
+      }
+      // ... and after many more heartbeats, still nobody from the others.
+      yield* Effect.sleep("400 millis")
+      for (const [label, pair] of Object.entries(members)) {
+        for (const m of pair) {
+          const foreign = (yield* m.services).filter((s) => !s.name.startsWith(`${label}-`))
+          assert.deepStrictEqual(foreign.map((s) => s.name), [], label)
+        }
+      }
+    }))
+
+  it.live("joins the group on loopback only (no IGMP report can leave the host)", () =>
+    Effect.gen(function*() {
+      yield* member({ name: "igmp", ...net1 })
+      // /proc/net/igmp lists each device, then its groups as little-endian hex.
+      const groupHex = net1.address.split(".").reverse().map((o) => Number(o).toString(16).padStart(2, "0")).join("").toUpperCase()
+      const devices = new Map<string, Array<string>>()
+      let current = ""
+      for (const line of readFileSync("/proc/net/igmp", "utf8").split("\n").slice(1)) {
+        const device = /^\d+\s+(\S+)/.exec(line)
+        if (device) {
+          current = device[1]!
+          devices.set(current, [])
+        } else if (line.trim()) devices.get(current)?.push(line.trim().split(/\s+/)[0]!)
+      }
+      const joinedOn = [...devices].filter(([, groups]) => groups.includes(groupHex)).map(([d]) => d)
+      assert.deepStrictEqual(joinedOn, ["lo"])
+    }))
+
+  it.live("a leave drops the member at once, long before its ttl", () =>
+    Effect.gen(function*() {
+      const stay = yield* member({ name: "stay", ...quiet })
+      const go = yield* leavable({ name: "go", ...quiet })
+      yield* eventually(stay.services, (s) => s.some((x) => x.name === "go"))
+      const lost = yield* stay.events.pipe(
+        Stream.filter((e) => e._tag === "ServiceLost"),
+        Stream.take(1),
+        Stream.runCollect,
+        Effect.forkChild
+      )
+      yield* Effect.sleep("20 millis")
+      yield* go.leave
+      const [event] = yield* Fiber.join(lost).pipe(Effect.timeout("2 seconds"))
+      assert.deepStrictEqual(event?._tag === "ServiceLost" && [event.service.name, event.why], ["go", "left"])
+      assert.deepStrictEqual(yield* stay.services, [])
+    }))
+
+  it.live("a member unheard for the ttl expires", () =>
+    Effect.gen(function*() {
+      const watcher = yield* member({ name: "watcher", ...net1, heartbeat: "100 millis", ttl: "500 millis" })
+      const events = yield* watcher.events.pipe(Stream.take(2), Stream.runCollect, Effect.forkChild)
+      yield* Effect.sleep("20 millis")
+      yield* member({ name: "silent", ...quiet })
+      const [found, lost] = yield* Fiber.join(events).pipe(Effect.timeout("3 seconds"))
+      assert.strictEqual(found?._tag, "ServiceFound")
+      assert.deepStrictEqual(lost?._tag === "ServiceLost" && [lost.service.name, lost.why], ["silent", "expired"])
+    }))
+
+  it.live("broadcast reaches every member; sendTo only its target, by tcp over one reused connection", () =>
+    Effect.gen(function*() {
+      const all = ["b1", "b2", "b3"]
+      const [one, two, three] = yield* Effect.forEach(all, (name) => member({ name, ...fast }))
+      yield* eventually(three!.services, knowsAll(all, "b3"))
+      const atOne = yield* collect(one!, 13)
+      const atTwo = yield* collect(two!, 2)
+      yield* three!.broadcast("C", "Hello, Foo!")
+      const [target] = yield* three!.resolve("b1")
+      for (let i = 0; i < 10; i++) {
+        const [d] = yield* three!.sendTo(target!, "C", `Hello, Bar! ${i}`)
+        assert.strictEqual(d?.protocol, "tcp")
+      }
+      // By name as well as by service value.
+      yield* three!.sendTo("b1", "D", "by name")
+      yield* three!.broadcast("C", "last")
+      const gotOne = yield* Fiber.join(atOne).pipe(Effect.timeout("3 seconds"))
+      const gotTwo = yield* Fiber.join(atTwo).pipe(Effect.timeout("3 seconds"))
+      const direct = gotOne.filter((m) => m.protocol === "tcp").map((m) => m.text)
+      assert.deepStrictEqual(direct, [...Array.from({ length: 10 }, (_, i) => `Hello, Bar! ${i}`), "by name"])
+      assert.strictEqual(gotOne.find((m) => m.op === "D")?.from.name, "b3")
+      // two got the broadcasts and nothing in between.
+      assert.deepStrictEqual(gotTwo.map((m) => `${m.text} ${m.protocol}`), ["Hello, Foo! udp", "last udp"])
+      assert.strictEqual((yield* one!.stats).connectionsAccepted, 1)
+      assert.strictEqual((yield* three!.stats).connectionsOpened, 1)
+    }))
+
+  it.live("falls back from refused tcp to udp, and filters multicast to the target", () =>
+    Effect.gen(function*() {
+      const target = yield* member({ name: "target", ...fast })
+      const bystander = yield* member({ name: "bystander", ...fast })
+      const sender = yield* member({ name: "sender", ...fast })
+      const [t] = yield* eventually(sender.resolve("target"), (s) => s.length === 1)
+      yield* eventually(sender.resolve("bystander"), (s) => s.length === 1)
+      // A port nobody listens on: bind one, note it, close it.
+      const closed = yield* Effect.promise(() =>
+        new Promise<number>((resolve) => {
+          const srv = net.createServer().listen(0, "127.0.0.1", () => {
+            const port = (srv.address() as net.AddressInfo).port
+            srv.close(() => resolve(port))
+          })
+        })
+      )
+      const udp = t!.protocols.find((p) => p.protocol === "udp")!
+      const refused: Service = { ...t!, protocols: [{ protocol: "tcp", port: closed }, udp] }
+      const atTarget = yield* collect(target, 2)
+      const [viaUdp] = yield* sender.sendTo(refused, "C", "fell back")
+      assert.strictEqual(viaUdp?.protocol, "udp")
+      // No port known at all: a multicast that only the target accepts.
+      const unknown: Service = { ...t!, protocols: [] }
+      const [viaGroup] = yield* sender.sendTo(unknown, "C", "filtered multicast")
+      assert.strictEqual(viaGroup?.protocol, "udp")
+      const got = yield* Fiber.join(atTarget).pipe(Effect.timeout("3 seconds"))
+      assert.sameMembers(got.map((m) => m.text), ["fell back", "filtered multicast"])
+      yield* eventually(bystander.stats, (s) => (s.drops.filtered ?? 0) >= 1)
+    }))
+
+  it.live("reports every failed attempt when no protocol gets through", () =>
+    Effect.gen(function*() {
+      const sender = yield* member({ name: "lonely", ...fast, protocols: ["tcp"] })
+      const nobody: Service = {
+        id: "0000000000aa@nobody",
+        name: "nobody",
+        hostId: "0000000000aa",
+        instance: "0000000000000001",
+        address: "127.0.0.1",
+        local: true,
+        protocols: [{ protocol: "tcp", port: 1 }],
+        lastSeen: 0
+      }
+      const error = yield* Effect.flip(sender.sendTo(nobody, "C", "x"))
+      assert.strictEqual(error._tag, "SendFailed")
+      if (error._tag === "SendFailed") {
+        assert.deepStrictEqual(error.attempts.map((a) => a.protocol), ["tcp"])
+        assert.strictEqual(error.service.id, nobody.id)
+      }
+      const notFound = yield* Effect.flip(sender.sendTo("no-such-service", "C", "x"))
+      assert.strictEqual(notFound._tag, "ServiceNotFound")
+      const badOp = yield* Effect.flip(sender.broadcast("", "x"))
+      assert.strictEqual(badOp._tag, "InvalidMessage")
+    }))
+
+  it.live("oversize data is FrameTooLarge for udp and goes by tcp instead", () =>
+    Effect.gen(function*() {
+      const receiver = yield* member({ name: "big-rx", ...fast, protocols: ["udp", "tcp"] })
+      const sender = yield* member({ name: "big-tx", ...fast })
+      const [target] = yield* eventually(sender.resolve("big-rx"), (s) => s.length === 1)
+      assert.deepStrictEqual(target!.protocols.map((p) => p.protocol), ["udp", "tcp"])
+      const big = new Uint8Array(70_000).fill(7)
+      const tooLarge = yield* Effect.flip(sender.broadcast("C", big))
+      assert.strictEqual(tooLarge._tag, "FrameTooLarge")
+      const got = yield* collect(receiver, 2)
+      const [small] = yield* sender.sendTo(target!, "C", "small")
+      const [large] = yield* sender.sendTo(target!, "C", big)
+      assert.strictEqual(small?.protocol, "udp") // the receiver prefers udp ...
+      assert.strictEqual(large?.protocol, "tcp") // ... but 70 kB does not fit a datagram
+      const messages = yield* Fiber.join(got).pipe(Effect.timeout("3 seconds"))
+      const bigOne = messages.find((m) => m.data.length === big.length)
+      assert.strictEqual(bigOne?.protocol, "tcp")
+    }))
+})
