@@ -84,6 +84,13 @@ export const UdpProtocol = {
       })
 
       for (const socket of [group, direct]) {
+        // A bigger receive buffer rides out bursts (many probe answers at once);
+        // the kernel caps it at net.core.rmem_max, which is fine.
+        try {
+          socket.setRecvBufferSize(4 * 1024 * 1024)
+        } catch {
+          // keep the default
+        }
         socket.on("message", (bytes, from) => receive(bytes, "udp", from.address))
         // Errors after bind (e.g. ICMP unreachable reported on send) must not crash the member.
         socket.on("error", () => {})
