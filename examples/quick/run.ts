@@ -13,7 +13,7 @@ const start = (name: string) => {
   const lines: Array<string> = []
   child.stdout.on("data", (chunk: Buffer) => {
     buffered += chunk.toString()
-    let nl
+    let nl: number
     while ((nl = buffered.indexOf("\n")) >= 0) {
       const line = buffered.slice(0, nl)
       buffered = buffered.slice(nl + 1)

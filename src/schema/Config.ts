@@ -31,7 +31,7 @@ export const ClusterConfigInput = Schema.Struct({
   address: Schema.optional(Schema.String.check(
     Schema.makeFilter((s: string) => {
       const m = isMulticast.exec(s)
-      return m !== null && m.slice(2).every((o) => Number(o) <= 255)
+      return m?.slice(2).every((o) => Number(o) <= 255)
         ? undefined
         : "must be an IPv4 multicast address (224.0.0.0 to 239.255.255.255)"
     })

@@ -124,9 +124,11 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               return hooks.run(Points.protocol(protocol, "receive"), message).pipe(
                 Effect.flatMap((m) => hooks.run(Points.receive, m)),
                 Effect.flatMap((m) => hooks.run(Points.op(frame.op, "receive"), m)),
-                Effect.map((m) => {
-                  if (!PubSub.publishUnsafe(delivered, normalize(m))) stats.drop("subscriber-full")
-                }),
+                Effect.flatMap((m) =>
+                  Effect.sync(() => {
+                    if (!PubSub.publishUnsafe(delivered, normalize(m))) stats.drop("subscriber-full")
+                  })
+                ),
                 Effect.catchTag("HookRejected", () => Effect.sync(() => stats.drop("hook-rejected")))
               )
             })

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs"
 import net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Stream } from "effect"
-import { type Service } from "cluster-comm"
+import type { Service } from "cluster-comm"
 import { eventually, leavable, member, testCluster } from "../helpers.ts"
 
 // Real sockets, one process, host-only (remote 0): loopback multicast, TTL 0.

@@ -167,7 +167,10 @@ describe("hooks", () => {
       const { receiver, sender, target } = yield* pair
       const seen: Array<string> = []
       const got = yield* collect(receiver, 2)
-      yield* withHook(receiver, Points.receive, (m) => Effect.sync(() => (seen.push(m.text), m)), Effect.gen(function*() {
+      yield* withHook(receiver, Points.receive, (m) => Effect.sync(() => {
+          seen.push(m.text)
+          return m
+        }), Effect.gen(function*() {
         yield* sender.sendTo(target, "C", "one")
         yield* TestClock.adjust("10 millis")
       }))

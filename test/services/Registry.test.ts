@@ -90,7 +90,10 @@ describe("Registry", () => {
       const stats = yield* Stats
       const order: Array<string> = []
       for (const stage of ["eval", "validate", "found"] as const) {
-        yield* hooks.register(HookPoint.service(stage), (s) => Effect.sync(() => (order.push(stage), s)))
+        yield* hooks.register(HookPoint.service(stage), (s) => Effect.sync(() => {
+          order.push(stage)
+          return s
+        }))
       }
       yield* hooks.register(HookPoint.service("found"), (s) =>
         s.name === "intruder" ? Effect.fail(new HookRejected({ point: "service found", reason: "not welcome" })) : Effect.succeed(s))
@@ -112,7 +115,10 @@ describe("Registry", () => {
       const r = yield* Registry
       const hooks = yield* Hooks
       const lost: Array<string> = []
-      yield* hooks.register(HookPoint.service("lost"), (s) => Effect.sync(() => (lost.push(s.name), s)))
+      yield* hooks.register(HookPoint.service("lost"), (s) => Effect.sync(() => {
+          lost.push(s.name)
+          return s
+        }))
       yield* r.observe(sighting("one"))
       yield* TestClock.adjust("4 seconds")
       assert.deepStrictEqual(lost, ["one"])
