@@ -76,8 +76,8 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
   Layer.effect(
     Transport,
     Effect.gen(function*() {
-      const { inbound, receive } = yield* makeInbound(4096)
-      const ports = network.attach(receive)
+      const inbound = yield* makeInbound(4096)
+      const ports = network.attach(inbound.inlet.receive)
       yield* Effect.addFinalizer(() => Effect.sync(ports.detach))
 
       // Frames travel as bytes, delayed on the Effect clock and, for udp, lost at random.

@@ -106,25 +106,39 @@ export const frameSize = (frame: Frame): number => {
 }
 
 /**
+ * The common header of a sender's frames (magic, version, kind 0, flags,
+ * host id, instance, name), built once per sender object: a member's frames
+ * all share one sender, so the hex and UTF-8 work is done once, not per frame.
+ */
+const headers = new WeakMap<Sender, Buffer>()
+const headerOf = (sender: Sender): Buffer => {
+  let head = headers.get(sender)
+  if (head === undefined) {
+    const nameBytes = Buffer.from(sender.name, "utf8")
+    head = Buffer.alloc(HEADER_SIZE + nameBytes.length)
+    head[0] = MAGIC
+    head[1] = VERSION
+    writeHostId(head, 4, sender.hostId)
+    head.write(sender.instance, 10, 8, "hex")
+    head[18] = nameBytes.length
+    nameBytes.copy(head, HEADER_SIZE)
+    headers.set(sender, head)
+  }
+  return head
+}
+
+/**
  * Encodes a frame. `headroom` bytes are left free at the start (tcp writes its
  * length prefix there, so a frame goes out in one write without a copy).
  * Callers pass frames they built themselves; limits are checked by `checkFrame`.
  */
 export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
+  const head = headerOf(frame.sender)
   const size = frameSize(frame)
   const buf = Buffer.allocUnsafe(headroom + size)
-  let at = headroom
-  buf[at++] = MAGIC
-  buf[at++] = VERSION
-  buf[at++] = KIND[frame._tag]
-  buf[at++] = 0
-  writeHostId(buf, at, frame.sender.hostId)
-  at += 6
-  buf.write(frame.sender.instance, at, 8, "hex")
-  at += 8
-  const nameLen = buf.write(frame.sender.name, at + 1, "utf8")
-  buf[at] = nameLen
-  at += 1 + nameLen
+  head.copy(buf, headroom)
+  buf[headroom + 2] = KIND[frame._tag]
+  let at = headroom + head.length
   switch (frame._tag) {
     case "Leave":
       break
@@ -180,12 +194,21 @@ class Malformed {
 }
 
 /**
+ * The last sender seen on one connection or socket. Most frames on a link come
+ * from one sender, so comparing header bytes saves decoding them again.
+ */
+export interface SenderCache {
+  head?: Buffer
+  sender?: Sender
+}
+
+/**
  * Decodes one frame, or says why it is not one. Never throws: every byte
  * sequence is either a frame or a `DecodeFailure`.
  */
-export const decodeFrame = (bytes: Uint8Array): Frame | DecodeFailure => {
+export const decodeFrame = (bytes: Uint8Array, cache?: SenderCache): Frame | DecodeFailure => {
   try {
-    return decodeOrThrow(bytes)
+    return decodeOrThrow(bytes, cache)
   } catch (e) {
     if (e instanceof Malformed) return e.reason
     // A fatal TextDecoder rejects invalid UTF-8 by throwing a TypeError.
@@ -195,7 +218,7 @@ export const decodeFrame = (bytes: Uint8Array): Frame | DecodeFailure => {
 
 export const isDecodeFailure = (r: Frame | DecodeFailure): r is DecodeFailure => typeof r === "string"
 
-const decodeOrThrow = (bytes: Uint8Array): Frame => {
+const decodeOrThrow = (bytes: Uint8Array, cache: SenderCache | undefined): Frame => {
   const buf = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const end = buf.length
   if (end < 4) throw new Malformed("truncated")
@@ -204,14 +227,22 @@ const decodeOrThrow = (bytes: Uint8Array): Frame => {
   const tag = TAG[buf[2]!]
   if (tag === undefined) throw new Malformed("unknown-kind")
   if (end < HEADER_SIZE) throw new Malformed("truncated")
-  let at = 4
-  const hostId = buf.toString("hex", at, at + 6)
-  at += 6
-  const instance = buf.toString("hex", at, at + 8)
-  at += 8
-  const name = readString(buf, at, MAX_NAME_BYTES)
-  at += 1 + buf[at]!
-  const sender: Sender = { hostId, instance, name }
+  const headEnd = HEADER_SIZE + buf[18]!
+  let sender: Sender
+  const cached = cache?.head
+  if (cached !== undefined && cached.length === headEnd && end >= headEnd && buf.compare(cached, 4, headEnd, 4, headEnd) === 0) {
+    sender = cache!.sender!
+  } else {
+    const hostId = buf.toString("hex", 4, 10)
+    const instance = buf.toString("hex", 10, 18)
+    const name = readString(buf, 18, MAX_NAME_BYTES)
+    sender = { hostId, instance, name }
+    if (cache !== undefined) {
+      cache.head = Buffer.from(buf.subarray(0, headEnd))
+      cache.sender = sender
+    }
+  }
+  let at = headEnd
   switch (tag) {
     case "Leave":
       if (at !== end) throw new Malformed("trailing-bytes")

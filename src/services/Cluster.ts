@@ -8,7 +8,7 @@
  * - send: op <op> send -> protocol <p> send -> send -> encode (Transport),
  *   per protocol in the peer's order until one carries the frame
  */
-import { Context, Effect, Layer, PubSub, Queue, Stream } from "effect"
+import { Context, Effect, Layer, PubSub, Stream } from "effect"
 import { isLocalAddress } from "../internal/host.ts"
 import {
   type FrameTooLarge,
@@ -19,8 +19,9 @@ import {
   SendFailed,
   ServiceNotFound
 } from "../schema/Errors.ts"
-import { checkFrame, type MessageFrame, type Sender } from "../schema/Frame.ts"
+import { checkFrame, MAX_OP_BYTES, type MessageFrame, type Sender } from "../schema/Frame.ts"
 import {
+  type Advertised,
   type ClusterEvent,
   type Delivery,
   Message,
@@ -72,8 +73,9 @@ export interface ClusterShape {
   /**
    * Registers a hook at a point. It is removed when the caller's scope closes
    * (if the caller runs in one); otherwise it lives as long as the member.
+   * The hook runs with the caller's services, so it may use `Cluster` itself.
    */
-  readonly hook: <A>(point: HookPoint<A>, hook: Hook<A>) => Effect.Effect<void>
+  readonly hook: <A, E, R>(point: HookPoint<A>, hook: Hook<A, E, R>) => Effect.Effect<void, never, R>
   /** Membership events, from the moment the stream starts. */
   readonly events: Stream.Stream<ClusterEvent>
   /** Delivered messages (after every receive hook), from the moment the stream starts. */
@@ -90,7 +92,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
   static readonly broadcast = (op: string, data: Data) => Cluster.use((c) => c.broadcast(op, data))
   static readonly sendTo = (targets: Targets, op: string, data: Data) =>
     Cluster.use((c) => c.sendTo(targets, op, data))
-  static readonly hook = <A>(point: HookPoint<A>, hook: Hook<A>) => Cluster.use((c) => c.hook(point, hook))
+  static readonly hook = <A, E, R>(point: HookPoint<A>, hook: Hook<A, E, R>) =>
+    Cluster.use((c) => c.hook(point, hook))
   static readonly events = Stream.unwrap(Cluster.useSync((c) => c.events))
   static readonly messages = Stream.unwrap(Cluster.useSync((c) => c.messages))
   static readonly stats = Cluster.use((c) => c.stats)
@@ -107,59 +110,76 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         const stats = yield* Stats
         const { sender } = options
         const selfId = discovery.self.id
-        const delivered = yield* PubSub.dropping<Message>(options.bufferSize)
+        // Bounded with backpressure: a slow subscriber slows the message
+        // pipeline (and, through paused tcp reads, the senders) instead of losing messages.
+        const delivered = yield* PubSub.bounded<Message>(options.bufferSize)
         yield* Effect.addFinalizer(() => PubSub.shutdown(delivered))
 
         // ---- receive ----
+
+        /** Publishes at once when there is room; otherwise an Effect that waits for it. */
+        const deliver = (message: Message): Effect.Effect<void> =>
+          PubSub.publishUnsafe(delivered, message) ? Effect.void : Effect.asVoid(PubSub.publish(delivered, message))
 
         const receiveMessage = (frame: MessageFrame, protocol: ProtocolName, address: string) => {
           if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {
             stats.drop("filtered")
             return Effect.void
           }
-          return registry.observe({ sender: frame.sender, address }).pipe(
+          const sighting = { sender: frame.sender, address }
+          // Fast path: a known sender and no hooks anywhere: deliver at once.
+          if (!hooks.any()) {
+            const from = registry.observeNow(sighting)
+            if (from !== undefined) return deliver(new Message(frame.op, frame.data, from, protocol, frame.channel))
+          }
+          return registry.observe(sighting).pipe(
             Effect.flatMap((from) => {
               if (from === undefined) return Effect.void
               const message = new Message(frame.op, frame.data, from, protocol, frame.channel)
               return hooks.run(Points.protocol(protocol, "receive"), message).pipe(
                 Effect.flatMap((m) => hooks.run(Points.receive, m)),
                 Effect.flatMap((m) => hooks.run(Points.op(frame.op, "receive"), m)),
-                Effect.flatMap((m) =>
-                  Effect.sync(() => {
-                    if (!PubSub.publishUnsafe(delivered, normalize(m))) stats.drop("subscriber-full")
-                  })
-                ),
+                Effect.flatMap((m) => deliver(normalize(m))),
                 Effect.catchTag("HookRejected", () => Effect.sync(() => stats.drop("hook-rejected")))
               )
             })
           )
         }
 
-        const dispatch = ({ frame, protocol, address }: Inbound): Effect.Effect<void> => {
+        /** The drop checks every frame passes first; true when it may go on. */
+        const admitted = ({ frame, address }: Inbound): boolean => {
           if (frame.sender.instance === sender.instance) {
             stats.drop("own")
-            return Effect.void
+            return false
           }
           if (options.remote === 0 && !isLocalAddress(address)) {
             stats.drop("non-local")
-            return Effect.void
+            return false
           }
-          if (frame._tag === "Message") {
-            if (!CHANNELS.has(frame.channel)) {
-              stats.drop("channel")
-              return Effect.void
-            }
-            return receiveMessage(frame, protocol, address)
+          if (frame._tag === "Message" && !CHANNELS.has(frame.channel)) {
+            stats.drop("channel")
+            return false
           }
-          return discovery.handle(frame, address)
+          return true
         }
 
-        yield* Effect.gen(function*() {
-          while (true) {
-            const batch = yield* Queue.takeAll(transport.inbound)
-            for (const inbound of batch) yield* dispatch(inbound)
-          }
-        }).pipe(Effect.forkScoped)
+        /** Takes batches from a queue forever, handling each admitted frame in order. */
+        const pump = (take: Effect.Effect<ReadonlyArray<Inbound>>, handle: (inbound: Inbound) => Effect.Effect<void>) =>
+          Effect.gen(function*() {
+            while (true) {
+              for (const inbound of yield* take) {
+                if (!admitted(inbound)) continue
+                const handled = handle(inbound)
+                // Most frames are handled synchronously: skip the yield.
+                if (handled !== Effect.void) yield* handled
+              }
+            }
+          }).pipe(Effect.forkScoped)
+
+        yield* pump(transport.takeBeacons, ({ frame, address }) =>
+          frame._tag === "Message" ? Effect.void : discovery.handle(frame, address))
+        yield* pump(transport.takeMessages, ({ frame, protocol, address }) =>
+          frame._tag === "Message" ? receiveMessage(frame, protocol, address) : Effect.void)
 
         // ---- send ----
 
@@ -168,20 +188,34 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           return problem === undefined ? Effect.succeed(frame) : Effect.fail(new InvalidMessage({ message: problem }))
         }
 
+        const speaks = new Set(transport.advertised.map((a) => a.protocol))
+        const orders = new WeakMap<ReadonlyArray<Advertised>, ReadonlyArray<ProtocolName>>()
+        /** The peer's protocols, in its order, that we speak; just udp (a filtered datagram) when none. */
+        const orderFor = (peer: Service): ReadonlyArray<ProtocolName> => {
+          let order = orders.get(peer.protocols)
+          if (order === undefined) {
+            const common = peer.protocols.map((p) => p.protocol).filter((p) => speaks.has(p))
+            order = common.length > 0 ? common : ["udp"]
+            orders.set(peer.protocols, order)
+          }
+          return order
+        }
+
+        /** The wire frame; datagrams carry a target filter, a tcp connection already is one. */
+        const frameOf = (op: string, channel: number, targets: ReadonlyArray<Service>, data: Uint8Array, protocol: ProtocolName): MessageFrame => ({
+          _tag: "Message",
+          sender,
+          op,
+          channel,
+          targets: protocol === "udp" ? targets.map((t) => t.id) : [],
+          data
+        })
+
         /** op hook done: protocol hook, send hook, then the frame to encode. */
         const outbound = (out: Outgoing, protocol: ProtocolName) =>
           hooks.run(Points.protocol(protocol, "send"), out.protocol === protocol ? out : { ...out, protocol }).pipe(
             Effect.flatMap((o) => hooks.run(Points.send, o)),
-            Effect.flatMap((o) =>
-              checked({
-                _tag: "Message",
-                sender,
-                op: o.op,
-                channel: o.channel,
-                targets: o.targets.map((t) => t.id),
-                data: o.data
-              })
-            )
+            Effect.flatMap((o) => checked(frameOf(o.op, o.channel, o.targets, o.data, protocol)))
           )
 
         const broadcast = (op: string, data: Data) =>
@@ -196,10 +230,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
 
         const sendOne = (peer: Service, op: string, data: Uint8Array) =>
           Effect.gen(function*() {
-            const speaks = new Set(transport.advertised.map((a) => a.protocol))
-            const common = peer.protocols.map((p) => p.protocol).filter((p) => speaks.has(p))
-            // Nothing in common (we have not had its beacon yet): a filtered datagram.
-            const order: ReadonlyArray<ProtocolName> = common.length > 0 ? common : ["udp"]
+            const order = orderFor(peer)
             const out = yield* hooks.run(Points.op(op, "send"), {
               op,
               data,
@@ -219,6 +250,20 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             }
             return yield* new SendFailed({ service: peer, attempts })
           })
+
+        /**
+         * The per-message fast path: one service, no hooks anywhere, its first
+         * protocol ready to take the frame now. Undefined when the full path must run.
+         */
+        const sendNow = (peer: Service, op: string, data: Data): Effect.Effect<ReadonlyArray<Delivery>> | undefined => {
+          if (hooks.any()) return undefined
+          const opBytes = Buffer.byteLength(op)
+          if (opBytes === 0 || opBytes > MAX_OP_BYTES) return undefined
+          const protocol = orderFor(peer)[0]!
+          if (!transport.sendNow(protocol, peer, frameOf(op, 0, [peer], toBytes(data), protocol))) return undefined
+          stats.frameOut()
+          return Effect.succeed([{ service: peer, protocol }])
+        }
 
         const services = registry.list
 
@@ -243,6 +288,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           })
 
         const sendTo = (targets: Targets, op: string, data: Data) =>
+          (typeof targets === "object" && !Array.isArray(targets) && sendNow(targets as Service, op, data)) ||
           Effect.gen(function*() {
             const peers = yield* targetsOf(targets)
             const bytes = toBytes(data)
@@ -265,7 +311,10 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           resolve,
           broadcast,
           sendTo,
-          hook: (point, hook) => hooks.register(point, hook),
+          hook: <A, E, R>(point: HookPoint<A>, hook: Hook<A, E, R>) =>
+            Effect.contextWith((context: Context.Context<R>) =>
+              hooks.register(point, (value: A) => Effect.provide(hook(value), context))
+            ),
           events: registry.events,
           messages: Stream.fromPubSub(delivered),
           stats: stats.snapshot

@@ -38,24 +38,29 @@ export const HookPoint = {
   service: (stage: "eval" | "validate" | "found" | "lost"): HookPoint<Service> => point(`service ${stage}`)
 } as const
 
-/** A hook: return the (possibly changed) value, or fail with `HookRejected` to cancel. */
-export type Hook<A> = (value: A) => Effect.Effect<A, HookRejected>
+/**
+ * A hook: return the (possibly changed) value, or fail with `HookRejected` to
+ * cancel. Any other failure also cancels, and is logged as a hook bug.
+ */
+export type Hook<A, E = HookRejected, R = never> = (value: A) => Effect.Effect<A, E, R>
 
 export class Hooks extends Context.Service<Hooks, {
   /**
    * Adds a hook. It is removed when the caller's scope closes, if the caller
    * runs in one; otherwise it lives as long as the member.
    */
-  readonly register: <A>(point: HookPoint<A>, hook: Hook<A>) => Effect.Effect<void>
+  readonly register: <A>(point: HookPoint<A>, hook: Hook<A, unknown>) => Effect.Effect<void>
   /** Runs a point's hooks in order; the value itself when none are registered. */
   readonly run: <A>(point: HookPoint<A>, value: A) => Effect.Effect<A, HookRejected>
   /** Whether a point has hooks (lets the hot path skip building an Effect). */
   readonly has: (point: HookPoint<any>) => boolean
+  /** Whether any point has hooks: none is the common case, checked once per frame. */
+  readonly any: () => boolean
 }>()("cluster-comm/Hooks") {
   static readonly layer = Layer.sync(Hooks, () => {
-    const points = new Map<string, Array<Hook<any>>>()
+    const points = new Map<string, Array<Hook<any, unknown>>>()
 
-    const guarded = <A>(key: string, hook: Hook<A>, value: A): Effect.Effect<A, HookRejected> =>
+    const guarded = <A>(key: string, hook: Hook<A, unknown>, value: A): Effect.Effect<A, HookRejected> =>
       Effect.suspend(() => hook(value)).pipe(
         Effect.flatMap((next) =>
           next === undefined || next === null
@@ -63,7 +68,8 @@ export class Hooks extends Context.Service<Hooks, {
             : Effect.succeed(next)
         ),
         Effect.catchCause((cause) => {
-          if (Cause.hasInterrupts(cause)) return Effect.failCause(cause)
+          // Interruption is not a verdict on the frame: pass it on.
+          if (Cause.hasInterrupts(cause)) return Effect.failCause(cause as Cause.Cause<never>)
           const error = Cause.findError(cause)
           if (error._tag === "Success" && error.success instanceof HookRejected) return Effect.fail(error.success)
           return Effect.logWarning(`hook at "${key}" failed; the frame is rejected`, Cause.pretty(cause)).pipe(
@@ -98,7 +104,8 @@ export class Hooks extends Context.Service<Hooks, {
         for (const hook of chain) effect = Effect.flatMap(effect, (v) => guarded(p.key, hook, v))
         return effect
       },
-      has: (p) => points.has(p.key)
+      has: (p) => points.has(p.key),
+      any: () => points.size > 0
     })
   })
 }

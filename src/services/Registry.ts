@@ -40,6 +40,12 @@ export class Registry extends Context.Service<Registry, {
    * an instance in conflict); such drops are counted here.
    */
   readonly observe: (sighting: Sighting) => Effect.Effect<Service | undefined>
+  /**
+   * The synchronous fast path of `observe`: the known, unchanged service with
+   * its `lastSeen` refreshed, or undefined when `observe` must run (new,
+   * changed, conflicting, or hooks to run).
+   */
+  readonly observeNow: (sighting: Sighting) => Service | undefined
   /** The sender said it leaves: drop it now, if that instance is the one we know. */
   readonly leave: (sender: Sender) => Effect.Effect<void>
   /** A service by id, synchronously (for the per-frame path). */
@@ -88,9 +94,22 @@ export class Registry extends Context.Service<Registry, {
             : Effect.void
         }
 
+        // Nothing changed and no hook wants to see it: just note the time.
+        const observeNow = (sighting: Sighting): Service | undefined => {
+          const { sender } = sighting
+          const known = services.get(idOf(sender))
+          if (
+            known === undefined || known.instance !== sender.instance || known.address !== sighting.address ||
+            (sighting.protocols !== undefined && !sameProtocols(known.protocols, sighting.protocols)) ||
+            hooks.has(HookPoint.service("eval")) || hooks.has(HookPoint.service("validate"))
+          ) return undefined
+          ;(known as { lastSeen: number }).lastSeen = clock.currentTimeMillisUnsafe()
+          return known
+        }
+
         const observe = (sighting: Sighting): Effect.Effect<Service | undefined> =>
           Effect.suspend(() => {
-            const { sender, address } = sighting
+            const { sender } = sighting
             const id = serviceId(sender.hostId, sender.name)
             const known = services.get(id)
             const now = clock.currentTimeMillisUnsafe()
@@ -105,15 +124,8 @@ export class Registry extends Context.Service<Registry, {
               return conflict(known, known.instance, sender.instance)
             }
             const protocols = sighting.protocols ?? (known?.instance === sender.instance ? known.protocols : [])
-            // Fast path: nothing changed and no hook wants to see it.
-            if (
-              known !== undefined && known.instance === sender.instance && known.address === address &&
-              sameProtocols(known.protocols, protocols) && !hooks.has(HookPoint.service("eval")) &&
-              !hooks.has(HookPoint.service("validate"))
-            ) {
-              ;(known as { lastSeen: number }).lastSeen = now
-              return Effect.succeed(known)
-            }
+            const seen = observeNow(sighting)
+            if (seen !== undefined) return Effect.succeed(seen)
             return hooks.run(HookPoint.service("eval"), serviceFrom(id, sighting, protocols, now)).pipe(
               Effect.flatMap((s) => hooks.run(HookPoint.service(known === undefined ? "found" : "validate"), s)),
               Effect.map((s) => {
@@ -146,6 +158,7 @@ export class Registry extends Context.Service<Registry, {
 
         return Registry.of({
           observe,
+          observeNow,
           leave: (sender) =>
             Effect.suspend(() => {
               const known = services.get(serviceId(sender.hostId, sender.name))
@@ -157,6 +170,17 @@ export class Registry extends Context.Service<Registry, {
         })
       })
     )
+}
+
+// Decoding reuses one Sender object per link, so its id is worth remembering.
+const ids = new WeakMap<Sender, string>()
+const idOf = (sender: Sender): string => {
+  let id = ids.get(sender)
+  if (id === undefined) {
+    id = serviceId(sender.hostId, sender.name)
+    ids.set(sender, id)
+  }
+  return id
 }
 
 const serviceFrom = (id: string, s: Sighting, protocols: ReadonlyArray<Advertised>, now: number): Service => ({

@@ -17,6 +17,7 @@ export type DropReason =
   | "hook-rejected" // a receive or service hook cancelled it
   | "queue-full" // the inbound queue was full
   | "subscriber-full" // a `messages`/`events` subscriber fell too far behind
+  | "unsent" // accepted for a tcp connection that closed before it was written
 
 export interface StatsSnapshot {
   readonly framesIn: number

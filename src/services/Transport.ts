@@ -10,7 +10,7 @@
 import { Context, Effect, Layer, Queue, type Scope } from "effect"
 import type { ClusterConfig } from "../schema/Config.ts"
 import { type FrameTooLarge, ProtocolFailure } from "../schema/Errors.ts"
-import { decodeFrame, type Frame, isDecodeFailure } from "../schema/Frame.ts"
+import { decodeFrame, type Frame, isDecodeFailure, type SenderCache } from "../schema/Frame.ts"
 import type { Advertised, ProtocolName, Service } from "../schema/Service.ts"
 import { TcpProtocol } from "./protocols/Tcp.ts"
 import { UdpProtocol } from "./protocols/Udp.ts"
@@ -39,10 +39,27 @@ export interface Protocol {
   readonly port: number
   readonly maxFrame: number
   readonly send: (to: Endpoint, frame: Frame) => Effect.Effect<void, FrameTooLarge | ProtocolFailure>
+  /**
+   * Optional fast path: hands the frame over synchronously when that can be
+   * done at once (an open, uncongested connection) and says so; false means
+   * nothing was sent and `send` must be used.
+   */
+  readonly sendNow?: (to: Endpoint, frame: Frame) => boolean
 }
 
-/** Called by protocols with each received frame's bytes (synchronously, on the socket's callback). */
-export type Receive = (bytes: Uint8Array, protocol: ProtocolName, address: string) => void
+/**
+ * Called by protocols with each received frame's bytes (synchronously, on the
+ * socket's callback). `cache` is the link's own (see `SenderCache`). Returns
+ * false when the message queue is full: a stream protocol should then pause
+ * reading until `whenDrained` calls back; a datagram is dropped and counted.
+ */
+export type Receive = (bytes: Uint8Array, protocol: ProtocolName, address: string, cache?: SenderCache) => boolean
+
+/** What protocols deliver into: `receive`, and `whenDrained` to resume a paused reader. */
+export interface Inlet {
+  readonly receive: Receive
+  readonly whenDrained: (resume: () => void) => void
+}
 
 export class Transport extends Context.Service<Transport, {
   /** Our protocols and ports, in our order of preference: what beacons advertise. */
@@ -57,42 +74,84 @@ export class Transport extends Context.Service<Transport, {
     peer: Service,
     frame: Frame
   ) => Effect.Effect<void, FrameTooLarge | ProtocolFailure>
-  /** Decoded frames from every protocol, bounded; when full, new frames are dropped and counted. */
-  readonly inbound: Queue.Dequeue<Inbound>
+  /** The synchronous fast path of `send`: true if the frame was handed over, false to use `send`. */
+  readonly sendNow: (protocol: ProtocolName, peer: Service, frame: Frame) => boolean
+  /**
+   * Waits for, then takes, every queued beacon (heartbeat, probe, answer,
+   * leave). Beacons have a queue of their own, so a slow message consumer
+   * never delays membership; when it is full, beacons are dropped and counted.
+   */
+  readonly takeBeacons: Effect.Effect<ReadonlyArray<Inbound>>
+  /**
+   * Waits for, then takes, every queued message. When the queue is full, tcp
+   * readers pause (the sender feels it as backpressure) and datagrams are
+   * dropped and counted; taking resumes the paused readers.
+   */
+  readonly takeMessages: Effect.Effect<ReadonlyArray<Inbound>>
 }>()("cluster-comm/Transport") {
   /** Real sockets: udp multicast (always: discovery rides on it) plus the configured direct protocols. */
   static readonly layer = (config: ClusterConfig) =>
     Layer.effect(
       Transport,
       Effect.gen(function*() {
-        const { inbound, receive } = yield* makeInbound(config.bufferSize)
-        const udp = yield* UdpProtocol.make(config, receive)
+        const inbound = yield* makeInbound(config.bufferSize)
+        const udp = yield* UdpProtocol.make(config, inbound.inlet)
         const byName = new Map<ProtocolName, Protocol>([["udp", udp]])
-        if (config.protocols.includes("tcp")) byName.set("tcp", yield* TcpProtocol.make(config, receive))
+        if (config.protocols.includes("tcp")) byName.set("tcp", yield* TcpProtocol.make(config, inbound.inlet))
         return fromProtocols(config, byName, udp.multicast, inbound)
       })
     )
 }
 
+/** The queues between the sockets and the pipelines. */
+export interface InboundQueues {
+  readonly inlet: Inlet
+  readonly takeBeacons: Effect.Effect<ReadonlyArray<Inbound>>
+  readonly takeMessages: Effect.Effect<ReadonlyArray<Inbound>>
+}
+
 /**
- * The bounded inbound queue and the edge that fills it: count, decode once,
- * and drop (counted by reason) whatever is not a frame.
+ * The edge: count, decode once, drop (counted by reason) whatever is not a
+ * frame, and queue the rest, beacons and messages apart.
  */
-export const makeInbound = (capacity: number): Effect.Effect<
-  { readonly inbound: Queue.Queue<Inbound>; readonly receive: Receive },
-  never,
-  Stats | Scope.Scope
-> =>
+export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, never, Stats | Scope.Scope> =>
   Effect.gen(function*() {
     const stats = yield* Stats
-    const inbound = yield* Effect.acquireRelease(Queue.dropping<Inbound>(capacity * 4), Queue.shutdown)
-    const receive: Receive = (bytes, protocol, address) => {
+    const beacons = yield* Effect.acquireRelease(Queue.dropping<Inbound>(capacity), Queue.shutdown)
+    // Unbounded as a structure, bounded in use: past `capacity` readers pause
+    // and datagrams are dropped, so it holds at most one read chunk per paused link beyond it.
+    const messages = yield* Effect.acquireRelease(Queue.unbounded<Inbound>(), Queue.shutdown)
+    let paused: Array<() => void> = []
+    const receive: Receive = (bytes, protocol, address, cache) => {
       stats.frameIn()
-      const frame = decodeFrame(bytes)
-      if (isDecodeFailure(frame)) stats.drop(frame)
-      else if (!Queue.offerUnsafe(inbound, { frame, protocol, address })) stats.drop("queue-full")
+      const frame = decodeFrame(bytes, cache)
+      if (isDecodeFailure(frame)) {
+        stats.drop(frame)
+        return true
+      }
+      if (frame._tag !== "Message") {
+        if (!Queue.offerUnsafe(beacons, { frame, protocol, address })) stats.drop("queue-full")
+        return true
+      }
+      const size = Queue.sizeUnsafe(messages)
+      if (size >= capacity && protocol === "udp") {
+        stats.drop("queue-full")
+        return true
+      }
+      Queue.offerUnsafe(messages, { frame, protocol, address })
+      return size + 1 < capacity
     }
-    return { inbound, receive }
+    const resume = Effect.sync(() => {
+      if (paused.length === 0) return
+      const waiting = paused
+      paused = []
+      for (const r of waiting) r()
+    })
+    return {
+      inlet: { receive, whenDrained: (r) => void paused.push(r) },
+      takeBeacons: Queue.takeAll(beacons),
+      takeMessages: Effect.tap(Queue.takeAll(messages), () => resume)
+    }
   })
 
 /** A Transport over a set of protocol plug-ins (the live sockets, or an in-memory network). */
@@ -100,7 +159,7 @@ export const fromProtocols = (
   config: ClusterConfig,
   byName: ReadonlyMap<ProtocolName, Protocol>,
   multicast: (frame: Frame) => Effect.Effect<void, FrameTooLarge | ProtocolFailure>,
-  inbound: Queue.Dequeue<Inbound>
+  inbound: InboundQueues
 ): Transport["Service"] => {
   const advertised = config.protocols.flatMap((name) => {
     const p = byName.get(name)
@@ -119,7 +178,14 @@ export const fromProtocols = (
       if (port === undefined) return name === "udp" ? multicast(frame) : Effect.fail(noRoute(name, peer))
       return protocol.send({ address: peer.address, port }, frame)
     },
-    inbound
+    sendNow: (name, peer, frame) => {
+      const sendNow = byName.get(name)?.sendNow
+      if (sendNow === undefined) return false
+      const port = peer.protocols.find((p) => p.protocol === name)?.port
+      return port !== undefined && sendNow({ address: peer.address, port }, frame)
+    },
+    takeBeacons: inbound.takeBeacons,
+    takeMessages: inbound.takeMessages
   })
 }
 

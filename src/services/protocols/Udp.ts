@@ -14,8 +14,8 @@ import { Effect } from "effect"
 import { interfaceAddress } from "../../internal/host.ts"
 import type { ClusterConfig } from "../../schema/Config.ts"
 import { FrameTooLarge, JoinError, ProtocolFailure } from "../../schema/Errors.ts"
-import { encodeFrame, type Frame } from "../../schema/Frame.ts"
-import type { Endpoint, Protocol, Receive } from "../Transport.ts"
+import { encodeFrame, type Frame, type SenderCache } from "../../schema/Frame.ts"
+import type { Endpoint, Inlet, Protocol } from "../Transport.ts"
 
 /** The largest IPv4 udp payload. */
 export const MAX_DATAGRAM = 65507
@@ -56,7 +56,7 @@ const trying = <A>(what: string, reason: JoinError["reason"], f: () => A) =>
   Effect.try({ try: f, catch: (e) => new JoinError({ reason, message: `${what}: ${String(e)}`, cause: e }) })
 
 export const UdpProtocol = {
-  make: (config: ClusterConfig, receive: Receive) =>
+  make: (config: ClusterConfig, inlet: Inlet) =>
     Effect.gen(function*() {
       const local = config.remote === 0
       const iface = local ? "127.0.0.1" : interfaceAddress(config.interface)
@@ -91,7 +91,8 @@ export const UdpProtocol = {
         } catch {
           // keep the default
         }
-        socket.on("message", (bytes, from) => receive(bytes, "udp", from.address))
+        const cache: SenderCache = {}
+        socket.on("message", (bytes, from) => inlet.receive(bytes, "udp", from.address, cache))
         // Errors after bind (e.g. ICMP unreachable reported on send) must not crash the member.
         socket.on("error", () => {})
       }

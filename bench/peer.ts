@@ -1,0 +1,73 @@
+/**
+ * Bench peer over cluster-comm, one role a process (driven over IPC):
+ *   sink    counts "T" messages and says when `count` arrived
+ *   source  sendTo the sink `count` times, `size` bytes each
+ *   echo    answers every "P" with a "Q" carrying the same data
+ *   pinger  sends "P" to the echo and waits for each "Q": round-trip times
+ */
+import { Deferred, Effect, Schedule, Stream } from "effect"
+import { Cluster, ClusterLive, HookPoint } from "cluster-comm"
+
+const [role = "sink", port = "23901"] = process.argv.slice(2)
+const peerOf: Record<string, string> = { source: "sink", pinger: "echo" }
+
+type Go = { readonly count: number; readonly size: number }
+const nextGo = () => new Promise<Go>((resolve) => process.once("message", (m) => resolve(m as Go)))
+
+const waitFor = (name: string) =>
+  Cluster.resolve(name).pipe(
+    Effect.repeat({ schedule: Schedule.spaced("2 millis"), until: (s) => s.length > 0 }),
+    Effect.timeout("10 seconds"),
+    Effect.map((s) => s[0]!)
+  )
+
+const main = Effect.gen(function*() {
+  if (role === "sink") {
+    process.send?.({ ready: true })
+    const go = yield* Effect.promise(nextGo)
+    let seen = 0
+    yield* Cluster.messages.pipe(
+      Stream.filter((m) => m.op === "T"),
+      Stream.runForEach(() =>
+        Effect.sync(() => {
+          if (++seen === go.count) process.send?.({ done: true })
+        })
+      ),
+      Effect.forkChild
+    )
+    process.send?.({ subscribed: true })
+    return yield* Effect.never
+  }
+  if (role === "echo") {
+    yield* Cluster.hook(HookPoint.op("P", "receive"), (m) =>
+      Cluster.sendTo(m.from, "Q", m.data).pipe(Effect.as(m))
+    )
+    process.send?.({ ready: true })
+    return yield* Effect.never
+  }
+  const target = yield* waitFor(peerOf[role]!)
+  process.send?.({ ready: true })
+  const go = yield* Effect.promise(nextGo)
+  const data = new Uint8Array(go.size).fill(97)
+  if (role === "source") {
+    for (let i = 0; i < go.count; i++) yield* Cluster.sendTo(target, "T", data)
+    process.send?.({ sent: true })
+    return yield* Effect.never
+  }
+  // pinger
+  let pending = yield* Deferred.make<void>()
+  yield* Cluster.hook(HookPoint.op("Q", "receive"), (m) => Deferred.succeed(pending, undefined).pipe(Effect.as(m)))
+  const times: Array<number> = []
+  for (let i = 0; i < go.count; i++) {
+    pending = yield* Deferred.make<void>()
+    const t = performance.now()
+    yield* Cluster.sendTo(target, "P", data)
+    yield* Deferred.await(pending)
+    times.push(performance.now() - t)
+  }
+  process.send?.({ times })
+  return yield* Effect.never
+})
+
+Effect.runFork(Effect.scoped(main).pipe(Effect.provide(ClusterLive({ name: role, port: Number(port) }))))
+process.on("SIGTERM", () => process.exit(0))

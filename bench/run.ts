@@ -1,0 +1,198 @@
+/**
+ * `npm run bench`: discovery time for N separate processes, and sendTo
+ * throughput and round trip between two processes, each next to its raw
+ * node:net reference measured in the same run. Prints a table and writes
+ * bench/results/latest.json. `--quick` runs small counts (the CI smoke run).
+ */
+import { type ChildProcess, fork } from "node:child_process"
+import { mkdirSync, writeFileSync } from "node:fs"
+import { fileURLToPath } from "node:url"
+
+const quick = process.argv.includes("--quick")
+/** `--only discovery|throughput|rtt` runs one section (for profiling). */
+const only = process.argv.includes("--only") ? process.argv[process.argv.indexOf("--only") + 1] : undefined
+const runs = (section: string) => only === undefined || only === section
+const here = (f: string) => fileURLToPath(new URL(f, import.meta.url))
+const RUNS = quick ? 1 : 3
+const PORT = 23950 + Math.floor(Math.random() * 40)
+
+type Msg = Record<string, any>
+const children = new Set<ChildProcess>()
+
+const spawn = (file: string, args: ReadonlyArray<string>) => {
+  // BENCH_PROFILE=dir: every child writes a CPU profile there (`--cpu-prof`).
+  const profile = process.env.BENCH_PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : []
+  const child = fork(here(file), args, {
+    stdio: ["ignore", "ignore", "inherit", "ipc"],
+    execArgv: [...process.execArgv, ...profile]
+  })
+  children.add(child)
+  const inbox: Array<Msg> = []
+  const waiters: Array<{ key: string; resolve: (m: Msg) => void }> = []
+  child.on("message", (m: Msg) => {
+    const i = waiters.findIndex((w) => w.key in m)
+    if (i >= 0) waiters.splice(i, 1)[0]!.resolve(m)
+    else inbox.push(m)
+  })
+  child.on("exit", () => children.delete(child))
+  const next = (key: string, timeoutMs = 60_000) =>
+    new Promise<Msg>((resolve, reject) => {
+      const i = inbox.findIndex((m) => key in m)
+      if (i >= 0) return resolve(inbox.splice(i, 1)[0]!)
+      const timer = setTimeout(() => reject(new Error(`${file} ${args.join(" ")}: no "${key}" within ${timeoutMs} ms`)), timeoutMs)
+      waiters.push({
+        key,
+        resolve: (m) => {
+          clearTimeout(timer)
+          resolve(m)
+        }
+      })
+    })
+  return { child, next, send: (m: Msg) => child.send(m) }
+}
+
+const stop = async (list: ReadonlyArray<{ child: ChildProcess }>) => {
+  await Promise.all(
+    list.map(({ child }) =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null) return resolve()
+        child.once("exit", () => resolve())
+        child.kill("SIGTERM") // our own child, by its PID
+      })
+    )
+  )
+}
+
+const median = (xs: ReadonlyArray<number>) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+}
+const percentile = (xs: ReadonlyArray<number>, p: number) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!
+}
+
+// ---- discovery ----
+
+/** N processes started at once: time from the first spawn until the last knows all. */
+const discovery = async (n: number, port: number) => {
+  const t0 = Date.now()
+  const members = Array.from({ length: n }, (_, i) => spawn("member.ts", [`m${i}`, String(n - 1), String(port)]))
+  const reports = await Promise.all(members.map((m) => m.next("knowsAllAt")))
+  const allKnown = Math.max(...reports.map((r) => r.knowsAllAt)) - t0
+  return { members, allKnown }
+}
+
+/** One more member joining a running cluster: from its join until it knows all. */
+const joiner = async (running: number, port: number) => {
+  const m = spawn("member.ts", [`j${running}`, String(running), String(port)])
+  const r = await m.next("knowsAllAt")
+  await stop([m])
+  return { joinToAll: r.knowsAllAt - r.joinStartedAt, bootToJoin: r.joinStartedAt - r.bootedAt }
+}
+
+// ---- messaging ----
+
+const pair = async (impl: "cluster" | "raw", roles: readonly [string, string], port: number) => {
+  if (impl === "cluster") {
+    const a = spawn("peer.ts", [roles[0], String(port)])
+    await a.next("ready")
+    const b = spawn("peer.ts", [roles[1], String(port)])
+    await b.next("ready")
+    return [a, b] as const
+  }
+  const a = spawn("raw.ts", [roles[0]])
+  const { port: rawPort } = await a.next("ready")
+  const b = spawn("raw.ts", [roles[1], String(rawPort)])
+  await b.next("ready")
+  return [a, b] as const
+}
+
+const throughput = async (impl: "cluster" | "raw", count: number, size: number, port: number) => {
+  const [sink, source] = await pair(impl, ["sink", "source"], port)
+  sink.send({ count, size })
+  await sink.next("subscribed")
+  const t0 = performance.now()
+  source.send({ count, size })
+  await sink.next("done", 120_000)
+  const seconds = (performance.now() - t0) / 1000
+  await stop([sink, source])
+  return { msgPerSec: count / seconds, bytesPerSec: (count * size) / seconds }
+}
+
+const roundTrip = async (impl: "cluster" | "raw", count: number, size: number, port: number) => {
+  const [echo, pinger] = await pair(impl, ["echo", "pinger"], port)
+  pinger.send({ count, size })
+  const { times } = await pinger.next("times", 120_000)
+  await stop([echo, pinger])
+  const warm = (times as Array<number>).slice(Math.floor(times.length / 10)) // drop the warm-up tenth
+  return { p50: percentile(warm, 50), p99: percentile(warm, 99) }
+}
+
+const results: Record<string, unknown> = { quick, runs: RUNS, date: new Date().toISOString() }
+const rows: Array<[string, string, string, string]> = []
+const fmt = (x: number, digits = 1) => x.toLocaleString("en-US", { maximumFractionDigits: digits })
+
+try {
+  // Discovery: N = 2, 10, 30 processes, each N on a port of its own so runs never overlap.
+  const sizes = !runs("discovery") ? [] : quick ? [2, 5] : [2, 10, 30]
+  for (const [k, n] of sizes.entries()) {
+    const allKnown: Array<number> = []
+    const joins: Array<number> = []
+    for (let run = 0; run < RUNS; run++) {
+      const port = PORT + 40 + k
+      const { members, allKnown: t } = await discovery(n, port)
+      allKnown.push(t)
+      if (n === sizes[sizes.length - 1]) joins.push((await joiner(n, port)).joinToAll)
+      await stop(members)
+      await new Promise((r) => setTimeout(r, 200)) // let leaves settle before the next run
+    }
+    results[`discovery_${n}`] = { allKnownMs: median(allKnown), runs: allKnown }
+    rows.push([`discovery, ${n} processes`, `last knows all ${fmt(median(allKnown), 0)} ms after first spawn`, "-", "-"])
+    if (joins.length > 0) {
+      results[`join_running_${n}`] = { joinToAllMs: median(joins), runs: joins }
+      rows.push([`join a running cluster of ${n}`, `knows all ${fmt(median(joins), 1)} ms after join`, "-", "target < 100 ms"])
+    }
+  }
+
+  const count = Number(process.env.BENCH_COUNT ?? (quick ? 5_000 : 500_000))
+  const tp = { cluster: [] as Array<number>, raw: [] as Array<number> }
+  for (let run = 0; run < (runs("throughput") ? RUNS : 0); run++) {
+    tp.raw.push((await throughput("raw", count, 100, PORT)).msgPerSec)
+    tp.cluster.push((await throughput("cluster", count, 100, PORT)).msgPerSec)
+  }
+  const tpRatio = median(tp.cluster) / median(tp.raw)
+  if (tp.raw.length > 0) results.throughput_100B = { clusterMsgPerSec: median(tp.cluster), rawMsgPerSec: median(tp.raw), ratio: tpRatio, count }
+  if (tp.raw.length > 0) rows.push(["sendTo 100 B, tcp, one-way", `${fmt(median(tp.cluster), 0)} msg/s`, `raw ${fmt(median(tp.raw), 0)} msg/s`, `${fmt(tpRatio * 100, 0)}% of raw (target >= 50%)`])
+
+  const rtCount = quick ? 500 : 10_000
+  const rt = { cluster: [] as Array<{ p50: number; p99: number }>, raw: [] as Array<{ p50: number; p99: number }> }
+  for (let run = 0; run < (runs("rtt") ? RUNS : 0); run++) {
+    rt.raw.push(await roundTrip("raw", rtCount, 100, PORT))
+    rt.cluster.push(await roundTrip("cluster", rtCount, 100, PORT))
+  }
+  const m = (xs: Array<{ p50: number; p99: number }>, k: "p50" | "p99") => median(xs.map((x) => x[k]))
+  if (rt.raw.length > 0) results.round_trip_100B = {
+    clusterP50Ms: m(rt.cluster, "p50"),
+    clusterP99Ms: m(rt.cluster, "p99"),
+    rawP50Ms: m(rt.raw, "p50"),
+    rawP99Ms: m(rt.raw, "p99")
+  }
+  if (rt.raw.length > 0) rows.push([
+    "round trip 100 B (sendTo + reply)",
+    `p50 ${fmt(m(rt.cluster, "p50"), 3)} ms, p99 ${fmt(m(rt.cluster, "p99"), 3)} ms`,
+    `raw p50 ${fmt(m(rt.raw, "p50"), 3)} ms, p99 ${fmt(m(rt.raw, "p99"), 3)} ms`,
+    `${fmt(m(rt.cluster, "p50") / m(rt.raw, "p50"), 2)}x / ${fmt(m(rt.cluster, "p99") / m(rt.raw, "p99"), 2)}x raw`
+  ])
+} finally {
+  await stop([...children].map((child) => ({ child })))
+}
+
+const widths = [0, 1, 2, 3].map((i) => Math.max(...[["work", "cluster-comm", "reference", "ratio"], ...rows].map((r) => r[i]!.length)))
+const line = (r: ReadonlyArray<string>) => `| ${r.map((c, i) => c.padEnd(widths[i]!)).join(" | ")} |`
+console.log(line(["work", "cluster-comm", "reference", "ratio"]))
+console.log(`|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`)
+for (const r of rows) console.log(line(r))
+mkdirSync(here("results"), { recursive: true })
+writeFileSync(here(quick ? "results/quick.json" : "results/latest.json"), JSON.stringify(results, null, 2))
+console.log(JSON.stringify(results))
