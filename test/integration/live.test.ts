@@ -1,8 +1,9 @@
 import { readFileSync } from "node:fs"
+import dgram from "node:dgram"
 import net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Stream } from "effect"
-import type { Service } from "cluster-comm"
+import type { JoinError, Service } from "cluster-comm"
 import { eventually, leavable, member, testCluster } from "../helpers.ts"
 
 // Real sockets, one process, host-only (remote 0): loopback multicast, TTL 0.
@@ -115,6 +116,43 @@ describe("members on real sockets (one host)", () => {
       assert.deepStrictEqual(yield* stay.services, [])
     }))
 
+  it.live("heartbeats keep a member known well past its ttl", () =>
+    Effect.gen(function*() {
+      const config = { ...net1, heartbeat: "100 millis", ttl: "400 millis" } as const
+      const a = yield* member({ name: "beat-a", ...config })
+      yield* member({ name: "beat-b", ...config })
+      yield* eventually(a.services, (s) => s.some((x) => x.name === "beat-b"))
+      const lost = yield* a.events.pipe(
+        Stream.filter((e) => e._tag === "ServiceLost"),
+        Stream.take(1),
+        Stream.runCollect,
+        Effect.forkChild
+      )
+      yield* Effect.sleep("1200 millis") // three ttls
+      assert.isUndefined(lost.pollUnsafe())
+      assert.isTrue((yield* a.services).some((x) => x.name === "beat-b"))
+    }))
+
+  it.live("a port held without sharing, or a taken tcp port, is a JoinError AddressInUse", () =>
+    Effect.gen(function*() {
+      const other = testCluster(5)
+      // A program that binds the port without SO_REUSEADDR/SO_REUSEPORT.
+      const hog = yield* Effect.acquireRelease(
+        Effect.callback<dgram.Socket>((resume) => {
+          const s = dgram.createSocket({ type: "udp4" })
+          s.bind(other.port, "0.0.0.0", () => resume(Effect.succeed(s)))
+        }),
+        (s) => Effect.sync(() => s.close())
+      )
+      void hog
+      const udpError = yield* Effect.flip(member({ name: "blocked", ...other }))
+      assert.deepStrictEqual([(udpError as JoinError)._tag, (udpError as JoinError).reason], ["JoinError", "AddressInUse"])
+      const first = yield* member({ name: "tcp-first", ...net1 })
+      const port = (yield* first.self).protocols.find((p) => p.protocol === "tcp")!.port
+      const tcpError = yield* Effect.flip(member({ name: "tcp-second", ...net1, tcpPort: port }))
+      assert.deepStrictEqual([(tcpError as JoinError).reason, (tcpError as JoinError).field], ["AddressInUse", "tcpPort"])
+    }))
+
   it.live("a member unheard for the ttl expires", () =>
     Effect.gen(function*() {
       const watcher = yield* member({ name: "watcher", ...net1, heartbeat: "100 millis", ttl: "500 millis" })
@@ -151,6 +189,34 @@ describe("members on real sockets (one host)", () => {
       assert.deepStrictEqual(gotTwo.map((m) => `${m.text} ${m.protocol}`), ["Hello, Foo! udp", "last udp"])
       assert.strictEqual((yield* one!.stats).connectionsAccepted, 1)
       assert.strictEqual((yield* three!.stats).connectionsOpened, 1)
+    }))
+
+  it.live("a slow subscriber slows a tcp sender down instead of losing messages", () =>
+    Effect.gen(function*() {
+      const receiver = yield* member({ name: "slow-rx", ...fast, bufferSize: 16 })
+      const sender = yield* member({ name: "fast-tx", ...fast })
+      const [target] = yield* eventually(sender.resolve("slow-rx"), (s) => s.length === 1)
+      const count = 20_000
+      let seen = 0
+      let inOrder = true
+      const consumer = yield* receiver.messages.pipe(
+        Stream.take(count),
+        Stream.runForEach((m) =>
+          Effect.gen(function*() {
+            if (m.text !== String(seen)) inOrder = false
+            seen++
+            if (seen % 500 === 0) yield* Effect.sleep("1 millis") // a consumer slower than the sender
+          })
+        ),
+        Effect.forkChild
+      )
+      yield* Effect.sleep("20 millis")
+      for (let i = 0; i < count; i++) yield* sender.sendTo(target!, "C", String(i))
+      yield* Fiber.join(consumer).pipe(Effect.timeout("20 seconds"))
+      assert.strictEqual(seen, count)
+      assert.isTrue(inOrder)
+      const drops = (yield* receiver.stats).drops
+      assert.isUndefined(drops["queue-full"])
     }))
 
   it.live("falls back from refused tcp to udp, and filters multicast to the target", () =>
