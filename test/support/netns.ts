@@ -1,0 +1,153 @@
+/**
+ * Test hosts in network namespaces: a bridge in a namespace of its own and N
+ * hosts linked to it by veth pairs, all created by the test and removed when its
+ * scope closes. Traffic between them never touches the machine's own
+ * interfaces. Agents (test/support/agent.ts) run inside a host with `ip netns exec`.
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { fileURLToPath } from "node:url"
+import { Effect } from "effect"
+import type { ClusterConfigInput } from "cluster-comm"
+
+/** Namespaces need root (CI runs as root); elsewhere these suites are skipped. */
+export const canUseNamespaces = (): boolean => {
+  if (process.getuid?.() !== 0) return false
+  try {
+    execFileSync("ip", ["netns", "list"], { stdio: "ignore" })
+    return true
+  } catch {
+    return false
+  }
+}
+
+const ip = (...args: ReadonlyArray<string>) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] })
+
+/** Removes namespaces left by test runs whose process is gone (a crash, a kill). */
+const removeStale = () => {
+  const list = execFileSync("ip", ["netns", "list"], { encoding: "utf8" })
+  for (const line of list.split("\n")) {
+    const m = /^(cc-(\d+)-\S+)/.exec(line)
+    if (m === null) continue
+    try {
+      process.kill(Number(m[2]), 0)
+    } catch {
+      ip("netns", "del", m[1]!)
+    }
+  }
+}
+
+export interface Host {
+  readonly ns: string
+  readonly address: string
+  readonly iface: string
+}
+
+let lans = 0
+
+/** A LAN of `n` hosts (10.231.X.1..n/24 on `eth0`), removed with the scope. */
+export const makeLan = (n: number) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      removeStale()
+      const id = `cc-${process.pid}-${lans++}`
+      const subnet = 10 + (process.pid % 200) + lans
+      const bridge = `${id}-br`
+      const hosts: Array<Host> = []
+      ip("netns", "add", bridge)
+      ip("-n", bridge, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+      ip("-n", bridge, "link", "set", "br0", "up")
+      for (let i = 1; i <= n; i++) {
+        const ns = `${id}-h${i}`
+        const address = `10.231.${subnet}.${i}`
+        ip("netns", "add", ns)
+        ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", `p${i}`, "netns", bridge)
+        ip("-n", bridge, "link", "set", `p${i}`, "master", "br0", "up")
+        ip("-n", ns, "addr", "add", `${address}/24`, "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        hosts.push({ ns, address, iface: "eth0" })
+      }
+      return { hosts, bridge }
+    }),
+    ({ hosts, bridge }) =>
+      Effect.sync(() => {
+        for (const h of hosts) ip("netns", "del", h.ns)
+        ip("netns", "del", bridge)
+      })
+  )
+
+const agentPath = fileURLToPath(new URL("./agent.ts", import.meta.url))
+
+export interface Agent {
+  readonly pid: number
+  /** Every JSON line the agent printed so far. */
+  readonly lines: ReadonlyArray<Record<string, any>>
+  /** Waits (bounded) for a line matching `match`. */
+  readonly waitFor: (match: (line: Record<string, any>) => boolean, within?: number) => Effect.Effect<Record<string, any>, Error>
+  /** Sends a command and waits for its reply. */
+  readonly command: (cmd: Record<string, unknown>) => Effect.Effect<Record<string, any>, Error>
+}
+
+/** Starts an agent inside `host` (a network namespace), ended by its PID with the scope. */
+export const startAgent = (host: Host, config: ClusterConfigInput) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const child: ChildProcess = spawn(
+        "ip",
+        ["netns", "exec", host.ns, process.execPath, agentPath, JSON.stringify(config)],
+        { stdio: ["pipe", "pipe", "pipe"] }
+      )
+      const lines: Array<Record<string, any>> = []
+      const listeners = new Set<() => void>()
+      let buffered = ""
+      let stderr = ""
+      child.stderr!.on("data", (c: Buffer) => (stderr += c.toString()))
+      child.stdout!.on("data", (c: Buffer) => {
+        buffered += c.toString()
+        let nl: number
+        while ((nl = buffered.indexOf("\n")) >= 0) {
+          const line = buffered.slice(0, nl)
+          buffered = buffered.slice(nl + 1)
+          try {
+            lines.push(JSON.parse(line))
+          } catch {
+            lines.push({ raw: line })
+          }
+          for (const l of listeners) l()
+        }
+      })
+      const waitFor = (match: (line: Record<string, any>) => boolean, within = 5000) =>
+        Effect.callback<Record<string, any>, Error>((resume) => {
+          const check = () => {
+            const found = lines.find(match)
+            if (found === undefined) return false
+            listeners.delete(check)
+            clearTimeout(timer)
+            resume(Effect.succeed(found))
+            return true
+          }
+          const timer = setTimeout(() => {
+            listeners.delete(check)
+            resume(Effect.fail(new Error(`agent in ${host.ns}: no matching line within ${within} ms; got ${JSON.stringify(lines)} ${stderr}`)))
+          }, within)
+          if (!check()) listeners.add(check)
+        })
+      let next = 0
+      const command = (cmd: Record<string, unknown>) => {
+        const n = ++next
+        child.stdin!.write(`${JSON.stringify({ ...cmd, n })}\n`)
+        return waitFor((l) => l.reply === n)
+      }
+      return { child, agent: { pid: child.pid!, lines, waitFor, command } satisfies Agent }
+    }),
+    ({ child }) =>
+      Effect.callback<void>((resume) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+        const kill = setTimeout(() => child.kill("SIGKILL"), 3000)
+        child.once("exit", () => {
+          clearTimeout(kill)
+          resume(Effect.void)
+        })
+        child.kill("SIGTERM") // our own child, by its PID
+      })
+  ).pipe(Effect.map(({ agent }) => agent))
