@@ -118,8 +118,7 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
       }
       const byName = new Map<ProtocolName, Protocol>([["udp", udp]])
       if (protocols.includes("tcp")) byName.set("tcp", tcp)
-      const config = { protocols } as Parameters<typeof fromProtocols>[0]
-      return fromProtocols(config, byName, (frame) => carry(network.members(), "udp", frame), inbound)
+      return fromProtocols(protocols, byName, (frame) => carry(network.members(), "udp", frame), inbound)
     })
   )
 

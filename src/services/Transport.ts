@@ -98,7 +98,7 @@ export class Transport extends Context.Service<Transport, {
         const udp = yield* UdpProtocol.make(config, inbound.inlet)
         const byName = new Map<ProtocolName, Protocol>([["udp", udp]])
         if (config.protocols.includes("tcp")) byName.set("tcp", yield* TcpProtocol.make(config, inbound.inlet))
-        return fromProtocols(config, byName, udp.multicast, inbound)
+        return fromProtocols(config.protocols, byName, udp.multicast, inbound)
       })
     )
 }
@@ -156,12 +156,12 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
 
 /** A Transport over a set of protocol plug-ins (the live sockets, or an in-memory network). */
 export const fromProtocols = (
-  config: ClusterConfig,
+  preference: ReadonlyArray<ProtocolName>,
   byName: ReadonlyMap<ProtocolName, Protocol>,
   multicast: (frame: Frame) => Effect.Effect<void, FrameTooLarge | ProtocolFailure>,
   inbound: InboundQueues
 ): Transport["Service"] => {
-  const advertised = config.protocols.flatMap((name) => {
+  const advertised = preference.flatMap((name) => {
     const p = byName.get(name)
     return p === undefined ? [] : [{ protocol: name, port: p.port }]
   })
