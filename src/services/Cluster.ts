@@ -76,7 +76,10 @@ export interface ClusterShape {
    * The hook runs with the caller's services, so it may use `Cluster` itself.
    */
   readonly hook: <A, E, R>(point: HookPoint<A>, hook: Hook<A, E, R>) => Effect.Effect<void, never, R>
-  /** Membership events, from the moment the stream starts. */
+  /**
+   * Membership events: first a `ServiceFound` for every service already known,
+   * then found, lost, updated and conflict events as they happen.
+   */
   readonly events: Stream.Stream<ClusterEvent>
   /** Delivered messages (after every receive hook), from the moment the stream starts. */
   readonly messages: Stream.Stream<Message>

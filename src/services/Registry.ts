@@ -52,7 +52,11 @@ export class Registry extends Context.Service<Registry, {
   readonly get: (id: string) => Service | undefined
   /** Every known service, as a snapshot. */
   readonly list: Effect.Effect<ReadonlyArray<Service>>
-  /** Found, lost, updated and conflict events, from subscription on. */
+  /**
+   * Membership events: first a `ServiceFound` for every service already known
+   * (so a late subscriber misses no one), then found, lost, updated and
+   * conflict events as they happen.
+   */
   readonly events: Stream.Stream<ClusterEvent>
 }>()("cluster-comm/Registry") {
   static readonly layer = (options: RegistryOptions) =>
@@ -166,7 +170,21 @@ export class Registry extends Context.Service<Registry, {
             }),
           get: (id) => services.get(id),
           list: Effect.sync(() => [...services.values()].map((s) => ({ ...s }))),
-          events: Stream.fromPubSub(pubsub)
+          // Subscribe first, then snapshot: nothing falls in between. A service
+          // found in between shows in both; its live ServiceFound is skipped.
+          events: Stream.unwrap(
+            Effect.gen(function*() {
+              const subscription = yield* PubSub.subscribe(pubsub)
+              const snapshot = [...services.values()].map((s) => ({ ...s }))
+              const listed = new Set(snapshot.map((s) => `${s.id}/${s.instance}`))
+              return Stream.concat(
+                Stream.fromIterable(snapshot.map((service) => new ServiceFound({ service }))),
+                Stream.fromSubscription(subscription).pipe(
+                  Stream.filter((e) => !(e._tag === "ServiceFound" && listed.delete(`${e.service.id}/${e.service.instance}`)))
+                )
+              )
+            })
+          )
         })
       })
     )

@@ -128,4 +128,18 @@ describe("ClusterTest: the in-memory network on the test clock", () => {
       const error = yield* Effect.flip(lan.sendTo(["db", "nothing"], "C", "x"))
       assert.strictEqual(error._tag, "ServiceNotFound")
     }))
+
+  it.effect("a late events subscriber first gets every service already known, then live events", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const a = yield* join(network, "a")
+      yield* join(network, "b")
+      yield* TestClock.adjust("10 millis")
+      const events = yield* a.events.pipe(Stream.take(2), Stream.runCollect, Effect.forkChild)
+      yield* Effect.yieldNow
+      yield* join(network, "c")
+      yield* TestClock.adjust("10 millis")
+      const seen = yield* Fiber.join(events)
+      assert.deepStrictEqual(seen.map((e) => `${e._tag} ${e.service.name}`), ["ServiceFound b", "ServiceFound c"])
+    }))
 })

@@ -48,9 +48,11 @@ describe("Registry", () => {
       yield* r.observe(sighting("one", "0000000000000001"))
       yield* r.leave(sender("one", "0000000000000009")) // a stale instance's leave
       assert.strictEqual((yield* r.list).length, 1)
-      const events = yield* nextEvents(1)
+      // A late subscriber first hears of the services already known.
+      const events = yield* nextEvents(2)
       yield* r.leave(sender("one", "0000000000000001"))
-      const [lost] = yield* Fiber.join(events)
+      const [found, lost] = yield* Fiber.join(events)
+      assert.strictEqual(found?._tag, "ServiceFound")
       assert.strictEqual(lost?._tag, "ServiceLost")
       assert.strictEqual((lost as Extract<ClusterEvent, { _tag: "ServiceLost" }>).why, "left")
     }).pipe(Effect.provide(registry)))

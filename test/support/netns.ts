@@ -128,7 +128,7 @@ export const startAgent = (host: Host, config: ClusterConfigInput) =>
           }
           const timer = setTimeout(() => {
             listeners.delete(check)
-            resume(Effect.fail(new Error(`agent in ${host.ns}: no matching line within ${within} ms; got ${JSON.stringify(lines)} ${stderr}`)))
+            resume(Effect.fail(new Error(`agent in ${host.ns}: no matching line within ${within} ms; got ${JSON.stringify(lines)}; stderr: ${stderr}`)))
           }, within)
           if (!check()) listeners.add(check)
         })
