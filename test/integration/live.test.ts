@@ -151,6 +151,9 @@ describe("members on real sockets (one host)", () => {
       const port = (yield* first.self).protocols.find((p) => p.protocol === "tcp")!.port
       const tcpError = yield* Effect.flip(member({ name: "tcp-second", ...net1, tcpPort: port }))
       assert.deepStrictEqual([(tcpError as JoinError).reason, (tcpError as JoinError).field], ["AddressInUse", "tcpPort"])
+      // An interface that does not exist fails before any socket is opened.
+      const noIf = yield* Effect.flip(member({ name: "no-if", ...other, remote: 1, interface: "no-such-if0" }))
+      assert.deepStrictEqual([(noIf as JoinError).reason, (noIf as JoinError).field], ["NoInterface", "interface"])
     }))
 
   it.live("a member unheard for the ttl expires", () =>
