@@ -34,7 +34,5 @@ export const eventually = <A, E>(
     })
   )
 
-export const names = (services: ReadonlyArray<{ readonly name: string }>) => services.map((s) => s.name).sort()
-
 /** A multicast port and group per test file, so files running in parallel never meet. */
 export const testCluster = (n: number) => ({ port: 23100 + n, address: `239.77.0.${n}` })

@@ -64,8 +64,6 @@ export interface Inlet {
 export class Transport extends Context.Service<Transport, {
   /** Our protocols and ports, in our order of preference: what beacons advertise. */
   readonly advertised: ReadonlyArray<Advertised>
-  /** Largest frame a protocol carries. */
-  readonly maxFrame: (protocol: ProtocolName) => number
   /** Sends to every member of the group (and loops back to us: callers drop their own frames). */
   readonly multicast: (frame: Frame) => Effect.Effect<void, FrameTooLarge | ProtocolFailure>
   /** Sends directly to one peer over one protocol it advertises. */
@@ -167,7 +165,6 @@ export const fromProtocols = (
   })
   return Transport.of({
     advertised,
-    maxFrame: (name) => byName.get(name)?.maxFrame ?? 0,
     multicast,
     send: (name, peer, frame) => {
       const protocol = byName.get(name)
