@@ -6,6 +6,7 @@ export { ClusterLive } from "./layers/ClusterLive.ts"
 export { ClusterTest, MemoryNetwork, type MemoryNetworkOptions } from "./layers/ClusterTest.ts"
 export { type ClusterConfig, ClusterConfigInput, makeConfig, Profiles } from "./schema/Config.ts"
 export {
+  ChannelError,
   FrameTooLarge,
   HookRejected,
   InvalidMessage,
@@ -38,7 +39,16 @@ export {
   ServiceLost,
   ServiceUpdated
 } from "./schema/Service.ts"
-export { Cluster, type ClusterShape, type Data, type Targets } from "./services/Cluster.ts"
+export {
+  type Channels,
+  Cluster,
+  type ClusterShape,
+  type Data,
+  FIXED_CHANNELS,
+  type SendOptions,
+  SYSTEM_CHANNEL,
+  type Targets
+} from "./services/Cluster.ts"
 export { Discovery } from "./services/Discovery.ts"
 export { type Direction, type Hook, HookPoint, Hooks } from "./services/Hooks.ts"
 export { Registry, type Sighting } from "./services/Registry.ts"

@@ -32,7 +32,7 @@ export const composeCluster = (
   const withDiscovery = Discovery.layer({ sender, heartbeat: config.heartbeat, address }).pipe(
     Layer.provideMerge(withRegistry)
   )
-  return Cluster.layer({ sender, remote: config.remote, bufferSize: config.bufferSize }).pipe(
+  return Cluster.layer({ sender, remote: config.remote, bufferSize: config.bufferSize, channels: config.channels }).pipe(
     Layer.provide(withDiscovery)
   )
 }

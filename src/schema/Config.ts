@@ -59,6 +59,8 @@ export const ClusterConfigInput = Schema.Struct({
   tcpPort: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65535 }))),
   /** Largest frame accepted or sent over tcp, in bytes. Default 16 MiB. */
   maxFrame: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1024, maximum: 1024 ** 3 }))),
+  /** Channels joined besides 0, 1 and 2, which every member is on. */
+  channels: Schema.optional(Schema.Array(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65535 })))),
   /** How many received messages and events may wait for a slow subscriber before being dropped (and counted). Default 4096. */
   bufferSize: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 16, maximum: 1 << 20 })))
 })
@@ -78,6 +80,7 @@ export interface ClusterConfig {
   readonly tcpPort: number
   readonly maxFrame: number
   readonly bufferSize: number
+  readonly channels: ReadonlyArray<number>
 }
 
 /**
@@ -130,6 +133,7 @@ export const makeConfig = (input: string | ClusterConfigInput): Result.Result<Cl
     hostId: c.hostId,
     tcpPort: c.tcpPort ?? 0,
     maxFrame: c.maxFrame ?? 16 * 1024 * 1024,
-    bufferSize: c.bufferSize ?? 4096
+    bufferSize: c.bufferSize ?? 4096,
+    channels: c.channels ?? []
   })
 }

@@ -72,3 +72,9 @@ export class ServiceNotFound extends Data.TaggedError("ServiceNotFound")<{
 export class InvalidMessage extends Data.TaggedError("InvalidMessage")<{
   readonly message: string
 }> {}
+
+/** A channel that cannot be joined (out of 0..65535) or left (0, 1 and 2). */
+export class ChannelError extends Data.TaggedError("ChannelError")<{
+  readonly channel: number
+  readonly message: string
+}> {}

@@ -11,6 +11,7 @@
 import { Context, Effect, Layer, PubSub, Stream } from "effect"
 import { isLocalAddress } from "../internal/host.ts"
 import {
+  ChannelError,
   type FrameTooLarge,
   type HookRejected,
   InvalidMessage,
@@ -41,8 +42,28 @@ export type Targets = Service | string | ReadonlyArray<Service | string>
 
 export type Data = string | Uint8Array
 
-/** Channels every member is on (issue: more to come): 0 broadcast, 1 system, 2 lan. */
-const CHANNELS = new Set([0, 1, 2])
+/** Where a message goes besides its targets. */
+export interface SendOptions {
+  /** The channel (0..65535); default 0. Only members on it accept the message. */
+  readonly channel?: number
+}
+
+/**
+ * Channels every member is on and cannot leave: 0 (broadcast), 1 (system:
+ * accepted from this host only) and 2 (lan).
+ */
+export const FIXED_CHANNELS: ReadonlyArray<number> = [0, 1, 2]
+export const SYSTEM_CHANNEL = 1
+
+/** The channels a member is on. */
+export interface Channels {
+  /** Joins a channel (3..65535); messages on it are accepted from now on. */
+  readonly join: (channel: number) => Effect.Effect<void, ChannelError>
+  /** Leaves a channel; 0, 1 and 2 cannot be left. */
+  readonly leave: (channel: number) => Effect.Effect<void, ChannelError>
+  /** The channels this member is on, in ascending order. */
+  readonly list: Effect.Effect<ReadonlyArray<number>>
+}
 
 export interface ClusterShape {
   /** This member as the others see it. */
@@ -56,10 +77,11 @@ export interface ClusterShape {
    * an address, or `localhost` (services on this host).
    */
   readonly resolve: (...terms: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Service>>
-  /** Sends `op` with `data` to every member by multicast. */
+  /** Sends `op` with `data` to every member (on the channel) by multicast. */
   readonly broadcast: (
     op: string,
-    data: Data
+    data: Data,
+    options?: SendOptions
   ) => Effect.Effect<void, HookRejected | FrameTooLarge | ProtocolFailure | InvalidMessage>
   /**
    * Sends `op` with `data` to each target directly, trying the target's
@@ -68,8 +90,11 @@ export interface ClusterShape {
   readonly sendTo: (
     targets: Targets,
     op: string,
-    data: Data
+    data: Data,
+    options?: SendOptions
   ) => Effect.Effect<ReadonlyArray<Delivery>, SendFailed | HookRejected | ServiceNotFound | InvalidMessage>
+  /** The channels this member is on: join, leave, list. */
+  readonly channels: Channels
   /**
    * Registers a hook at a point. It is removed when the caller's scope closes
    * (if the caller runs in one); otherwise it lives as long as the member.
@@ -92,9 +117,15 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
   static readonly services = Cluster.use((c) => c.services)
   static readonly ips = Cluster.use((c) => c.ips)
   static readonly resolve = (...terms: ReadonlyArray<string>) => Cluster.use((c) => c.resolve(...terms))
-  static readonly broadcast = (op: string, data: Data) => Cluster.use((c) => c.broadcast(op, data))
-  static readonly sendTo = (targets: Targets, op: string, data: Data) =>
-    Cluster.use((c) => c.sendTo(targets, op, data))
+  static readonly broadcast = (op: string, data: Data, options?: SendOptions) =>
+    Cluster.use((c) => c.broadcast(op, data, options))
+  static readonly sendTo = (targets: Targets, op: string, data: Data, options?: SendOptions) =>
+    Cluster.use((c) => c.sendTo(targets, op, data, options))
+  static readonly channels = {
+    join: (channel: number) => Cluster.use((c) => c.channels.join(channel)),
+    leave: (channel: number) => Cluster.use((c) => c.channels.leave(channel)),
+    list: Cluster.use((c) => c.channels.list)
+  }
   static readonly hook = <A, E, R>(point: HookPoint<A>, hook: Hook<A, E, R>) =>
     Cluster.use((c) => c.hook(point, hook))
   static readonly events = Stream.unwrap(Cluster.useSync((c) => c.events))
@@ -102,7 +133,12 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
   static readonly stats = Cluster.use((c) => c.stats)
 
   /** The facade over the four services; `remote: 0` drops frames from other hosts. */
-  static readonly layer = (options: { readonly sender: Sender; readonly remote: number; readonly bufferSize: number }) =>
+  static readonly layer = (options: {
+    readonly sender: Sender
+    readonly remote: number
+    readonly bufferSize: number
+    readonly channels: ReadonlyArray<number>
+  }) =>
     Layer.effect(
       Cluster,
       Effect.gen(function*() {
@@ -113,6 +149,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         const stats = yield* Stats
         const { sender } = options
         const selfId = discovery.self.id
+        const joined = new Set([...FIXED_CHANNELS, ...options.channels])
         // Bounded with backpressure: a slow subscriber slows the message
         // pipeline (and, through paused tcp reads, the senders) instead of losing messages.
         const delivered = yield* PubSub.bounded<Message>(options.bufferSize)
@@ -140,6 +177,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               if (from === undefined) return Effect.void
               const message = new Message(frame.op, frame.data, from, protocol, frame.channel)
               return hooks.run(Points.protocol(protocol, "receive"), message).pipe(
+                Effect.flatMap((m) => hooks.run(Points.channel(frame.channel, "receive"), m)),
                 Effect.flatMap((m) => hooks.run(Points.receive, m)),
                 Effect.flatMap((m) => hooks.run(Points.op(frame.op, "receive"), m)),
                 Effect.flatMap((m) => deliver(normalize(m))),
@@ -159,9 +197,15 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             stats.drop("non-local")
             return false
           }
-          if (frame._tag === "Message" && !CHANNELS.has(frame.channel)) {
-            stats.drop("channel")
-            return false
+          if (frame._tag === "Message") {
+            if (!joined.has(frame.channel)) {
+              stats.drop("channel")
+              return false
+            }
+            if (frame.channel === SYSTEM_CHANNEL && !isLocalAddress(address)) {
+              stats.drop("non-local")
+              return false
+            }
           }
           return true
         }
@@ -221,26 +265,26 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             Effect.flatMap((o) => checked(frameOf(o.op, o.channel, o.targets, o.data, protocol)))
           )
 
-        const broadcast = (op: string, data: Data) =>
+        /** The hooks a message passes once, whatever carries it: op, then channel. */
+        const prepared = (out: Outgoing) =>
+          hooks.run(Points.op(out.op, "send"), out).pipe(
+            Effect.flatMap((o) => hooks.run(Points.channel(o.channel, "send"), o))
+          )
+
+        const broadcast = (op: string, data: Data, send?: SendOptions) =>
           Effect.suspend(() => {
-            const out: Outgoing = { op, data: toBytes(data), channel: 0, targets: [], protocol: "udp" }
-            return hooks.run(Points.op(op, "send"), out).pipe(
+            const out: Outgoing = { op, data: toBytes(data), channel: send?.channel ?? 0, targets: [], protocol: "udp" }
+            return prepared(out).pipe(
               Effect.flatMap((o) => outbound(o, "udp")),
               Effect.flatMap((frame) => transport.multicast(frame)),
               Effect.tap(() => Effect.sync(() => stats.frameOut()))
             )
           })
 
-        const sendOne = (peer: Service, op: string, data: Uint8Array) =>
+        const sendOne = (peer: Service, op: string, data: Uint8Array, channel: number) =>
           Effect.gen(function*() {
             const order = orderFor(peer)
-            const out = yield* hooks.run(Points.op(op, "send"), {
-              op,
-              data,
-              channel: 0,
-              targets: [peer],
-              protocol: order[0]!
-            })
+            const out = yield* prepared({ op, data, channel, targets: [peer], protocol: order[0]! })
             const attempts: Array<SendAttempt> = []
             for (const protocol of order) {
               const frame = yield* outbound(out, protocol)
@@ -290,13 +334,15 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             return [...new Map(found.map((s) => [s.id, s])).values()]
           })
 
-        const sendTo = (targets: Targets, op: string, data: Data) =>
-          (typeof targets === "object" && !Array.isArray(targets) && sendNow(targets as Service, op, data)) ||
+        const sendTo = (targets: Targets, op: string, data: Data, send?: SendOptions) =>
+          (send?.channel === undefined && typeof targets === "object" && !Array.isArray(targets) &&
+            sendNow(targets as Service, op, data)) ||
           Effect.gen(function*() {
             const peers = yield* targetsOf(targets)
             const bytes = toBytes(data)
+            const channel = send?.channel ?? 0
             // Every target is tried even if another fails; the first failure is reported.
-            const results = yield* Effect.forEach(peers, (peer) => Effect.result(sendOne(peer, op, bytes)), {
+            const results = yield* Effect.forEach(peers, (peer) => Effect.result(sendOne(peer, op, bytes, channel)), {
               concurrency: "unbounded"
             })
             const deliveries: Array<Delivery> = []
@@ -314,6 +360,25 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           resolve,
           broadcast,
           sendTo,
+          channels: {
+            join: (channel) =>
+              Effect.suspend(() => {
+                if (!Number.isInteger(channel) || channel < 0 || channel > 65535) {
+                  return Effect.fail(new ChannelError({ channel, message: `channel ${channel} is not 0..65535` }))
+                }
+                joined.add(channel)
+                return Effect.void
+              }),
+            leave: (channel) =>
+              Effect.suspend(() => {
+                if (FIXED_CHANNELS.includes(channel)) {
+                  return Effect.fail(new ChannelError({ channel, message: `channel ${channel} cannot be left (0, 1 and 2 are every member's)` }))
+                }
+                joined.delete(channel)
+                return Effect.void
+              }),
+            list: Effect.sync(() => [...joined].sort((a, b) => a - b))
+          },
           hook: <A, E, R>(point: HookPoint<A>, hook: Hook<A, E, R>) =>
             Effect.contextWith((context: Context.Context<R>) =>
               hooks.register(point, (value: A) => Effect.provide(hook(value), context))

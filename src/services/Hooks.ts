@@ -29,6 +29,8 @@ export const HookPoint = {
   /** Messages carried by protocol `p`. */
   protocol: <D extends Direction>(p: ProtocolName, direction: D): HookPoint<Carried<D>> =>
     point(`protocol ${p} ${direction}`),
+  /** Messages on channel `n`: runs after the op hook on send, after the protocol hook on receive. */
+  channel: <D extends Direction>(n: number, direction: D): HookPoint<Carried<D>> => point(`channel ${n} ${direction}`),
   /** Messages with op `op`. */
   op: <D extends Direction>(op: string, direction: D): HookPoint<Carried<D>> => point(`op ${op} ${direction}`),
   /**
