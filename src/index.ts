@@ -25,6 +25,8 @@ export {
   FrameFromBytes,
   frameSize
 } from "./schema/Frame.ts"
+export { type Clause, compileQuery, InvalidQuery, type Matching, termsOf } from "./schema/Query.ts"
+export { applyTagChanges, type TagChange, TagError } from "./schema/Tags.ts"
 export {
   Advertised,
   type ClusterEvent,

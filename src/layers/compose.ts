@@ -29,7 +29,7 @@ export const composeCluster = (
     self: { id: serviceId(sender.hostId, sender.name), instance: sender.instance },
     bufferSize: config.bufferSize
   }).pipe(Layer.provideMerge(withTransport))
-  const withDiscovery = Discovery.layer({ sender, heartbeat: config.heartbeat, address }).pipe(
+  const withDiscovery = Discovery.layer({ sender, tags: config.tags, heartbeat: config.heartbeat, address }).pipe(
     Layer.provideMerge(withRegistry)
   )
   return Cluster.layer({ sender, remote: config.remote, bufferSize: config.bufferSize, channels: config.channels }).pipe(

@@ -4,7 +4,7 @@
  */
 import { Duration, Option, Result, Schema, SchemaIssue } from "effect"
 import { JoinError } from "./Errors.ts"
-import { MAX_NAME_BYTES } from "./Frame.ts"
+import { MAX_NAME_BYTES, MAX_TAG_BYTES, MAX_TAGS } from "./Frame.ts"
 import { ProtocolName } from "./Service.ts"
 
 const DurationInput = Schema.declare(
@@ -59,6 +59,13 @@ export const ClusterConfigInput = Schema.Struct({
   tcpPort: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65535 }))),
   /** Largest frame accepted or sent over tcp, in bytes. Default 16 MiB. */
   maxFrame: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1024, maximum: 1024 ** 3 }))),
+  /** Tags advertised in every beacon (at most 32, each 1..64 bytes); see `Cluster.updateTags`. */
+  tags: Schema.optional(Schema.Array(Schema.String.check(
+    Schema.makeFilter((t: string) => {
+      const n = Buffer.byteLength(t)
+      return n >= 1 && n <= MAX_TAG_BYTES ? undefined : `must be 1..${MAX_TAG_BYTES} bytes`
+    })
+  )).check(Schema.makeFilter((ts: ReadonlyArray<string>) => ts.length <= MAX_TAGS ? undefined : `at most ${MAX_TAGS} tags`))),
   /** Channels joined besides 0, 1 and 2, which every member is on. */
   channels: Schema.optional(Schema.Array(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65535 })))),
   /** How many received messages and events may wait for a slow subscriber before being dropped (and counted). Default 4096. */
@@ -81,6 +88,7 @@ export interface ClusterConfig {
   readonly maxFrame: number
   readonly bufferSize: number
   readonly channels: ReadonlyArray<number>
+  readonly tags: ReadonlyArray<string>
 }
 
 /**
@@ -134,6 +142,7 @@ export const makeConfig = (input: string | ClusterConfigInput): Result.Result<Cl
     tcpPort: c.tcpPort ?? 0,
     maxFrame: c.maxFrame ?? 16 * 1024 * 1024,
     bufferSize: c.bufferSize ?? 4096,
-    channels: c.channels ?? []
+    channels: c.channels ?? [],
+    tags: [...new Set(c.tags ?? [])]
   })
 }

@@ -16,7 +16,8 @@
  *
  * Heartbeat, probe and answer then carry the protocols the sender speaks, in
  * its order of preference: a count K (0..8) and K entries of
- * `u8 protocol (1 tcp, 2 udp), u16 port`. A leave carries nothing more.
+ * `u8 protocol (1 tcp, 2 udp), u16 port`; then its tags: a count T (0..32)
+ * and T entries of `u8 length (1..64), UTF-8`. A leave carries nothing more.
  * A message carries `u8 op length (1..32), op, u16 channel, u8 target count T
  * (0..32)`, T targets of `6 bytes host id, u8 name length, name`, then the data
  * up to the end of the frame (the datagram, or the tcp length prefix, delimits it).
@@ -34,6 +35,8 @@ export const MAX_NAME_BYTES = 48
 export const MAX_OP_BYTES = 32
 export const MAX_TARGETS = 32
 export const MAX_PROTOCOLS = 8
+export const MAX_TAGS = 32
+export const MAX_TAG_BYTES = 64
 
 const HostId = Schema.String.check(Schema.isPattern(/^[0-9a-f]{12}$/))
 const Instance = Schema.String.check(Schema.isPattern(/^[0-9a-f]{16}$/))
@@ -43,7 +46,7 @@ const Name = Schema.String.check(Schema.isMinLength(1))
 export const Sender = Schema.Struct({ hostId: HostId, instance: Instance, name: Name })
 export type Sender = typeof Sender.Type
 
-const beaconFields = { sender: Sender, protocols: Schema.Array(Advertised) }
+const beaconFields = { sender: Sender, protocols: Schema.Array(Advertised), tags: Schema.Array(Schema.String) }
 
 /** Periodic "I am alive, reach me here". */
 export const Heartbeat = Schema.TaggedStruct("Heartbeat", beaconFields)
@@ -101,7 +104,9 @@ export const frameSize = (frame: Frame): number => {
       for (const t of frame.targets) size += 6 + 1 + Buffer.byteLength(idParts(t)[1])
       return size
     default:
-      return size + 1 + 3 * frame.protocols.length
+      size += 1 + 3 * frame.protocols.length + 1
+      for (const t of frame.tags) size += 1 + Buffer.byteLength(t)
+      return size
   }
 }
 
@@ -167,6 +172,12 @@ export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
         buf.writeUInt16BE(p.port, at)
         at += 2
       }
+      buf[at++] = frame.tags.length
+      for (const t of frame.tags) {
+        const len = buf.write(t, at + 1, "utf8")
+        buf[at] = len
+        at += 1 + len
+      }
   }
   return buf
 }
@@ -180,8 +191,13 @@ export const checkFrame = (frame: Frame): string | undefined => {
     if (opLen < 1 || opLen > MAX_OP_BYTES) return `op must be 1..${MAX_OP_BYTES} bytes`
     if (!Number.isInteger(frame.channel) || frame.channel < 0 || frame.channel > 65535) return "channel must be 0..65535"
     if (frame.targets.length > MAX_TARGETS) return `at most ${MAX_TARGETS} targets`
-  } else if (frame._tag !== "Leave" && frame.protocols.length > MAX_PROTOCOLS) {
-    return `at most ${MAX_PROTOCOLS} protocols`
+  } else if (frame._tag !== "Leave") {
+    if (frame.protocols.length > MAX_PROTOCOLS) return `at most ${MAX_PROTOCOLS} protocols`
+    if (frame.tags.length > MAX_TAGS) return `at most ${MAX_TAGS} tags`
+    for (const t of frame.tags) {
+      const n = Buffer.byteLength(t)
+      if (n < 1 || n > MAX_TAG_BYTES) return `tags must be 1..${MAX_TAG_BYTES} bytes`
+    }
   }
   return undefined
 }
@@ -278,8 +294,16 @@ const decodeOrThrow = (bytes: Uint8Array, cache: SenderCache | undefined): Frame
         // Unknown protocol ids come from newer members: skip them, keep the rest.
         if (protocol !== undefined) protocols.push({ protocol, port })
       }
+      need(buf, at, 1)
+      const tagCount = buf[at++]!
+      if (tagCount > MAX_TAGS) throw new Malformed("invalid-field")
+      const tags: Array<string> = []
+      for (let i = 0; i < tagCount; i++) {
+        tags.push(readString(buf, at, MAX_TAG_BYTES))
+        at += 1 + buf[at]!
+      }
       if (at !== end) throw new Malformed("trailing-bytes")
-      return { _tag: tag, sender, protocols }
+      return { _tag: tag, sender, protocols, tags }
     }
   }
 }

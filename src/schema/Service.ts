@@ -28,6 +28,7 @@ export const Service = Schema.Struct({
   address: Schema.String,
   local: Schema.Boolean,
   protocols: Schema.Array(Advertised),
+  tags: Schema.Array(Schema.String),
   lastSeen: Schema.Number
 })
 export type Service = typeof Service.Type

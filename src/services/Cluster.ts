@@ -31,6 +31,8 @@ import {
   type Service,
   toBytes
 } from "../schema/Service.ts"
+import { type Clause, compileQuery, InvalidQuery, termsOf } from "../schema/Query.ts"
+import type { TagChange, TagError } from "../schema/Tags.ts"
 import { Discovery } from "./Discovery.ts"
 import { type Hook, type HookPoint, HookPoint as Points, Hooks } from "./Hooks.ts"
 import { Registry } from "./Registry.ts"
@@ -73,10 +75,12 @@ export interface ClusterShape {
   /** The distinct addresses of those services. */
   readonly ips: Effect.Effect<ReadonlyArray<string>>
   /**
-   * Services matching every term: a name, an id (`hostId@name`), a host id,
-   * an address, or `localhost` (services on this host).
+   * Services matching every term: a tag, a name, an id (`hostId@name`), a
+   * host id, an address, or `localhost` (services on this host).
    */
   readonly resolve: (...terms: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Service>>
+  /** Services passing every clause, in order (see `Clause`: has, not, exact, some). */
+  readonly resolver: (...clauses: ReadonlyArray<Clause>) => Effect.Effect<ReadonlyArray<Service>, InvalidQuery>
   /** Sends `op` with `data` to every member (on the channel) by multicast. */
   readonly broadcast: (
     op: string,
@@ -95,6 +99,14 @@ export interface ClusterShape {
   ) => Effect.Effect<ReadonlyArray<Delivery>, SendFailed | HookRejected | ServiceNotFound | InvalidMessage>
   /** The channels this member is on: join, leave, list. */
   readonly channels: Channels
+  /** This member's tags. */
+  readonly tags: Effect.Effect<ReadonlyArray<string>>
+  /**
+   * Changes this member's tags with the Tcl modifiers, applied in order (see
+   * `TagChange`); returns the new tags. Peers see a `ServiceUpdated` at once:
+   * the change goes out in a heartbeat (one for all changes made in one tick).
+   */
+  readonly updateTags: (...changes: ReadonlyArray<TagChange>) => Effect.Effect<ReadonlyArray<string>, TagError>
   /**
    * Registers a hook at a point. It is removed when the caller's scope closes
    * (if the caller runs in one); otherwise it lives as long as the member.
@@ -117,10 +129,13 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
   static readonly services = Cluster.use((c) => c.services)
   static readonly ips = Cluster.use((c) => c.ips)
   static readonly resolve = (...terms: ReadonlyArray<string>) => Cluster.use((c) => c.resolve(...terms))
+  static readonly resolver = (...clauses: ReadonlyArray<Clause>) => Cluster.use((c) => c.resolver(...clauses))
   static readonly broadcast = (op: string, data: Data, options?: SendOptions) =>
     Cluster.use((c) => c.broadcast(op, data, options))
   static readonly sendTo = (targets: Targets, op: string, data: Data, options?: SendOptions) =>
     Cluster.use((c) => c.sendTo(targets, op, data, options))
+  static readonly tags = Cluster.use((c) => c.tags)
+  static readonly updateTags = (...changes: ReadonlyArray<TagChange>) => Cluster.use((c) => c.updateTags(...changes))
   static readonly channels = {
     join: (channel: number) => Cluster.use((c) => c.channels.join(channel)),
     leave: (channel: number) => Cluster.use((c) => c.channels.leave(channel)),
@@ -148,7 +163,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         const hooks = yield* Hooks
         const stats = yield* Stats
         const { sender } = options
-        const selfId = discovery.self.id
+        const selfId = discovery.self().id
         const joined = new Set([...FIXED_CHANNELS, ...options.channels])
         // Bounded with backpressure: a slow subscriber slows the message
         // pipeline (and, through paused tcp reads, the senders) instead of losing messages.
@@ -354,10 +369,17 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           })
 
         return Cluster.of({
-          self: Effect.sync(() => ({ ...discovery.self })),
+          self: Effect.sync(discovery.self),
+          tags: Effect.sync(() => discovery.self().tags),
+          updateTags: (...changes) => discovery.updateTags(changes),
           services,
           ips: Effect.map(services, (all) => [...new Set(all.map((s) => s.address))]),
           resolve,
+          resolver: (...clauses) =>
+            Effect.suspend(() => {
+              const test = compileQuery(clauses)
+              return test instanceof InvalidQuery ? Effect.fail(test) : Effect.map(services, (all) => all.filter(test))
+            }),
           broadcast,
           sendTo,
           channels: {
@@ -398,5 +420,4 @@ const normalize = (m: Message): Message => {
   return new Message(o.op, toBytes(o.data), o.from, o.protocol, o.channel ?? 0)
 }
 
-const matches = (s: Service, term: string) =>
-  term === s.name || term === s.id || term === s.hostId || term === s.address || (term === "localhost" && s.local)
+const matches = (s: Service, term: string) => termsOf(s).includes(term)

@@ -5,26 +5,31 @@
  * jitter, so members started together do not beat in step), and a leave when
  * the scope closes, so peers drop us at once instead of waiting for the ttl.
  */
-import { Context, Duration, Effect, Layer, Random } from "effect"
+import { Context, Duration, Effect, Layer, Random, Scope } from "effect"
 import type { Beacon, Frame, Sender } from "../schema/Frame.ts"
 import { type Service, serviceId } from "../schema/Service.ts"
+import { applyTagChanges, type TagChange, TagError } from "../schema/Tags.ts"
 import { Registry } from "./Registry.ts"
 import { Transport } from "./Transport.ts"
 
 export interface DiscoveryOptions {
   readonly sender: Sender
+  readonly tags: ReadonlyArray<string>
   readonly heartbeat: Duration.Duration
   /** The address peers see us at (loopback for a host-only member). */
   readonly address: string
 }
 
 export class Discovery extends Context.Service<Discovery, {
-  /** This member as peers see it. */
-  readonly self: Service
+  /** This member as peers see it (its tags as of now). */
+  readonly self: () => Service
+  /**
+   * Changes our tags; peers hear of it at once in a heartbeat (several changes
+   * in one tick go out in one heartbeat).
+   */
+  readonly updateTags: (changes: ReadonlyArray<TagChange>) => Effect.Effect<ReadonlyArray<string>, TagError>
   /** Handles a beacon or a leave that passed the drop checks. */
   readonly handle: (frame: Beacon | Extract<Frame, { _tag: "Leave" }>, address: string) => Effect.Effect<void>
-  /** Sends a heartbeat now (outside the schedule). */
-  readonly beat: Effect.Effect<void>
 }>()("cluster-comm/Discovery") {
   static readonly layer = (options: DiscoveryOptions) =>
     Layer.effect(
@@ -34,7 +39,8 @@ export class Discovery extends Context.Service<Discovery, {
         const registry = yield* Registry
         const { sender } = options
         const protocols = transport.advertised
-        const self: Service = {
+        let tags = options.tags
+        const self = (): Service => ({
           id: serviceId(sender.hostId, sender.name),
           name: sender.name,
           hostId: sender.hostId,
@@ -42,12 +48,14 @@ export class Discovery extends Context.Service<Discovery, {
           address: options.address,
           local: true,
           protocols,
+          tags,
           lastSeen: Date.now()
-        }
+        })
 
         // Beacons are best effort: a lost one is made up by the next.
+        // Suspended: each beacon carries the tags of the moment it is sent.
         const beacon = (tag: "Heartbeat" | "Probe") =>
-          transport.multicast({ _tag: tag, sender, protocols }).pipe(
+          Effect.suspend(() => transport.multicast({ _tag: tag, sender, protocols, tags })).pipe(
             Effect.catch((e) => Effect.logDebug(`${tag} not sent: ${e.message}`))
           )
         const beat = beacon("Heartbeat")
@@ -72,10 +80,10 @@ export class Discovery extends Context.Service<Discovery, {
 
         const handle = (frame: Beacon | Extract<Frame, { _tag: "Leave" }>, address: string): Effect.Effect<void> => {
           if (frame._tag === "Leave") return registry.leave(frame.sender)
-          return registry.observe({ sender: frame.sender, address, protocols: frame.protocols }).pipe(
+          return registry.observe({ sender: frame.sender, address, protocols: frame.protocols, tags: frame.tags }).pipe(
             Effect.flatMap((peer) =>
               frame._tag === "Probe" && peer !== undefined
-                ? transport.send("udp", peer, { _tag: "Answer", sender, protocols }).pipe(
+                ? transport.send("udp", peer, { _tag: "Answer", sender, protocols, tags }).pipe(
                   Effect.catch((e) => Effect.logDebug(`answer to ${peer.id} not sent: ${e.message}`))
                 )
                 : Effect.void
@@ -83,7 +91,28 @@ export class Discovery extends Context.Service<Discovery, {
           )
         }
 
-        return Discovery.of({ self, handle, beat })
+        const scope = yield* Scope.Scope
+        let beatPending = false
+        const updateTags = (changes: ReadonlyArray<TagChange>) =>
+          Effect.suspend(() => {
+            const next = applyTagChanges(tags, changes)
+            if (next instanceof TagError) return Effect.fail(next)
+            const changed = next.length !== tags.length || next.some((t, i) => t !== tags[i])
+            tags = next
+            if (!changed || beatPending) return Effect.succeed(next)
+            // One heartbeat for every change made before the next tick.
+            beatPending = true
+            return Effect.yieldNow.pipe(
+              Effect.andThen(Effect.sync(() => {
+                beatPending = false
+              })),
+              Effect.andThen(beat),
+              Effect.forkIn(scope),
+              Effect.as(next)
+            )
+          })
+
+        return Discovery.of({ self, handle, updateTags })
       })
     )
 }

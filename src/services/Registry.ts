@@ -24,6 +24,7 @@ export interface Sighting {
   readonly sender: Sender
   readonly address: string
   readonly protocols?: ReadonlyArray<Advertised> | undefined
+  readonly tags?: ReadonlyArray<string> | undefined
 }
 
 export interface RegistryOptions {
@@ -105,6 +106,7 @@ export class Registry extends Context.Service<Registry, {
           if (
             known === undefined || known.instance !== sender.instance || known.address !== sighting.address ||
             (sighting.protocols !== undefined && !sameProtocols(known.protocols, sighting.protocols)) ||
+            (sighting.tags !== undefined && !sameTags(known.tags, sighting.tags)) ||
             hooks.has(HookPoint.service("eval")) || hooks.has(HookPoint.service("validate"))
           ) return undefined
           ;(known as { lastSeen: number }).lastSeen = clock.currentTimeMillisUnsafe()
@@ -119,7 +121,7 @@ export class Registry extends Context.Service<Registry, {
             const now = clock.currentTimeMillisUnsafe()
             if (id === options.self.id) {
               return conflict(
-                serviceFrom(id, sighting, [], now),
+                serviceFrom(id, sighting, [], [], now),
                 options.self.instance,
                 sender.instance
               )
@@ -127,10 +129,12 @@ export class Registry extends Context.Service<Registry, {
             if (known !== undefined && known.instance !== sender.instance && retired.get(id) === sender.instance) {
               return conflict(known, known.instance, sender.instance)
             }
-            const protocols = sighting.protocols ?? (known?.instance === sender.instance ? known.protocols : [])
+            const sameInstance = known?.instance === sender.instance
+            const protocols = sighting.protocols ?? (sameInstance ? known.protocols : [])
+            const tags = sighting.tags ?? (sameInstance ? known.tags : [])
             const seen = observeNow(sighting)
             if (seen !== undefined) return Effect.succeed(seen)
-            return hooks.run(HookPoint.service("eval"), serviceFrom(id, sighting, protocols, now)).pipe(
+            return hooks.run(HookPoint.service("eval"), serviceFrom(id, sighting, protocols, tags, now)).pipe(
               Effect.flatMap((s) => hooks.run(HookPoint.service(known === undefined ? "found" : "validate"), s)),
               Effect.map((s) => {
                 // A hook may change details, never the identity the frame proved.
@@ -201,7 +205,13 @@ const idOf = (sender: Sender): string => {
   return id
 }
 
-const serviceFrom = (id: string, s: Sighting, protocols: ReadonlyArray<Advertised>, now: number): Service => ({
+const serviceFrom = (
+  id: string,
+  s: Sighting,
+  protocols: ReadonlyArray<Advertised>,
+  tags: ReadonlyArray<string>,
+  now: number
+): Service => ({
   id,
   name: s.sender.name,
   hostId: s.sender.hostId,
@@ -209,11 +219,16 @@ const serviceFrom = (id: string, s: Sighting, protocols: ReadonlyArray<Advertise
   address: s.address,
   local: isLocalAddress(s.address),
   protocols,
+  tags,
   lastSeen: now
 })
+
+const sameTags = (a: ReadonlyArray<string>, b: ReadonlyArray<string>) =>
+  a === b || (a.length === b.length && a.every((t, i) => t === b[i]))
 
 const sameProtocols = (a: ReadonlyArray<Advertised>, b: ReadonlyArray<Advertised>) =>
   a === b || (a.length === b.length && a.every((p, i) => p.protocol === b[i]!.protocol && p.port === b[i]!.port))
 
 const changed = (a: Service, b: Service) =>
-  a.instance !== b.instance || a.address !== b.address || a.local !== b.local || !sameProtocols(a.protocols, b.protocols)
+  a.instance !== b.instance || a.address !== b.address || a.local !== b.local ||
+  !sameProtocols(a.protocols, b.protocols) || !sameTags(a.tags, b.tags)

@@ -98,6 +98,18 @@ describe("members on real sockets (one host)", () => {
       assert.deepStrictEqual(joinedOn, ["lo"])
     }))
 
+  it.live("tags go out in a heartbeat as soon as they change", () =>
+    Effect.gen(function*() {
+      const tagged = yield* member({ name: "tagged", ...quiet, tags: ["blue"] })
+      const watcher = yield* member({ name: "tag-watcher", ...quiet })
+      const [seen] = yield* eventually(watcher.resolve("tagged"), (s) => s.length === 1)
+      assert.deepStrictEqual(seen!.tags, ["blue"])
+      yield* tagged.updateTags({ mappend: ["blue", "green"] })
+      // Heartbeats come every 30 s: only the change's own heartbeat explains this.
+      yield* eventually(watcher.resolve("green"), (s) => s.length === 1, "2 seconds")
+      assert.deepStrictEqual(yield* watcher.resolve("blue"), [])
+    }))
+
   it.live("a leave drops the member at once, long before its ttl", () =>
     Effect.gen(function*() {
       const stay = yield* member({ name: "stay", ...quiet })
@@ -263,6 +275,7 @@ describe("members on real sockets (one host)", () => {
         address: "127.0.0.1",
         local: true,
         protocols: [{ protocol: "tcp", port: 1 }],
+        tags: [],
         lastSeen: 0
       }
       const error = yield* Effect.flip(sender.sendTo(nobody, "C", "x"))

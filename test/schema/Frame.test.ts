@@ -14,7 +14,13 @@ const protocols = fc.array(
   fc.record({ protocol: fc.constantFrom("tcp" as const, "udp" as const), port: fc.integer({ min: 0, max: 65535 }) }),
   { maxLength: 8 }
 )
-const beacon = fc.record({ _tag: fc.constantFrom("Heartbeat" as const, "Probe" as const, "Answer" as const), sender, protocols })
+const tags = fc.array(utf8Within(64), { maxLength: 32 })
+const beacon = fc.record({
+  _tag: fc.constantFrom("Heartbeat" as const, "Probe" as const, "Answer" as const),
+  sender,
+  protocols,
+  tags
+})
 const leave = fc.record({ _tag: fc.constant("Leave" as const), sender })
 const message = fc.record({
   _tag: fc.constant("Message" as const),
@@ -39,7 +45,8 @@ const sample: Frame = {
 const heartbeat: Frame = {
   _tag: "Heartbeat",
   sender: sample.sender,
-  protocols: [{ protocol: "tcp", port: 40001 }, { protocol: "udp", port: 40002 }]
+  protocols: [{ protocol: "tcp", port: 40001 }, { protocol: "udp", port: 40002 }],
+  tags: []
 }
 
 describe("frame codec", () => {
@@ -63,10 +70,13 @@ describe("frame codec", () => {
     const longest: Frame = {
       _tag: "Heartbeat",
       sender: { ...sample.sender, name: "n".repeat(48) },
-      protocols: Array.from({ length: 8 }, () => ({ protocol: "tcp" as const, port: 65535 }))
+      protocols: Array.from({ length: 8 }, () => ({ protocol: "tcp" as const, port: 65535 })),
+      tags: []
     }
     assert.isAtMost(encodeFrame(longest).length, 96)
-    assert.strictEqual(encodeFrame(heartbeat).length, 19 + 11 + 1 + 6)
+    assert.strictEqual(encodeFrame(heartbeat).length, 19 + 11 + 1 + 6 + 1)
+    // Tags add a length byte and their UTF-8 bytes each.
+    assert.strictEqual(encodeFrame({ ...heartbeat, tags: ["web", "eu"] } as Frame).length, 38 + 4 + 3)
   })
 
   it("says why each malformed frame is not one", () => {
@@ -86,6 +96,10 @@ describe("frame codec", () => {
     assert.strictEqual(decodeFrame(badUtf8), "invalid-field")
     const hb = encodeFrame(heartbeat)
     assert.strictEqual(decodeFrame(Buffer.concat([hb, Buffer.from([0])])), "trailing-bytes")
+    const manyTags = Buffer.from(hb)
+    manyTags[hb.length - 1] = 33
+    assert.strictEqual(decodeFrame(manyTags), "invalid-field")
+    assert.strictEqual(decodeFrame(Buffer.concat([manyTags.subarray(0, hb.length - 1), Buffer.from([1, 0])])), "invalid-field") // empty tag
     const manyProtocols = Buffer.from(hb)
     manyProtocols[19 + 11] = 9
     assert.strictEqual(decodeFrame(manyProtocols), "invalid-field")
