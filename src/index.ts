@@ -25,7 +25,16 @@ export {
   FrameFromBytes,
   frameSize
 } from "./schema/Frame.ts"
-export { type Clause, compileQuery, InvalidQuery, type Matching, termsOf } from "./schema/Query.ts"
+export { type Clause, compileQuery, InvalidQuery, type Matching, termsOf } from "./schema/Resolver.ts"
+export {
+  QueryDone,
+  QueryError,
+  type QueryEvent,
+  type QueryOptions,
+  QueryResponse,
+  type QueryResult,
+  QueryTimeout
+} from "./schema/Query.ts"
 export { applyTagChanges, type TagChange, TagError } from "./schema/Tags.ts"
 export {
   Advertised,

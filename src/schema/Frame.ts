@@ -21,6 +21,9 @@
  * A message carries `u8 op length (1..32), op, u16 channel, u8 target count T
  * (0..32)`, T targets of `6 bytes host id, u8 name length, name`, then the data
  * up to the end of the frame (the datagram, or the tcp length prefix, delimits it).
+ * A query is a message preceded by a `u32` request id; a reply carries `u32`
+ * request id, `u8` status (0 response, 1 error), then the data (for an error,
+ * its message in UTF-8) to the end.
  *
  * All integers are big-endian. The codec below is plain synchronous code (it
  * runs once per frame); `FrameFromBytes` exposes it as a Schema transformation.
@@ -65,10 +68,29 @@ export const MessageFrame = Schema.TaggedStruct("Message", {
   data: Schema.Uint8Array
 })
 
-export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame])
+/** A request whose targets each answer with a `Reply` carrying the same id. */
+export const QueryFrame = Schema.TaggedStruct("Query", {
+  sender: Sender,
+  id: Schema.Int,
+  op: Schema.String.check(Schema.isMinLength(1)),
+  channel: Schema.Int,
+  targets: Schema.Array(Schema.String),
+  data: Schema.Uint8Array
+})
+/** The answer to a query: a response, or (ok false) an error message. */
+export const ReplyFrame = Schema.TaggedStruct("Reply", {
+  sender: Sender,
+  id: Schema.Int,
+  ok: Schema.Boolean,
+  data: Schema.Uint8Array
+})
+
+export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame])
 export type Frame = typeof Frame.Type
 export type Beacon = typeof Heartbeat.Type | typeof Probe.Type | typeof Answer.Type
 export type MessageFrame = typeof MessageFrame.Type
+export type QueryFrame = typeof QueryFrame.Type
+export type ReplyFrame = typeof ReplyFrame.Type
 
 /** Why a frame from the network was not accepted; every reason is counted. */
 export type DecodeFailure =
@@ -79,8 +101,8 @@ export type DecodeFailure =
   | "invalid-field"
   | "trailing-bytes"
 
-const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5 } as const
-const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message"] as const
+const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7 } as const
+const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply"] as const
 const PROTOCOL_ID: Record<ProtocolName, number> = { tcp: 1, udp: 2 }
 const PROTOCOL_BY_ID: ReadonlyArray<ProtocolName | undefined> = [undefined, "tcp", "udp"]
 
@@ -99,10 +121,15 @@ export const frameSize = (frame: Frame): number => {
   switch (frame._tag) {
     case "Leave":
       return size
+    case "Query":
     case "Message":
+      // A query is a message with a u32 id in front.
+      if (frame._tag === "Query") size += 4
       size += 1 + Buffer.byteLength(frame.op) + 2 + 1 + frame.data.byteLength
       for (const t of frame.targets) size += 6 + 1 + Buffer.byteLength(idParts(t)[1])
       return size
+    case "Reply":
+      return size + 5 + frame.data.byteLength
     default:
       size += 1 + 3 * frame.protocols.length + 1
       for (const t of frame.tags) size += 1 + Buffer.byteLength(t)
@@ -147,7 +174,17 @@ export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
   switch (frame._tag) {
     case "Leave":
       break
+    case "Reply":
+      buf.writeUInt32BE(frame.id, at)
+      buf[at + 4] = frame.ok ? 0 : 1
+      buf.set(frame.data, at + 5)
+      break
+    case "Query":
     case "Message": {
+      if (frame._tag === "Query") {
+        buf.writeUInt32BE(frame.id, at)
+        at += 4
+      }
       const opLen = buf.write(frame.op, at + 1, "utf8")
       buf[at] = opLen
       at += 1 + opLen
@@ -186,12 +223,15 @@ export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
 export const checkFrame = (frame: Frame): string | undefined => {
   const nameLen = Buffer.byteLength(frame.sender.name)
   if (nameLen < 1 || nameLen > MAX_NAME_BYTES) return `name must be 1..${MAX_NAME_BYTES} bytes`
-  if (frame._tag === "Message") {
+  if (frame._tag === "Query" || frame._tag === "Reply") {
+    if (!Number.isInteger(frame.id) || frame.id < 0 || frame.id > 0xffffffff) return "query id must be a u32"
+  }
+  if (frame._tag === "Message" || frame._tag === "Query") {
     const opLen = Buffer.byteLength(frame.op)
     if (opLen < 1 || opLen > MAX_OP_BYTES) return `op must be 1..${MAX_OP_BYTES} bytes`
     if (!Number.isInteger(frame.channel) || frame.channel < 0 || frame.channel > 65535) return "channel must be 0..65535"
     if (frame.targets.length > MAX_TARGETS) return `at most ${MAX_TARGETS} targets`
-  } else if (frame._tag !== "Leave") {
+  } else if (frame._tag !== "Leave" && frame._tag !== "Reply") {
     if (frame.protocols.length > MAX_PROTOCOLS) return `at most ${MAX_PROTOCOLS} protocols`
     if (frame.tags.length > MAX_TAGS) return `at most ${MAX_TAGS} tags`
     for (const t of frame.tags) {
@@ -263,7 +303,20 @@ const decodeOrThrow = (bytes: Uint8Array, cache: SenderCache | undefined): Frame
     case "Leave":
       if (at !== end) throw new Malformed("trailing-bytes")
       return { _tag: "Leave", sender }
+    case "Reply": {
+      need(buf, at, 5)
+      const status = buf[at + 4]!
+      if (status > 1) throw new Malformed("invalid-field")
+      return { _tag: "Reply", sender, id: buf.readUInt32BE(at), ok: status === 0, data: buf.subarray(at + 5, end) }
+    }
+    case "Query":
     case "Message": {
+      let id = 0
+      if (tag === "Query") {
+        need(buf, at, 4)
+        id = buf.readUInt32BE(at)
+        at += 4
+      }
       const op = readString(buf, at, MAX_OP_BYTES)
       at += 1 + buf[at]!
       need(buf, at, 3)
@@ -279,7 +332,10 @@ const decodeOrThrow = (bytes: Uint8Array, cache: SenderCache | undefined): Frame
         targets.push(`${targetHost}@${readString(buf, at, MAX_NAME_BYTES)}`)
         at += 1 + buf[at]!
       }
-      return { _tag: "Message", sender, op, channel, targets, data: buf.subarray(at, end) }
+      const data = buf.subarray(at, end)
+      return tag === "Query"
+        ? { _tag: "Query", sender, id, op, channel, targets, data }
+        : { _tag: "Message", sender, op, channel, targets, data }
     }
     default: {
       need(buf, at, 1)

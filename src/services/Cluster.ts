@@ -8,7 +8,7 @@
  * - send: op <op> send -> protocol <p> send -> send -> encode (Transport),
  *   per protocol in the peer's order until one carries the frame
  */
-import { Context, Effect, Layer, PubSub, Stream } from "effect"
+import { Context, Effect, Layer, PubSub, Queue, Scope, Stream } from "effect"
 import { isLocalAddress } from "../internal/host.ts"
 import {
   ChannelError,
@@ -20,7 +20,24 @@ import {
   SendFailed,
   ServiceNotFound
 } from "../schema/Errors.ts"
-import { checkFrame, MAX_OP_BYTES, type MessageFrame, type Sender } from "../schema/Frame.ts"
+import {
+  checkFrame,
+  type Frame,
+  MAX_OP_BYTES,
+  type MessageFrame,
+  type QueryFrame,
+  type ReplyFrame,
+  type Sender
+} from "../schema/Frame.ts"
+import {
+  QueryDone,
+  QueryError,
+  type QueryEvent,
+  type QueryOptions,
+  QueryResponse,
+  type QueryResult,
+  QueryTimeout
+} from "../schema/Query.ts"
 import {
   type Advertised,
   type ClusterEvent,
@@ -29,9 +46,10 @@ import {
   type Outgoing,
   type ProtocolName,
   type Service,
+  serviceId,
   toBytes
 } from "../schema/Service.ts"
-import { type Clause, compileQuery, InvalidQuery, termsOf } from "../schema/Query.ts"
+import { type Clause, compileQuery, InvalidQuery, termsOf } from "../schema/Resolver.ts"
 import type { TagChange, TagError } from "../schema/Tags.ts"
 import { Discovery } from "./Discovery.ts"
 import { type Hook, type HookPoint, HookPoint as Points, Hooks } from "./Hooks.ts"
@@ -40,9 +58,12 @@ import { Stats, type StatsSnapshot } from "./Stats.ts"
 import { type Inbound, Transport } from "./Transport.ts"
 
 /** Who to send to: a service, several, or resolve terms (every term must match). */
-export type Targets = Service | string | ReadonlyArray<Service | string>
+export type Targets = Service | string | ReadonlyArray<Service | string> | { readonly where: ReadonlyArray<Clause> }
 
 export type Data = string | Uint8Array
+
+/** At most this many queries are answered at once; more are refused as busy. */
+const MAX_ANSWERING = 1024
 
 /** Where a message goes besides its targets. */
 export interface SendOptions {
@@ -96,7 +117,7 @@ export interface ClusterShape {
     op: string,
     data: Data,
     options?: SendOptions
-  ) => Effect.Effect<ReadonlyArray<Delivery>, SendFailed | HookRejected | ServiceNotFound | InvalidMessage>
+  ) => Effect.Effect<ReadonlyArray<Delivery>, SendFailed | HookRejected | ServiceNotFound | InvalidMessage | InvalidQuery>
   /** The channels this member is on: join, leave, list. */
   readonly channels: Channels
   /** This member's tags. */
@@ -112,7 +133,20 @@ export interface ClusterShape {
    * (if the caller runs in one); otherwise it lives as long as the member.
    * The hook runs with the caller's services, so it may use `Cluster` itself.
    */
-  readonly hook: <A, E, R>(point: HookPoint<A>, hook: Hook<A, E, R>) => Effect.Effect<void, never, R>
+  readonly hook: <A, B, E, R>(point: HookPoint<A, B>, hook: Hook<A, E, R, B>) => Effect.Effect<void, never, R>
+  /**
+   * Asks every target (services, resolve terms, or `{ where }` clauses) and
+   * streams the answers as they come: responses, errors, then `QueryDone` when
+   * all have answered or `QueryTimeout` (with who did not) when the timeout
+   * comes first. Targets answer with a `HookPoint.query(op)` hook.
+   */
+  readonly query: (
+    request: QueryOptions<Targets>
+  ) => Stream.Stream<QueryEvent, ServiceNotFound | InvalidMessage | InvalidQuery>
+  /** `query`, gathered: responses and errors by service id, and who is missing. */
+  readonly queryAll: (
+    request: QueryOptions<Targets>
+  ) => Effect.Effect<QueryResult, ServiceNotFound | InvalidMessage | InvalidQuery>
   /**
    * Membership events: first a `ServiceFound` for every service already known,
    * then found, lost, updated and conflict events as they happen.
@@ -141,8 +175,10 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
     leave: (channel: number) => Cluster.use((c) => c.channels.leave(channel)),
     list: Cluster.use((c) => c.channels.list)
   }
-  static readonly hook = <A, E, R>(point: HookPoint<A>, hook: Hook<A, E, R>) =>
+  static readonly hook = <A, B, E, R>(point: HookPoint<A, B>, hook: Hook<A, E, R, B>) =>
     Cluster.use((c) => c.hook(point, hook))
+  static readonly query = (request: QueryOptions<Targets>) => Stream.unwrap(Cluster.useSync((c) => c.query(request)))
+  static readonly queryAll = (request: QueryOptions<Targets>) => Cluster.use((c) => c.queryAll(request))
   static readonly events = Stream.unwrap(Cluster.useSync((c) => c.events))
   static readonly messages = Stream.unwrap(Cluster.useSync((c) => c.messages))
   static readonly stats = Cluster.use((c) => c.stats)
@@ -212,7 +248,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             stats.drop("non-local")
             return false
           }
-          if (frame._tag === "Message") {
+          if (frame._tag === "Message" || frame._tag === "Query") {
             if (!joined.has(frame.channel)) {
               stats.drop("channel")
               return false
@@ -239,9 +275,14 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           }).pipe(Effect.forkScoped)
 
         yield* pump(transport.takeBeacons, ({ frame, address }) =>
-          frame._tag === "Message" ? Effect.void : discovery.handle(frame, address))
+          frame._tag === "Message" || frame._tag === "Query" || frame._tag === "Reply"
+            ? Effect.void
+            : discovery.handle(frame, address))
         yield* pump(transport.takeMessages, ({ frame, protocol, address }) =>
-          frame._tag === "Message" ? receiveMessage(frame, protocol, address) : Effect.void)
+          frame._tag === "Message" ? receiveMessage(frame, protocol, address) :
+          frame._tag === "Query" ? receiveQuery(frame, protocol, address) :
+          frame._tag === "Reply" ? receiveReply(frame, address) :
+          Effect.void)
 
         // ---- send ----
 
@@ -296,13 +337,15 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             )
           })
 
-        const sendOne = (peer: Service, op: string, data: Uint8Array, channel: number) =>
+        /**
+         * Sends to one peer, trying its protocols in order until one carries
+         * the frame; `build` makes the frame for each protocol (hooks may run there).
+         */
+        const deliverTo = <E>(peer: Service, build: (protocol: ProtocolName) => Effect.Effect<Frame, E>) =>
           Effect.gen(function*() {
-            const order = orderFor(peer)
-            const out = yield* prepared({ op, data, channel, targets: [peer], protocol: order[0]! })
             const attempts: Array<SendAttempt> = []
-            for (const protocol of order) {
-              const frame = yield* outbound(out, protocol)
+            for (const protocol of orderFor(peer)) {
+              const frame = yield* build(protocol)
               const sent = yield* Effect.result(transport.send(protocol, peer, frame))
               if (sent._tag === "Success") {
                 stats.frameOut()
@@ -312,6 +355,11 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             }
             return yield* new SendFailed({ service: peer, attempts })
           })
+
+        const sendOne = (peer: Service, op: string, data: Uint8Array, channel: number) =>
+          prepared({ op, data, channel, targets: [peer], protocol: orderFor(peer)[0]! }).pipe(
+            Effect.flatMap((out) => deliverTo(peer, (protocol) => outbound(out, protocol)))
+          )
 
         /**
          * The per-message fast path: one service, no hooks anywhere, its first
@@ -334,6 +382,11 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
 
         const targetsOf = (targets: Targets) =>
           Effect.gen(function*() {
+            if (typeof targets === "object" && "where" in targets) {
+              const test = compileQuery(targets.where)
+              if (test instanceof InvalidQuery) return yield* test
+              return (yield* services).filter(test)
+            }
             const list = typeof targets === "string" || !Array.isArray(targets) ? [targets as Service | string] : targets
             const found: Array<Service> = []
             for (const t of list) {
@@ -351,7 +404,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
 
         const sendTo = (targets: Targets, op: string, data: Data, send?: SendOptions) =>
           (send?.channel === undefined && typeof targets === "object" && !Array.isArray(targets) &&
-            sendNow(targets as Service, op, data)) ||
+            !("where" in targets) && sendNow(targets as Service, op, data)) ||
           Effect.gen(function*() {
             const peers = yield* targetsOf(targets)
             const bytes = toBytes(data)
@@ -368,6 +421,115 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             return deliveries
           })
 
+        // ---- queries ----
+
+        /** Queries of ours awaiting answers, by request id. */
+        const pending = new Map<number, (from: Service, ok: boolean, data: Uint8Array) => boolean>()
+        let lastId = 0
+        const nextId = () => {
+          do lastId = (lastId + 1) >>> 0
+          while (lastId === 0 || pending.has(lastId))
+          return lastId
+        }
+        let answering = 0
+        const scope = yield* Scope.Scope
+
+        const reply = (to: Service, id: number, ok: boolean, data: Uint8Array) =>
+          deliverTo(to, () => Effect.succeed<Frame>({ _tag: "Reply", sender, id, ok, data })).pipe(
+            Effect.catch((e) => Effect.logDebug(`reply to ${to.id} not sent: ${e.message}`))
+          )
+
+        const receiveQuery = (frame: QueryFrame, protocol: ProtocolName, address: string): Effect.Effect<void> => {
+          if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {
+            stats.drop("filtered")
+            return Effect.void
+          }
+          return registry.observe({ sender: frame.sender, address }).pipe(
+            Effect.flatMap((from) => {
+              if (from === undefined) return Effect.void
+              const point = Points.query(frame.op)
+              if (!hooks.has(point)) return reply(from, frame.id, false, toBytes(`no responder for op ${frame.op}`))
+              // Bounded: past this many answers in progress, say so rather than queue.
+              if (answering >= MAX_ANSWERING) {
+                stats.drop("busy")
+                return reply(from, frame.id, false, toBytes("busy"))
+              }
+              answering++
+              const query = new Message(frame.op, frame.data, from, protocol, frame.channel)
+              // Answered in a fiber of its own: a slow responder must not hold up other traffic.
+              return hooks.run(point as unknown as HookPoint<Message>, query).pipe(
+                Effect.matchEffect({
+                  onSuccess: (answer) => reply(from, frame.id, true, answer.data),
+                  onFailure: (rejected) => reply(from, frame.id, false, toBytes(rejected.reason))
+                }),
+                Effect.ensuring(Effect.sync(() => answering--)),
+                Effect.forkIn(scope),
+                Effect.asVoid
+              )
+            })
+          )
+        }
+
+        const receiveReply = (frame: ReplyFrame, address: string): Effect.Effect<void> => {
+          const waiting = pending.get(frame.id)
+          const from = registry.observeNow({ sender: frame.sender, address }) ??
+            registry.get(serviceId(frame.sender.hostId, frame.sender.name))
+          if (waiting === undefined || from === undefined || !waiting(from, frame.ok, frame.data)) {
+            stats.drop("unexpected-reply")
+          }
+          return Effect.void
+        }
+
+        const query = (request: QueryOptions<Targets>) =>
+          Stream.unwrap(
+            Effect.gen(function*() {
+              const peers = yield* targetsOf(request.target as Targets)
+              const data = toBytes(request.data)
+              const id = nextId()
+              const problem = checkFrame({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: [], data })
+              if (problem !== undefined) return yield* new InvalidMessage({ message: problem })
+              const events = yield* Queue.unbounded<QueryEvent>()
+              const expected = new Map(peers.map((p) => [p.id, p]))
+              const settle = (service: Service, event: QueryEvent) => {
+                if (!expected.delete(service.id)) return false
+                Queue.offerUnsafe(events, event)
+                if (expected.size === 0) {
+                  pending.delete(id)
+                  Queue.offerUnsafe(events, new QueryDone())
+                }
+                return true
+              }
+              pending.set(id, (from, ok, bytes) =>
+                settle(from, ok ? new QueryResponse({ service: from, data: bytes }) : new QueryError({ service: from, message: new TextDecoder().decode(bytes) })))
+              yield* Effect.addFinalizer(() => Effect.sync(() => pending.delete(id)))
+              if (peers.length === 0) Queue.offerUnsafe(events, new QueryDone())
+              yield* Effect.forEach(peers, (peer) =>
+                deliverTo(peer, (protocol) =>
+                  Effect.succeed<Frame>({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: protocol === "udp" ? [peer.id] : [], data })
+                ).pipe(Effect.catch((e) => Effect.sync(() => settle(peer, new QueryError({ service: peer, message: e.message }))))),
+                { concurrency: "unbounded", discard: true }).pipe(Effect.forkScoped)
+              yield* Effect.sleep(request.timeout ?? "5 seconds").pipe(
+                Effect.andThen(Effect.sync(() => {
+                  if (!pending.delete(id)) return
+                  Queue.offerUnsafe(events, new QueryTimeout({ missing: [...expected.values()] }))
+                })),
+                Effect.forkScoped
+              )
+              return Stream.fromQueue(events).pipe(
+                Stream.takeUntil((e) => e._tag === "QueryDone" || e._tag === "QueryTimeout")
+              )
+            })
+          )
+
+        const queryAll = (request: QueryOptions<Targets>) =>
+          Stream.runFold(query(request), (): { responses: Map<string, QueryResponse>; errors: Map<string, QueryError>; missing: ReadonlyArray<Service>; complete: boolean } => ({ responses: new Map(), errors: new Map(), missing: [], complete: false }), (acc, e) => {
+            if (e._tag === "QueryResponse") acc.responses.set(e.service.id, e)
+            else if (e._tag === "QueryError") acc.errors.set(e.service.id, e)
+            else if (e._tag === "QueryDone") acc.complete = true
+            else acc.missing = e.missing
+            return acc
+          }).pipe(Effect.map((r): QueryResult => r))
+
         return Cluster.of({
           self: Effect.sync(discovery.self),
           tags: Effect.sync(() => discovery.self().tags),
@@ -375,6 +537,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           services,
           ips: Effect.map(services, (all) => [...new Set(all.map((s) => s.address))]),
           resolve,
+          query,
+          queryAll,
           resolver: (...clauses) =>
             Effect.suspend(() => {
               const test = compileQuery(clauses)
@@ -401,9 +565,14 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               }),
             list: Effect.sync(() => [...joined].sort((a, b) => a - b))
           },
-          hook: <A, E, R>(point: HookPoint<A>, hook: Hook<A, E, R>) =>
+          hook: <A, B, E, R>(point: HookPoint<A, B>, hook: Hook<A, E, R, B>) =>
             Effect.contextWith((context: Context.Context<R>) =>
-              hooks.register(point, (value: A) => Effect.provide(hook(value), context))
+              point.responds
+                // A query hook's value is the response: carry it on as the message's data.
+                ? hooks.register(point as unknown as HookPoint<Message>, (query: Message) =>
+                  Effect.map(Effect.provide(hook(query as A), context), (answer) => query.with({ data: answer as Data })))
+                : hooks.register(point as unknown as HookPoint<A>, (value: A) =>
+                  Effect.provide(hook(value), context) as unknown as Effect.Effect<A, E>)
             ),
           events: registry.events,
           messages: Stream.fromPubSub(delivered),

@@ -8,11 +8,17 @@ import { Cause, Context, Effect, Layer, Option, Scope } from "effect"
 import { HookRejected } from "../schema/Errors.ts"
 import type { Message, Outgoing, ProtocolName, Service } from "../schema/Service.ts"
 
-/** A named place in the send, receive or membership pipeline; `A` is what its hooks see. */
-export interface HookPoint<A> {
+/**
+ * A named place in the send, receive or membership pipeline; `A` is what its
+ * hooks see and `B` what they return (the same, but for query points, whose
+ * hooks return the response).
+ */
+export interface HookPoint<A, B = A> {
   readonly key: string
-  /** Phantom: the value type its hooks receive and return. */
-  readonly _A?: (a: A) => A
+  /** Query points: the hook's value is the response to send back. */
+  readonly responds?: true
+  /** Phantom: the value types its hooks receive and return. */
+  readonly _A?: (a: A) => B
 }
 
 export type Direction = "send" | "receive"
@@ -37,14 +43,19 @@ export const HookPoint = {
    * Membership: `eval` sees every sender's descriptor first, then `validate`
    * (a known service) or `found` (a new one); `lost` runs when one expires or leaves.
    */
-  service: (stage: "eval" | "validate" | "found" | "lost"): HookPoint<Service> => point(`service ${stage}`)
+  service: (stage: "eval" | "validate" | "found" | "lost"): HookPoint<Service> => point(`service ${stage}`),
+  /**
+   * Answers queries with op `op`: the hook sees the query as a Message and its
+   * value is the response; its failure goes back as the query's error.
+   */
+  query: (op: string): HookPoint<Message, string | Uint8Array> => ({ key: `query ${op}`, responds: true })
 } as const
 
 /**
  * A hook: return the (possibly changed) value, or fail with `HookRejected` to
  * cancel. Any other failure also cancels, and is logged as a hook bug.
  */
-export type Hook<A, E = HookRejected, R = never> = (value: A) => Effect.Effect<A, E, R>
+export type Hook<A, E = HookRejected, R = never, B = A> = (value: A) => Effect.Effect<B, E, R>
 
 export class Hooks extends Context.Service<Hooks, {
   /**

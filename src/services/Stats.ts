@@ -18,6 +18,8 @@ export type DropReason =
   | "queue-full" // the inbound queue was full
   | "subscriber-full" // a `messages`/`events` subscriber fell too far behind
   | "unsent" // accepted for a tcp connection that closed before it was written
+  | "unexpected-reply" // a reply to no query of ours, or from a service it did not ask
+  | "busy" // a query refused because too many are being answered already
 
 export interface StatsSnapshot {
   readonly framesIn: number

@@ -127,7 +127,7 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         stats.drop(frame)
         return true
       }
-      if (frame._tag !== "Message") {
+      if (frame._tag !== "Message" && frame._tag !== "Query" && frame._tag !== "Reply") {
         if (!Queue.offerUnsafe(beacons, { frame, protocol, address })) stats.drop("queue-full")
         return true
       }

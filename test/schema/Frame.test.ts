@@ -30,9 +30,25 @@ const message = fc.record({
   targets: fc.array(fc.tuple(hex(6), utf8Within(48)).map(([h, n]) => `${h}@${n}`), { maxLength: 32 }),
   data: fc.uint8Array({ maxLength: 2048 })
 })
-const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message)
+const query = fc.record({
+  _tag: fc.constant("Query" as const),
+  sender,
+  id: fc.integer({ min: 0, max: 0xffffffff }),
+  op: utf8Within(32),
+  channel: fc.integer({ min: 0, max: 65535 }),
+  targets: fc.array(fc.tuple(hex(6), utf8Within(48)).map(([h, n]) => `${h}@${n}`), { maxLength: 32 }),
+  data: fc.uint8Array({ maxLength: 2048 })
+})
+const reply = fc.record({
+  _tag: fc.constant("Reply" as const),
+  sender,
+  id: fc.integer({ min: 0, max: 0xffffffff }),
+  ok: fc.boolean(),
+  data: fc.uint8Array({ maxLength: 2048 })
+})
+const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message, query, reply)
 
-const normalize = (f: Frame) => (f._tag === "Message" ? { ...f, data: Array.from(f.data) } : f)
+const normalize = (f: Frame) => ("data" in f ? { ...f, data: Array.from(f.data) } : f)
 
 const sample: Frame = {
   _tag: "Message",
@@ -90,6 +106,11 @@ describe("frame codec", () => {
     assert.strictEqual(decodeFrame(patched(0, 0x7b)), "bad-magic")
     assert.strictEqual(decodeFrame(patched(1, 2)), "unknown-version")
     assert.strictEqual(decodeFrame(patched(2, 9)), "unknown-kind")
+    const replyBytes = encodeFrame({ _tag: "Reply", sender: sample.sender, id: 7, ok: true, data: new Uint8Array(0) })
+    const badStatus = Buffer.from(replyBytes)
+    badStatus[replyBytes.length - 1] = 2
+    assert.strictEqual(decodeFrame(badStatus), "invalid-field")
+    assert.strictEqual(decodeFrame(replyBytes.subarray(0, replyBytes.length - 1)), "truncated")
     assert.strictEqual(decodeFrame(patched(18, 0)), "invalid-field") // empty name
     assert.strictEqual(decodeFrame(patched(18, 200)), "invalid-field") // name over 48 bytes
     const badUtf8 = patched(19, 0xff)

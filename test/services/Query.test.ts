@@ -1,0 +1,125 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Fiber, Layer, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import {
+  Cluster,
+  type ClusterConfigInput,
+  ClusterTest,
+  encodeFrame,
+  HookPoint,
+  HookRejected,
+  MemoryNetwork
+} from "cluster-comm"
+import { eventually, member, testCluster } from "../helpers.ts"
+
+const join = (network: MemoryNetwork, config: string | ClusterConfigInput) =>
+  Layer.build(ClusterTest(network, config)).pipe(Effect.map((ctx) => Context.get(ctx, Cluster)))
+
+describe("queries", () => {
+  it.effect("gather every target's response, errors included, then done", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make({ delay: "1 millis" })
+      const asker = yield* join(network, "asker")
+      const upper = yield* join(network, { name: "upper", tags: ["worker"] })
+      const failing = yield* join(network, { name: "failing", tags: ["worker"] })
+      yield* join(network, { name: "mute", tags: ["worker"] }) // no responder for the op
+      yield* upper.hook(HookPoint.query("Q"), (q) => Effect.succeed(q.text.toUpperCase()))
+      yield* failing.hook(HookPoint.query("Q"), () =>
+        Effect.fail(new HookRejected({ point: "query Q", reason: "not today" })))
+      yield* TestClock.adjust("10 millis")
+      const run = yield* asker.queryAll({ target: "worker", op: "Q", data: "hello" }).pipe(Effect.forkChild)
+      // Out and back: each hop waits for the clock.
+      for (let i = 0; i < 3; i++) yield* TestClock.adjust("10 millis")
+      const result = yield* Fiber.join(run)
+      assert.isTrue(result.complete)
+      assert.deepStrictEqual([...result.responses.values()].map((r) => `${r.service.name}: ${r.text}`), ["upper: HELLO"])
+      assert.deepStrictEqual(
+        [...result.errors.values()].map((e) => `${e.service.name}: ${e.message}`).sort(),
+        ["failing: not today", "mute: no responder for op Q"]
+      )
+      assert.deepStrictEqual(result.missing, [])
+    }))
+
+  it.effect("stream the answers as they come, ending with a timeout that names who did not answer", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make({ delay: "1 millis" })
+      const asker = yield* join(network, "asker")
+      const quick = yield* join(network, "quick")
+      const slow = yield* join(network, "slow")
+      yield* quick.hook(HookPoint.query("Q"), () => Effect.succeed("fast"))
+      yield* slow.hook(HookPoint.query("Q"), () => Effect.sleep("10 seconds").pipe(Effect.as("late")))
+      yield* TestClock.adjust("10 millis")
+      const run = yield* asker.query({ target: { where: [{ some: ["quick", "slow"] }] }, op: "Q", data: "?", timeout: "1 second" }).pipe(
+        Stream.runCollect,
+        Effect.forkChild
+      )
+      yield* TestClock.adjust("2 seconds")
+      const events = yield* Fiber.join(run)
+      assert.deepStrictEqual(events.map((e) => e._tag), ["QueryResponse", "QueryTimeout"])
+      const last = events[1]!
+      assert.deepStrictEqual(last._tag === "QueryTimeout" && last.missing.map((s) => s.name), ["slow"])
+    }))
+
+  it.effect("bad requests are typed errors", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const asker = yield* join(network, "asker")
+      yield* join(network, "other")
+      yield* TestClock.adjust("10 millis")
+      assert.strictEqual((yield* Effect.flip(asker.queryAll({ target: "nobody", op: "Q", data: "" })))._tag, "ServiceNotFound")
+      assert.strictEqual((yield* Effect.flip(asker.queryAll({ target: "other", op: "", data: "" })))._tag, "InvalidMessage")
+      assert.strictEqual(
+        (yield* Effect.flip(asker.queryAll({ target: { where: [{ has: ["("], match: "regex" }] }, op: "Q", data: "" })))._tag,
+        "InvalidQuery"
+      )
+      // Nobody to ask: done at once.
+      const none = yield* asker.queryAll({ target: [], op: "Q", data: "" })
+      assert.isTrue(none.complete)
+    }))
+})
+
+describe("queries on real sockets", () => {
+  const where = { ...testCluster(7), heartbeat: "200 millis", ttl: "2 seconds" } as const
+
+  it.live("100 concurrent queries to two responders all complete with their own answers", () =>
+    Effect.gen(function*() {
+      const asker = yield* member({ name: "q-asker", ...where })
+      for (const name of ["q-one", "q-two"]) {
+        const responder = yield* member({ name, ...where, tags: ["responder"] })
+        yield* responder.hook(HookPoint.query("ECHO"), (q) => Effect.succeed(`${name}:${q.text}`))
+      }
+      yield* eventually(asker.resolve("responder"), (s) => s.length === 2)
+      const results = yield* Effect.forEach(
+        Array.from({ length: 100 }, (_, i) => i),
+        (i) => asker.queryAll({ target: "responder", op: "ECHO", data: `#${i}`, timeout: "10 seconds" }),
+        { concurrency: "unbounded" }
+      )
+      results.forEach((r, i) => {
+        assert.isTrue(r.complete, `query ${i}`)
+        assert.deepStrictEqual([...r.responses.values()].map((x) => x.text).sort(), [`q-one:#${i}`, `q-two:#${i}`])
+      })
+      assert.isUndefined((yield* asker.stats).drops["unexpected-reply"])
+    }))
+
+  it.live("a reply nobody asked for is dropped and counted", () =>
+    Effect.gen(function*() {
+      const target = yield* member({ name: "q-target", ...where })
+      const port = (yield* target.self).protocols.find((p) => p.protocol === "udp")!.port
+      const dgram = yield* Effect.promise(() => import("node:dgram"))
+      const reply = encodeFrame({
+        _tag: "Reply",
+        sender: { hostId: "0000000000cc", instance: "00000000000000cc", name: "stranger" },
+        id: 12345,
+        ok: true,
+        data: new Uint8Array([1])
+      })
+      yield* Effect.callback<void>((resume) => {
+        const s = dgram.createSocket("udp4")
+        s.send(reply, port, "127.0.0.1", () => {
+          s.close()
+          resume(Effect.void)
+        })
+      })
+      yield* eventually(target.stats, (s) => (s.drops["unexpected-reply"] ?? 0) === 1)
+    }))
+})
