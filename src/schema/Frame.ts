@@ -21,7 +21,8 @@
  * A message carries `u8 op length (1..32), op, u16 channel, u8 target count T
  * (0..32)`, T targets of `6 bytes host id, u8 name length, name`, then the data
  * up to the end of the frame (the datagram, or the tcp length prefix, delimits it).
- * A query is a message preceded by a `u32` request id; a reply carries `u32`
+ * A ping names a service (`6 bytes host id, u8 name length, name`) that some
+ * member could not reach. A query is a message preceded by a `u32` request id; a reply carries `u32`
  * request id, `u8` status (0 response, 1 error), then the data (for an error,
  * its message in UTF-8) to the end.
  *
@@ -85,10 +86,14 @@ export const ReplyFrame = Schema.TaggedStruct("Reply", {
   data: Schema.Uint8Array
 })
 
-export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame])
+/** "I could not reach this service": peers shorten its ttl, and the service, if alive, beats at once. */
+export const Ping = Schema.TaggedStruct("Ping", { sender: Sender, target: Schema.String })
+
+export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame, Ping])
 export type Frame = typeof Frame.Type
 export type Beacon = typeof Heartbeat.Type | typeof Probe.Type | typeof Answer.Type
 export type MessageFrame = typeof MessageFrame.Type
+export type Ping = typeof Ping.Type
 export type QueryFrame = typeof QueryFrame.Type
 export type ReplyFrame = typeof ReplyFrame.Type
 
@@ -101,8 +106,8 @@ export type DecodeFailure =
   | "invalid-field"
   | "trailing-bytes"
 
-const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7 } as const
-const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply"] as const
+const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7, Ping: 8 } as const
+const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply", "Ping"] as const
 const PROTOCOL_ID: Record<ProtocolName, number> = { tcp: 1, udp: 2 }
 const PROTOCOL_BY_ID: ReadonlyArray<ProtocolName | undefined> = [undefined, "tcp", "udp"]
 
@@ -130,6 +135,8 @@ export const frameSize = (frame: Frame): number => {
       return size
     case "Reply":
       return size + 5 + frame.data.byteLength
+    case "Ping":
+      return size + 6 + 1 + Buffer.byteLength(idParts(frame.target)[1])
     default:
       size += 1 + 3 * frame.protocols.length + 1
       for (const t of frame.tags) size += 1 + Buffer.byteLength(t)
@@ -174,6 +181,12 @@ export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
   switch (frame._tag) {
     case "Leave":
       break
+    case "Ping": {
+      const [hostId, name] = idParts(frame.target)
+      writeHostId(buf, at, hostId)
+      buf[at + 6] = buf.write(name, at + 7, "utf8")
+      break
+    }
     case "Reply":
       buf.writeUInt32BE(frame.id, at)
       buf[at + 4] = frame.ok ? 0 : 1
@@ -231,6 +244,10 @@ export const checkFrame = (frame: Frame): string | undefined => {
     if (opLen < 1 || opLen > MAX_OP_BYTES) return `op must be 1..${MAX_OP_BYTES} bytes`
     if (!Number.isInteger(frame.channel) || frame.channel < 0 || frame.channel > 65535) return "channel must be 0..65535"
     if (frame.targets.length > MAX_TARGETS) return `at most ${MAX_TARGETS} targets`
+  } else if (frame._tag === "Ping") {
+    const [hostId, name] = idParts(frame.target)
+    const n = Buffer.byteLength(name)
+    if (!/^[0-9a-f]{12}$/.test(hostId) || n < 1 || n > MAX_NAME_BYTES) return "ping target must be a service id"
   } else if (frame._tag !== "Leave" && frame._tag !== "Reply") {
     if (frame.protocols.length > MAX_PROTOCOLS) return `at most ${MAX_PROTOCOLS} protocols`
     if (frame.tags.length > MAX_TAGS) return `at most ${MAX_TAGS} tags`
@@ -303,6 +320,12 @@ const decodeOrThrow = (bytes: Uint8Array, cache: SenderCache | undefined): Frame
     case "Leave":
       if (at !== end) throw new Malformed("trailing-bytes")
       return { _tag: "Leave", sender }
+    case "Ping": {
+      need(buf, at, 6)
+      const target = `${buf.toString("hex", at, at + 6)}@${readString(buf, at + 6, MAX_NAME_BYTES)}`
+      if (at + 7 + buf[at + 6]! !== end) throw new Malformed("trailing-bytes")
+      return { _tag: "Ping", sender, target }
+    }
     case "Reply": {
       need(buf, at, 5)
       const status = buf[at + 4]!

@@ -352,6 +352,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
                 return { service: peer, protocol } satisfies Delivery
               }
               attempts.push({ protocol, cause: sent.failure })
+              // A failed attempt is news: the peer may be gone. Ask the cluster to check.
+              if (sent.failure._tag === "ProtocolFailure") yield* discovery.ping(peer)
             }
             return yield* new SendFailed({ service: peer, attempts })
           })

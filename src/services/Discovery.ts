@@ -12,6 +12,9 @@ import { applyTagChanges, type TagChange, TagError } from "../schema/Tags.ts"
 import { Registry } from "./Registry.ts"
 import { Transport } from "./Transport.ts"
 
+/** The frames Discovery handles. */
+export type Control = Beacon | Extract<Frame, { _tag: "Leave" | "Ping" }>
+
 export interface DiscoveryOptions {
   readonly sender: Sender
   readonly tags: ReadonlyArray<string>
@@ -28,8 +31,13 @@ export class Discovery extends Context.Service<Discovery, {
    * in one tick go out in one heartbeat).
    */
   readonly updateTags: (changes: ReadonlyArray<TagChange>) => Effect.Effect<ReadonlyArray<string>, TagError>
-  /** Handles a beacon or a leave that passed the drop checks. */
-  readonly handle: (frame: Beacon | Extract<Frame, { _tag: "Leave" }>, address: string) => Effect.Effect<void>
+  /** Handles a beacon, a leave or a ping that passed the drop checks. */
+  readonly handle: (frame: Control, address: string) => Effect.Effect<void>
+  /**
+   * We could not reach `peer`: tell the cluster (a ping, at most once per
+   * heartbeat per peer), so every member gives it two heartbeats to show it is alive.
+   */
+  readonly ping: (peer: Service) => Effect.Effect<void>
 }>()("cluster-comm/Discovery") {
   static readonly layer = (options: DiscoveryOptions) =>
     Layer.effect(
@@ -64,6 +72,7 @@ export class Discovery extends Context.Service<Discovery, {
         yield* beacon("Probe")
 
         const interval = Duration.toMillis(options.heartbeat)
+        const scope = yield* Scope.Scope
         yield* Effect.gen(function*() {
           while (true) {
             const jitter = yield* Random.nextBetween(0.9, 1.1)
@@ -78,8 +87,31 @@ export class Discovery extends Context.Service<Discovery, {
           )
         )
 
-        const handle = (frame: Beacon | Extract<Frame, { _tag: "Leave" }>, address: string): Effect.Effect<void> => {
+        const selfId = serviceId(sender.hostId, sender.name)
+        // A pinged service has two heartbeats to show it is alive.
+        const window = Duration.millis(2 * interval)
+        let answerPending = false
+        const handle = (frame: Control, address: string): Effect.Effect<void> => {
           if (frame._tag === "Leave") return registry.leave(frame.sender)
+          if (frame._tag === "Ping") {
+            if (frame.target !== selfId) {
+              registry.suspect(frame.target, window)
+              return Effect.void
+            }
+            // We are alive: beat now, after a short random delay so that many
+            // members pinged at once do not answer in one burst.
+            if (answerPending) return Effect.void
+            answerPending = true
+            return Random.nextBetween(0, Math.min(50, interval / 4)).pipe(
+              Effect.flatMap((ms) => Effect.sleep(Duration.millis(ms))),
+              Effect.andThen(Effect.sync(() => {
+                answerPending = false
+              })),
+              Effect.andThen(beat),
+              Effect.forkIn(scope),
+              Effect.asVoid
+            )
+          }
           return registry.observe({ sender: frame.sender, address, protocols: frame.protocols, tags: frame.tags }).pipe(
             Effect.flatMap((peer) =>
               frame._tag === "Probe" && peer !== undefined
@@ -91,7 +123,6 @@ export class Discovery extends Context.Service<Discovery, {
           )
         }
 
-        const scope = yield* Scope.Scope
         let beatPending = false
         const updateTags = (changes: ReadonlyArray<TagChange>) =>
           Effect.suspend(() => {
@@ -112,7 +143,20 @@ export class Discovery extends Context.Service<Discovery, {
             )
           })
 
-        return Discovery.of({ self, handle, updateTags })
+        const lastPing = new Map<string, number>()
+        const ping = (peer: Service) =>
+          Effect.suspend(() => {
+            const now = Date.now()
+            if (now - (lastPing.get(peer.id) ?? 0) < interval) return Effect.void
+            lastPing.set(peer.id, now)
+            if (lastPing.size > 4096) lastPing.clear() // bounded: forget old pings
+            registry.suspect(peer.id, window)
+            return transport.multicast({ _tag: "Ping", sender, target: peer.id }).pipe(
+              Effect.catch((e) => Effect.logDebug(`ping for ${peer.id} not sent: ${e.message}`))
+            )
+          })
+
+        return Discovery.of({ self, handle, updateTags, ping })
       })
     )
 }

@@ -49,6 +49,11 @@ export class Registry extends Context.Service<Registry, {
   readonly observeNow: (sighting: Sighting) => Service | undefined
   /** The sender said it leaves: drop it now, if that instance is the one we know. */
   readonly leave: (sender: Sender) => Effect.Effect<void>
+  /**
+   * Someone could not reach this service: unless it is heard from again within
+   * `window`, it expires then (or at its ttl, whichever comes first).
+   */
+  readonly suspect: (id: string, window: Duration.Duration) => void
   /** A service by id, synchronously (for the per-frame path). */
   readonly get: (id: string) => Service | undefined
   /** Every known service, as a snapshot. */
@@ -69,6 +74,8 @@ export class Registry extends Context.Service<Registry, {
         const clock = yield* Clock.Clock
         const ttlMillis = Duration.toMillis(options.ttl)
         const services = new Map<string, Service>()
+        // Suspected services: the time by which they must be heard from again.
+        const deadlines = new Map<string, number>()
         // Instances replaced by a newer one under the same id: heard again, they are in conflict.
         const retired = new Map<string, string>()
         const reported = new Set<string>()
@@ -92,6 +99,7 @@ export class Registry extends Context.Service<Registry, {
 
         const lose = (service: Service, why: "left" | "expired") => {
           services.delete(service.id)
+          deadlines.delete(service.id)
           publish(new ServiceLost({ service, why }))
           // A loss cannot be cancelled: the hook sees it, its verdict is moot.
           return hooks.has(HookPoint.service("lost"))
@@ -110,6 +118,7 @@ export class Registry extends Context.Service<Registry, {
             hooks.has(HookPoint.service("eval")) || hooks.has(HookPoint.service("validate"))
           ) return undefined
           ;(known as { lastSeen: number }).lastSeen = clock.currentTimeMillisUnsafe()
+          if (deadlines.size > 0) deadlines.delete(known.id)
           return known
         }
 
@@ -141,6 +150,7 @@ export class Registry extends Context.Service<Registry, {
                 const service: Service = { ...s, id, hostId: sender.hostId, name: sender.name, instance: sender.instance }
                 const current = services.get(id)
                 services.set(id, service)
+                deadlines.delete(id)
                 if (current === undefined) publish(new ServiceFound({ service }))
                 else if (changed(current, service)) {
                   if (current.instance !== service.instance) retired.set(id, current.instance)
@@ -158,10 +168,14 @@ export class Registry extends Context.Service<Registry, {
         const sweep = Effect.gen(function*() {
           const now = clock.currentTimeMillisUnsafe()
           for (const service of [...services.values()]) {
-            if (now - service.lastSeen > ttlMillis) yield* lose(service, "expired")
+            const deadline = deadlines.get(service.id)
+            if (now - service.lastSeen > ttlMillis || (deadline !== undefined && now > deadline)) {
+              yield* lose(service, "expired")
+            }
           }
         })
-        const every = Duration.millis(Math.min(1000, Math.max(50, ttlMillis / 4)))
+        // Often enough to honour suspicion windows (a couple of heartbeats) closely.
+        const every = Duration.millis(Math.min(250, Math.max(20, ttlMillis / 8)))
         yield* sweep.pipe(Effect.repeat(Schedule.spaced(every)), Effect.forkScoped)
 
         return Registry.of({
@@ -173,6 +187,12 @@ export class Registry extends Context.Service<Registry, {
               return known !== undefined && known.instance === sender.instance ? lose(known, "left") : Effect.void
             }),
           get: (id) => services.get(id),
+          suspect: (id, window) => {
+            if (!services.has(id)) return
+            const deadline = clock.currentTimeMillisUnsafe() + Duration.toMillis(window)
+            const current = deadlines.get(id)
+            if (current === undefined || deadline < current) deadlines.set(id, deadline)
+          },
           list: Effect.sync(() => [...services.values()].map((s) => ({ ...s }))),
           // Subscribe first, then snapshot: nothing falls in between. A service
           // found in between shows in both; its live ServiceFound is skipped.

@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { testCluster } from "../helpers.ts"
-import { canUseNamespaces, makeLan, startAgent } from "../support/netns.ts"
+import { canUseNamespaces, makeLan, startAgent } from "../support/hosts.ts"
 
 // Hosts are network namespaces on a bridge of their own; nothing here reaches
 // the machine's interfaces. Namespaces need root: CI has it.
@@ -13,9 +13,9 @@ describe.skipIf(!canUseNamespaces())("members on several hosts (network namespac
     Effect.gen(function*() {
       const { hosts } = yield* makeLan(2)
       const [h1, h2] = hosts
-      const a = yield* startAgent(h1!, { name: "a", ...lan })
+      const a = yield* startAgent(h1, { name: "a", ...lan })
       // The interface may also be named by its address.
-      const b = yield* startAgent(h2!, { name: "b", ...lan, interface: h2!.address })
+      const b = yield* startAgent(h2, { name: "b", ...lan, interface: h2!.address })
       const joinedA = yield* a.waitFor((l) => l.joined !== undefined)
       yield* b.waitFor((l) => l.joined !== undefined)
       assert.strictEqual(joinedA.joined.address, h1!.address)
@@ -39,9 +39,9 @@ describe.skipIf(!canUseNamespaces())("members on several hosts (network namespac
     Effect.gen(function*() {
       const { hosts } = yield* makeLan(2)
       const [h1, h2] = hosts
-      const hostOnly = yield* startAgent(h1!, { name: "host-only", ...where, heartbeat: "200 millis", ttl: "2 seconds" })
-      const onLan = yield* startAgent(h1!, { name: "on-lan", ...lan })
-      const remote = yield* startAgent(h2!, { name: "remote", ...lan })
+      const hostOnly = yield* startAgent(h1, { name: "host-only", ...where, heartbeat: "200 millis", ttl: "2 seconds" })
+      const onLan = yield* startAgent(h1, { name: "on-lan", ...lan })
+      const remote = yield* startAgent(h2, { name: "remote", ...lan })
       // Positive control: the LAN members on both hosts find each other ...
       yield* remote.waitFor((l) => typeof l.found === "string" && l.found.endsWith("@on-lan"))
       yield* onLan.waitFor((l) => typeof l.found === "string" && l.found.endsWith("@remote"))

@@ -8,7 +8,8 @@
  *      {"reply": n, "ok": result} {"reply": n, "error": tag}
  * In:  {"n": 1, "cmd": "broadcast", "op": "C", "data": "x"}
  *      {"n": 2, "cmd": "sendTo", "target": "name", "op": "C", "data": "x"}
- *      {"n": 3, "cmd": "services"}    {"n": 4, "cmd": "stats"}
+ *      {"n": 3, "cmd": "services"}    {"n": 4, "cmd": "stats"}    {"n": 5, "cmd": "fail"}
+ *      {"n": 6, "cmd": "sendToFake", "target": "name", "op": "C", "data": "x", "tcpPort": 1}
  */
 import { createInterface } from "node:readline"
 import { NodeRuntime } from "@effect/platform-node"
@@ -18,7 +19,19 @@ import { Cluster, type ClusterConfigInput, ClusterLive } from "cluster-comm"
 const config = JSON.parse(process.argv[2] ?? "{}") as ClusterConfigInput
 const say = (value: unknown) => process.stdout.write(`${JSON.stringify(value)}\n`)
 
-type Command = { readonly n: number; readonly cmd: string; readonly op?: string; readonly data?: string; readonly target?: string }
+type Command = {
+  readonly n: number
+  readonly cmd: string
+  readonly op?: string
+  readonly data?: string
+  readonly target?: string
+  readonly tcpPort?: number
+}
+
+/** The program fails on purpose (the `fail` command): the member must still leave. */
+class Deliberate {
+  readonly _tag = "Deliberate"
+}
 
 const run = (c: Command): Effect.Effect<unknown, { readonly _tag: string }, Cluster> => {
   switch (c.cmd) {
@@ -30,6 +43,15 @@ const run = (c: Command): Effect.Effect<unknown, { readonly _tag: string }, Clus
       )
     case "stats":
       return Cluster.stats
+    case "sendToFake":
+      // The target as resolved, but claiming a tcp port first (e.g. a dead one).
+      return Effect.gen(function*() {
+        const [s] = yield* Cluster.resolve(c.target!)
+        if (s === undefined) return yield* Effect.fail({ _tag: "ServiceNotFound" } as const)
+        const fake = { ...s, protocols: [{ protocol: "tcp" as const, port: c.tcpPort! }, ...s.protocols.filter((p) => p.protocol !== "tcp")] }
+        const ds = yield* Cluster.sendTo(fake, c.op!, c.data!)
+        return ds.map((d) => ({ id: d.service.id, protocol: d.protocol }))
+      })
     case "services":
       return Cluster.services.pipe(Effect.map((ss) => ss.map((s) => ({ id: s.id, name: s.name, address: s.address, local: s.local }))))
     default:
@@ -60,6 +82,7 @@ const main = Effect.gen(function*() {
   yield* Stream.fromAsyncIterable(lines, () => "stdin closed").pipe(
     Stream.runForEach((line) => {
       const c = JSON.parse(line) as Command
+      if (c.cmd === "fail") return Effect.die(new Deliberate())
       return run(c).pipe(
         Effect.provideService(Cluster, cluster),
         Effect.match({

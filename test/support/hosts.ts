@@ -86,17 +86,23 @@ export interface Agent {
   readonly waitFor: (match: (line: Record<string, any>) => boolean, within?: number) => Effect.Effect<Record<string, any>, Error>
   /** Sends a command and waits for its reply. */
   readonly command: (cmd: Record<string, unknown>) => Effect.Effect<Record<string, any>, Error>
+  /** Sends a command without waiting for a reply. */
+  readonly tell: (cmd: Record<string, unknown>) => Effect.Effect<void>
+  /** Sends a signal to the agent and waits for it to exit. */
+  readonly kill: (signal: NodeJS.Signals) => Effect.Effect<void>
 }
 
-/** Starts an agent inside `host` (a network namespace), ended by its PID with the scope. */
-export const startAgent = (host: Host, config: ClusterConfigInput) =>
+/**
+ * Starts an agent process, inside `host` (a network namespace) when given, else
+ * on this host; it is ended by its PID when the scope closes.
+ */
+export const startAgent = (host: Host | undefined, config: ClusterConfigInput) =>
   Effect.acquireRelease(
     Effect.sync(() => {
-      const child: ChildProcess = spawn(
-        "ip",
-        ["netns", "exec", host.ns, process.execPath, agentPath, JSON.stringify(config)],
-        { stdio: ["pipe", "pipe", "pipe"] }
-      )
+      const node = [process.execPath, agentPath, JSON.stringify(config)]
+      const child: ChildProcess = host === undefined
+        ? spawn(node[0]!, node.slice(1), { stdio: ["pipe", "pipe", "pipe"] })
+        : spawn("ip", ["netns", "exec", host.ns, ...node], { stdio: ["pipe", "pipe", "pipe"] })
       const lines: Array<Record<string, any>> = []
       const listeners = new Set<() => void>()
       let buffered = ""
@@ -128,17 +134,30 @@ export const startAgent = (host: Host, config: ClusterConfigInput) =>
           }
           const timer = setTimeout(() => {
             listeners.delete(check)
-            resume(Effect.fail(new Error(`agent in ${host.ns}: no matching line within ${within} ms; got ${JSON.stringify(lines)}; stderr: ${stderr}`)))
+            resume(Effect.fail(new Error(`agent in ${host?.ns ?? "this host"}: no matching line within ${within} ms; got ${JSON.stringify(lines)}; stderr: ${stderr}`)))
           }, within)
           if (!check()) listeners.add(check)
         })
       let next = 0
-      const command = (cmd: Record<string, unknown>) => {
+      const tell = (cmd: Record<string, unknown>) => {
         const n = ++next
         child.stdin!.write(`${JSON.stringify({ ...cmd, n })}\n`)
+        return n
+      }
+      const command = (cmd: Record<string, unknown>) => {
+        const n = tell(cmd)
         return waitFor((l) => l.reply === n)
       }
-      return { child, agent: { pid: child.pid!, lines, waitFor, command } satisfies Agent }
+      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
+      const kill = (signal: NodeJS.Signals) =>
+        Effect.promise(() => {
+          child.kill(signal) // our own child, by its PID
+          return exited
+        })
+      return {
+        child,
+        agent: { pid: child.pid!, lines, waitFor, command, tell: (cmd) => Effect.sync(() => void tell(cmd)), kill } satisfies Agent
+      }
     }),
     ({ child }) =>
       Effect.callback<void>((resume) => {

@@ -1,0 +1,74 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { testCluster } from "../helpers.ts"
+import { startAgent } from "../support/hosts.ts"
+
+// Member processes on this host (loopback only), ended by their PIDs.
+const where = { ...testCluster(8), heartbeat: "500 millis", ttl: "20 seconds" } as const
+
+const knows = (name: string) => (l: Record<string, any>) => typeof l.found === "string" && l.found.endsWith(`@${name}`)
+const lost = (name: string) => (l: Record<string, any>) => typeof l.lost === "string" && l.lost.endsWith(`@${name}`)
+
+describe("failures of member processes", () => {
+  it.live("a killed member is lost within seconds once someone fails to reach it, not after its ttl", () =>
+    Effect.gen(function*() {
+      const victim = yield* startAgent(undefined, { name: "victim", ...where })
+      const sender = yield* startAgent(undefined, { name: "sender", ...where })
+      const watcher = yield* startAgent(undefined, { name: "watcher", ...where })
+      for (const a of [sender, watcher]) yield* a.waitFor(knows("victim"))
+      yield* sender.waitFor(knows("watcher"))
+      yield* victim.kill("SIGKILL") // no leave: the process just vanishes
+      const t0 = Date.now()
+      // tcp is refused; the send falls back to udp (which cannot tell), and the
+      // refusal makes the sender ping the cluster about the victim.
+      const sent = yield* sender.command({ cmd: "sendTo", target: "victim", op: "C", data: "are you there?" })
+      assert.strictEqual(sent.ok?.[0]?.protocol, "udp")
+      const [atSender, atWatcher] = yield* Effect.all([
+        sender.waitFor(lost("victim"), 10_000),
+        watcher.waitFor(lost("victim"), 10_000)
+      ], { concurrency: "unbounded" })
+      const elapsed = Date.now() - t0
+      console.log(`killed member lost by the others ${elapsed} ms after the failed send (ttl 20 s, heartbeat 0.5 s)`)
+      assert.strictEqual(atSender.why, "expired")
+      assert.strictEqual(atWatcher.why, "expired")
+      assert.isBelow(elapsed, 10_000) // the ttl is 20 s: only the ping explains this
+    }), 30_000)
+
+  it.live("a pinged member that is alive answers with a heartbeat and stays", () =>
+    Effect.gen(function*() {
+      // Its own heartbeat is far slower than the sender's two-heartbeat window (1 s):
+      // only its answer to the ping can keep it known.
+      yield* startAgent(undefined, { name: "alive", ...where, protocols: ["udp"], heartbeat: "10 seconds", ttl: "30 seconds" })
+      const sender = yield* startAgent(undefined, { name: "pinger", ...where, protocols: ["tcp", "udp"] })
+      yield* sender.waitFor(knows("alive"))
+      // `alive` speaks udp only; a service value claiming a dead tcp port makes the send fail over tcp.
+      const sent = yield* sender.command({ cmd: "sendToFake", target: "alive", op: "C", data: "x", tcpPort: 1 })
+      assert.strictEqual(sent.ok?.[0]?.protocol, "udp")
+      yield* Effect.sleep("2500 millis") // well past the window
+      const services = yield* sender.command({ cmd: "services" })
+      assert.deepStrictEqual(services.ok.map((s: { name: string }) => s.name), ["alive"])
+      assert.isUndefined(sender.lines.find(lost("alive")))
+    }), 30_000)
+
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    it.live(`a member stopped by ${signal} leaves: the others drop it at once`, () =>
+      Effect.gen(function*() {
+        const leaving = yield* startAgent(undefined, { name: `leaving-${signal}`, ...where })
+        const watcher = yield* startAgent(undefined, { name: `watcher-${signal}`, ...where })
+        yield* watcher.waitFor(knows(`leaving-${signal}`))
+        yield* leaving.kill(signal)
+        const event = yield* watcher.waitFor(lost(`leaving-${signal}`), 5_000)
+        assert.strictEqual(event.why, "left")
+      }), 30_000)
+  }
+
+  it.live("a member whose program fails leaves too", () =>
+    Effect.gen(function*() {
+      const failing = yield* startAgent(undefined, { name: "failing", ...where })
+      const watcher = yield* startAgent(undefined, { name: "watcher-fail", ...where })
+      yield* watcher.waitFor(knows("failing"))
+      yield* failing.tell({ cmd: "fail" }) // it dies: no reply
+      const event = yield* watcher.waitFor(lost("failing"), 5_000)
+      assert.strictEqual(event.why, "left")
+    }), 30_000)
+})
