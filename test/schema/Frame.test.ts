@@ -46,7 +46,12 @@ const reply = fc.record({
   ok: fc.boolean(),
   data: fc.uint8Array({ maxLength: 2048 })
 })
-const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message, query, reply)
+const ping = fc.record({
+  _tag: fc.constant("Ping" as const),
+  sender,
+  target: fc.tuple(hex(6), utf8Within(48)).map(([h, n]) => `${h}@${n}`)
+})
+const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message, query, reply, ping)
 
 const normalize = (f: Frame) => ("data" in f ? { ...f, data: Array.from(f.data) } : f)
 
