@@ -2,7 +2,7 @@
  * cluster-comm: zero-configuration discovery and messaging between processes
  * on one host and across machines, on Effect.
  */
-export { ClusterLive } from "./layers/ClusterLive.ts"
+export { ClusterLive, ClusterServices, type LiveOptions } from "./layers/ClusterLive.ts"
 export { ClusterTest, MemoryNetwork, type MemoryNetworkOptions } from "./layers/ClusterTest.ts"
 export { type ClusterConfig, ClusterConfigInput, makeConfig, Profiles } from "./schema/Config.ts"
 export {
@@ -64,4 +64,14 @@ export { Discovery } from "./services/Discovery.ts"
 export { type Direction, type Hook, HookPoint, Hooks } from "./services/Hooks.ts"
 export { Registry, type Sighting } from "./services/Registry.ts"
 export { type DropReason, Stats, type StatsSnapshot } from "./services/Stats.ts"
-export { type Endpoint, type Inbound, type Protocol, Transport } from "./services/Transport.ts"
+export { socketDir } from "./services/protocols/Unix.ts"
+export {
+  type Endpoint,
+  type Inbound,
+  type Inlet,
+  type Protocol,
+  type ProtocolContext,
+  type ProtocolPlugin,
+  type Receive,
+  Transport
+} from "./services/Transport.ts"

@@ -7,7 +7,7 @@ import { detectHostId, interfaceAddress, newInstance } from "../internal/host.ts
 import { type ClusterConfigInput, makeConfig } from "../schema/Config.ts"
 import type { JoinError } from "../schema/Errors.ts"
 import type { Cluster } from "../services/Cluster.ts"
-import { Transport } from "../services/Transport.ts"
+import { type ProtocolPlugin, Transport } from "../services/Transport.ts"
 import { composeCluster } from "./compose.ts"
 
 /**
@@ -20,12 +20,27 @@ import { composeCluster } from "./compose.ts"
  * }).pipe(Effect.provide(ClusterLive("service_one")))
  * ```
  */
-export const ClusterLive = (nameOrConfig: string | ClusterConfigInput = {}): Layer.Layer<Cluster, JoinError> =>
+export const ClusterLive = (
+  nameOrConfig: string | ClusterConfigInput = {},
+  options: LiveOptions = {}
+): Layer.Layer<Cluster, JoinError> => ClusterServices(nameOrConfig, options)
+
+/** What `ClusterLive` takes besides the configuration: code, not data. */
+export interface LiveOptions {
+  /** Protocol plug-ins, used when `config.protocols` names them. */
+  readonly protocols?: ReadonlyArray<ProtocolPlugin>
+}
+
+/**
+ * `ClusterLive` with every service of the stack in its output (Transport,
+ * Registry, Discovery, Hooks, Stats): for tests and tools that look inside.
+ */
+export const ClusterServices = (nameOrConfig: string | ClusterConfigInput = {}, options: LiveOptions = {}) =>
   Layer.unwrap(
     Effect.gen(function*() {
       const config = yield* Effect.fromResult(makeConfig(nameOrConfig))
       const sender = { hostId: config.hostId ?? detectHostId(), instance: newInstance(), name: config.name }
       const address = config.remote === 0 ? "127.0.0.1" : interfaceAddress(config.interface) ?? "0.0.0.0"
-      return composeCluster(config, sender, address, Transport.layer(config))
+      return composeCluster(config, sender, address, Transport.layer(config, sender, options.protocols))
     })
   )

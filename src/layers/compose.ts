@@ -20,7 +20,7 @@ export const composeCluster = (
   sender: Sender,
   address: string,
   transport: Layer.Layer<Transport, JoinError, Stats>
-): Layer.Layer<Cluster, JoinError> => {
+): Layer.Layer<Cluster | Discovery | Registry | Transport | Hooks | Stats, JoinError> => {
   // fresh: two members built in one program must not share hooks or counters.
   const base = Layer.mergeAll(Layer.fresh(Hooks.layer), Layer.fresh(Stats.layer))
   const withTransport = transport.pipe(Layer.provideMerge(base))
@@ -33,6 +33,6 @@ export const composeCluster = (
     Layer.provideMerge(withRegistry)
   )
   return Cluster.layer({ sender, remote: config.remote, bufferSize: config.bufferSize, channels: config.channels }).pipe(
-    Layer.provide(withDiscovery)
+    Layer.provideMerge(withDiscovery)
   )
 }

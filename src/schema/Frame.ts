@@ -108,8 +108,22 @@ export type DecodeFailure =
 
 const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7, Ping: 8 } as const
 const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply", "Ping"] as const
-const PROTOCOL_ID: Record<ProtocolName, number> = { tcp: 1, udp: 2 }
-const PROTOCOL_BY_ID: ReadonlyArray<ProtocolName | undefined> = [undefined, "tcp", "udp"]
+// Protocol ids on the wire. Plug-ins add theirs (16..255) when a member opens them.
+const PROTOCOL_ID = new Map<ProtocolName, number>([["tcp", 1], ["udp", 2], ["unix", 3]])
+const PROTOCOL_BY_ID: Array<ProtocolName | undefined> = [undefined, "tcp", "udp", "unix"]
+
+/** Records a plug-in's wire id; says why not when it clashes with another protocol's. */
+export const registerProtocolId = (name: ProtocolName, id: number): string | undefined => {
+  if (!Number.isInteger(id) || id < 1 || id > 255) return `protocol ${name}: id ${id} is not 1..255`
+  const byId = PROTOCOL_BY_ID[id]
+  const byName = PROTOCOL_ID.get(name)
+  if ((byId !== undefined && byId !== name) || (byName !== undefined && byName !== id)) {
+    return `protocol ${name} (id ${id}) clashes with ${byId ?? name} (id ${byName ?? id})`
+  }
+  PROTOCOL_ID.set(name, id)
+  PROTOCOL_BY_ID[id] = name
+  return undefined
+}
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
 
@@ -218,7 +232,7 @@ export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
     default:
       buf[at++] = frame.protocols.length
       for (const p of frame.protocols) {
-        buf[at++] = PROTOCOL_ID[p.protocol]
+        buf[at++] = PROTOCOL_ID.get(p.protocol) ?? 0
         buf.writeUInt16BE(p.port, at)
         at += 2
       }

@@ -4,9 +4,12 @@
  */
 import { Data, Schema } from "effect"
 
-/** Protocols a member can speak. `udp` covers multicast and unicast datagrams. */
-export const ProtocolName = Schema.Literals(["tcp", "udp"])
-export type ProtocolName = typeof ProtocolName.Type
+/**
+ * A protocol's name: the built-in `udp` (multicast and unicast datagrams),
+ * `tcp` and `unix`, or a plug-in's (lower case letters, digits, dashes).
+ */
+export const ProtocolName = Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,15}$/))
+export type ProtocolName = string
 
 /** A protocol a member speaks and how to reach it there (its port). */
 export const Advertised = Schema.Struct({

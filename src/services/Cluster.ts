@@ -291,15 +291,23 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           return problem === undefined ? Effect.succeed(frame) : Effect.fail(new InvalidMessage({ message: problem }))
         }
 
-        const speaks = new Set(transport.advertised.map((a) => a.protocol))
-        const orders = new WeakMap<ReadonlyArray<Advertised>, ReadonlyArray<ProtocolName>>()
-        /** The peer's protocols, in its order, that we speak; just udp (a filtered datagram) when none. */
+        const speaks = new Set(transport.protocols.keys())
+        // Memoised per advertised list, apart for local and remote peers.
+        const orders = [new WeakMap<ReadonlyArray<Advertised>, ReadonlyArray<ProtocolName>>(), new WeakMap<ReadonlyArray<Advertised>, ReadonlyArray<ProtocolName>>()]
+        /**
+         * The peer's protocols, in its order, that we speak; for a peer on this
+         * host the local-only ones (unix) first, for others none of them; just
+         * udp (a filtered datagram) when nothing is left.
+         */
         const orderFor = (peer: Service): ReadonlyArray<ProtocolName> => {
-          let order = orders.get(peer.protocols)
+          const memo = orders[peer.local ? 1 : 0]!
+          let order = memo.get(peer.protocols)
           if (order === undefined) {
             const common = peer.protocols.map((p) => p.protocol).filter((p) => speaks.has(p))
-            order = common.length > 0 ? common : ["udp"]
-            orders.set(peer.protocols, order)
+            const local = peer.local ? common.filter((p) => transport.localOnly.has(p)) : []
+            const rest = common.filter((p) => !transport.localOnly.has(p))
+            order = local.length + rest.length > 0 ? [...local, ...rest] : ["udp"]
+            memo.set(peer.protocols, order)
           }
           return order
         }

@@ -46,7 +46,6 @@ export class Discovery extends Context.Service<Discovery, {
         const transport = yield* Transport
         const registry = yield* Registry
         const { sender } = options
-        const protocols = transport.advertised
         let tags = options.tags
         const self = (): Service => ({
           id: serviceId(sender.hostId, sender.name),
@@ -55,7 +54,7 @@ export class Discovery extends Context.Service<Discovery, {
           instance: sender.instance,
           address: options.address,
           local: true,
-          protocols,
+          protocols: transport.advertised(),
           tags,
           lastSeen: Date.now()
         })
@@ -63,7 +62,7 @@ export class Discovery extends Context.Service<Discovery, {
         // Beacons are best effort: a lost one is made up by the next.
         // Suspended: each beacon carries the tags of the moment it is sent.
         const beacon = (tag: "Heartbeat" | "Probe") =>
-          Effect.suspend(() => transport.multicast({ _tag: tag, sender, protocols, tags })).pipe(
+          Effect.suspend(() => transport.multicast({ _tag: tag, sender, protocols: transport.advertised(), tags })).pipe(
             Effect.catch((e) => Effect.logDebug(`${tag} not sent: ${e.message}`))
           )
         const beat = beacon("Heartbeat")
@@ -115,7 +114,7 @@ export class Discovery extends Context.Service<Discovery, {
           return registry.observe({ sender: frame.sender, address, protocols: frame.protocols, tags: frame.tags }).pipe(
             Effect.flatMap((peer) =>
               frame._tag === "Probe" && peer !== undefined
-                ? transport.send("udp", peer, { _tag: "Answer", sender, protocols, tags }).pipe(
+                ? transport.send("udp", peer, { _tag: "Answer", sender, protocols: transport.advertised(), tags }).pipe(
                   Effect.catch((e) => Effect.logDebug(`answer to ${peer.id} not sent: ${e.message}`))
                 )
                 : Effect.void

@@ -9,11 +9,19 @@
  */
 import { Context, Effect, Layer, Queue, type Scope } from "effect"
 import type { ClusterConfig } from "../schema/Config.ts"
-import { type FrameTooLarge, ProtocolFailure } from "../schema/Errors.ts"
-import { decodeFrame, type Frame, isDecodeFailure, type SenderCache } from "../schema/Frame.ts"
+import { type FrameTooLarge, JoinError, ProtocolFailure } from "../schema/Errors.ts"
+import {
+  decodeFrame,
+  type Frame,
+  isDecodeFailure,
+  registerProtocolId,
+  type Sender,
+  type SenderCache
+} from "../schema/Frame.ts"
 import type { Advertised, ProtocolName, Service } from "../schema/Service.ts"
 import { TcpProtocol } from "./protocols/Tcp.ts"
 import { UdpProtocol } from "./protocols/Udp.ts"
+import { UnixProtocol } from "./protocols/Unix.ts"
 import { Stats } from "./Stats.ts"
 
 /** A decoded frame and where it came from. */
@@ -23,15 +31,21 @@ export interface Inbound {
   readonly address: string
 }
 
-/** Where to reach a peer over one protocol. */
+/** Where to reach a peer over one protocol: its address, the port it advertises there, and the peer itself. */
 export interface Endpoint {
   readonly address: string
   readonly port: number
+  readonly service: Service
 }
 
 /**
- * A protocol plug-in: what it advertises, how it sends, how big a frame may
- * be. Inbound frames it hands to the `receive` callback given at creation.
+ * One protocol, opened for one member. Contract:
+ * - `port` is what beacons advertise (a number of the protocol's choosing: a
+ *   tcp port, a unix socket's id); it may change after `rebuild`.
+ * - `send` delivers one frame to a peer or fails with why (`FrameTooLarge`
+ *   above `maxFrame`; `ProtocolFailure` otherwise), so the caller can fall back.
+ * - Inbound frames go, as bytes, to the `Inlet` the protocol was made with.
+ * - Everything it opens belongs to the scope it was made in.
  */
 export interface Protocol {
   readonly name: ProtocolName
@@ -45,6 +59,36 @@ export interface Protocol {
    * nothing was sent and `send` must be used.
    */
   readonly sendNow?: (to: Endpoint, frame: Frame) => boolean
+  /** Optional: stops accepting (the listener closes; sending still works). */
+  readonly close?: Effect.Effect<void>
+  /** Optional: opens the listener anew (a new port); returns the port to advertise. */
+  readonly rebuild?: Effect.Effect<number, JoinError>
+  /** Optional: whether our own listener accepts a connection right now. */
+  readonly check?: Effect.Effect<boolean>
+}
+
+/** What a protocol plug-in is given when a member opens it. */
+export interface ProtocolContext {
+  readonly config: ClusterConfig
+  readonly inlet: Inlet
+  readonly stats: Stats["Service"]
+  /** This member: its host id, instance and name. */
+  readonly self: Sender
+}
+
+/**
+ * A protocol plug-in. `tcp`, `udp`'s direct path and `unix` are built this
+ * way; a user adds one by passing it to `ClusterLive(config, { protocols })`
+ * and naming it in `config.protocols`.
+ */
+export interface ProtocolPlugin {
+  readonly name: ProtocolName
+  /** Its id on the wire: 1..15 are the library's (1 tcp, 2 udp, 3 unix), 16..255 are free. */
+  readonly id: number
+  /** For members on this host only: tried first for local peers, never for remote ones. */
+  readonly local?: boolean
+  /** Opens the protocol for one member, in that member's scope. */
+  readonly make: (context: ProtocolContext) => Effect.Effect<Protocol, JoinError, Scope.Scope>
 }
 
 /**
@@ -62,8 +106,12 @@ export interface Inlet {
 }
 
 export class Transport extends Context.Service<Transport, {
-  /** Our protocols and ports, in our order of preference: what beacons advertise. */
-  readonly advertised: ReadonlyArray<Advertised>
+  /** Our protocols and ports, in our order of preference: what beacons advertise (ports may change on rebuild). */
+  readonly advertised: () => ReadonlyArray<Advertised>
+  /** Protocols only for peers on this host (unix sockets). */
+  readonly localOnly: ReadonlySet<ProtocolName>
+  /** The protocols we speak, by name. */
+  readonly protocols: ReadonlyMap<ProtocolName, Protocol>
   /** Sends to every member of the group (and loops back to us: callers drop their own frames). */
   readonly multicast: (frame: Frame) => Effect.Effect<void, FrameTooLarge | ProtocolFailure>
   /** Sends directly to one peer over one protocol it advertises. */
@@ -87,16 +135,33 @@ export class Transport extends Context.Service<Transport, {
    */
   readonly takeMessages: Effect.Effect<ReadonlyArray<Inbound>>
 }>()("cluster-comm/Transport") {
-  /** Real sockets: udp multicast (always: discovery rides on it) plus the configured direct protocols. */
-  static readonly layer = (config: ClusterConfig) =>
+  /**
+   * Real sockets: udp multicast (always: discovery rides on it) plus the
+   * configured direct protocols, built in (tcp, unix) or given as plug-ins.
+   */
+  static readonly layer = (config: ClusterConfig, self: Sender, plugins: ReadonlyArray<ProtocolPlugin> = []) =>
     Layer.effect(
       Transport,
       Effect.gen(function*() {
+        const stats = yield* Stats
         const inbound = yield* makeInbound(config.bufferSize)
+        const known = new Map<string, ProtocolPlugin>([[TcpProtocol.name, TcpProtocol], [UnixProtocol.name, UnixProtocol]])
+        for (const p of plugins) known.set(p.name, p)
         const udp = yield* UdpProtocol.make(config, inbound.inlet)
         const byName = new Map<ProtocolName, Protocol>([["udp", udp]])
-        if (config.protocols.includes("tcp")) byName.set("tcp", yield* TcpProtocol.make(config, inbound.inlet))
-        return fromProtocols(config.protocols, byName, udp.multicast, inbound)
+        const localOnly = new Set<ProtocolName>()
+        for (const name of config.protocols) {
+          if (name === "udp") continue
+          const plugin = known.get(name)
+          if (plugin === undefined) {
+            return yield* new JoinError({ reason: "InvalidConfig", field: "protocols", message: `unknown protocol "${name}": built in are udp, tcp and unix; others need their plug-in` })
+          }
+          const problem = registerProtocolId(plugin.name, plugin.id)
+          if (problem !== undefined) return yield* new JoinError({ reason: "InvalidConfig", field: "protocols", message: problem })
+          if (plugin.local) localOnly.add(name)
+          byName.set(name, yield* plugin.make({ config, inlet: inbound.inlet, stats, self }))
+        }
+        return fromProtocols(config.protocols, byName, udp.multicast, inbound, localOnly)
       })
     )
 }
@@ -157,14 +222,23 @@ export const fromProtocols = (
   preference: ReadonlyArray<ProtocolName>,
   byName: ReadonlyMap<ProtocolName, Protocol>,
   multicast: (frame: Frame) => Effect.Effect<void, FrameTooLarge | ProtocolFailure>,
-  inbound: InboundQueues
+  inbound: InboundQueues,
+  localOnly: ReadonlySet<ProtocolName> = new Set()
 ): Transport["Service"] => {
-  const advertised = preference.flatMap((name) => {
-    const p = byName.get(name)
-    return p === undefined ? [] : [{ protocol: name, port: p.port }]
-  })
+  // Rebuilt each time a port changes; the same array otherwise (peers compare by value).
+  let advertised: ReadonlyArray<Advertised> = []
+  const current = () => {
+    const fresh = preference.flatMap((name) => {
+      const p = byName.get(name)
+      return p === undefined ? [] : [{ protocol: name, port: p.port }]
+    })
+    if (fresh.length !== advertised.length || fresh.some((a, i) => a.port !== advertised[i]!.port)) advertised = fresh
+    return advertised
+  }
   return Transport.of({
-    advertised,
+    advertised: current,
+    localOnly,
+    protocols: byName,
     multicast,
     send: (name, peer, frame) => {
       const protocol = byName.get(name)
@@ -173,13 +247,13 @@ export const fromProtocols = (
       // A peer we have only heard a message from (no beacon yet) has no udp
       // port: multicast it, the frame's target filter keeps it to that peer.
       if (port === undefined) return name === "udp" ? multicast(frame) : Effect.fail(noRoute(name, peer))
-      return protocol.send({ address: peer.address, port }, frame)
+      return protocol.send({ address: peer.address, port, service: peer }, frame)
     },
     sendNow: (name, peer, frame) => {
       const sendNow = byName.get(name)?.sendNow
       if (sendNow === undefined) return false
       const port = peer.protocols.find((p) => p.protocol === name)?.port
-      return port !== undefined && sendNow({ address: peer.address, port }, frame)
+      return port !== undefined && sendNow({ address: peer.address, port, service: peer }, frame)
     },
     takeBeacons: inbound.takeBeacons,
     takeMessages: inbound.takeMessages

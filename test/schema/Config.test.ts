@@ -44,7 +44,7 @@ describe("configuration", () => {
       [{ remote: 256 }, "remote"],
       [{ protocols: [] }, "protocols"],
       [{ protocols: ["tcp", "tcp"] }, "protocols"],
-      [{ protocols: ["sctp"] } as never, "protocols.0"],
+      [{ protocols: ["SCTP!"] } as never, "protocols.0"],
       [{ heartbeat: "soon" } as never, "heartbeat"],
       [{ heartbeat: "2 seconds", ttl: "1 second" }, "ttl"],
       [{ hostId: "not-a-mac" }, "hostId"],

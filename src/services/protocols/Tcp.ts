@@ -1,232 +1,45 @@
 /**
- * The tcp protocol: one listening socket, and persistent outbound connections
- * reused per peer. Frames are length-prefixed (u32 big-endian, the frame's
- * size); a prefix above `maxFrame` is an attack or a bug, so that connection
- * is dropped (counted `oversize`) rather than buffered.
+ * The tcp protocol: a stream protocol (see Stream.ts) on a tcp port, bound to
+ * loopback for a host-only member. A rebuilt listener takes a new free port.
  */
 import net from "node:net"
 import { Effect } from "effect"
 import { plainAddress } from "../../internal/host.ts"
-import type { ClusterConfig } from "../../schema/Config.ts"
-import { FrameTooLarge, JoinError, ProtocolFailure } from "../../schema/Errors.ts"
-import { encodeFrame, type Frame, frameSize, type SenderCache } from "../../schema/Frame.ts"
-import { Stats } from "../Stats.ts"
-import type { Endpoint, Inlet, Protocol } from "../Transport.ts"
+import { JoinError } from "../../schema/Errors.ts"
+import type { ProtocolPlugin } from "../Transport.ts"
+import { makeStreamProtocol } from "./Stream.ts"
 
-const PREFIX = 4
-/** Past this much unsent data a sender waits for the socket to drain. */
-const HIGH_WATER = 4 * 1024 * 1024
-/** A batch this large is written at once rather than at the end of the tick. */
-const BATCH_BYTES = 64 * 1024
-
-/**
- * Cuts a byte stream into frames. Chunks are kept as they come and joined
- * only when a frame spans them, so a large frame costs one copy.
- */
-export class FrameReader {
-  private chunks: Array<Buffer> = []
-  private buffered = 0
-  private readonly maxFrame: number
-  constructor(maxFrame: number) {
-    this.maxFrame = maxFrame
-  }
-  /** Feeds a chunk; calls `frame` for each complete frame. Returns false on an oversize prefix. */
-  push(chunk: Buffer, frame: (bytes: Buffer) => void): boolean {
-    this.chunks.push(chunk)
-    this.buffered += chunk.length
-    while (this.buffered >= PREFIX) {
-      let head = this.chunks[0]!
-      if (head.length < PREFIX) head = this.flatten()
-      const size = head.readUInt32BE(0)
-      if (size > this.maxFrame) return false
-      if (this.buffered < PREFIX + size) return true
-      if (head.length < PREFIX + size) head = this.flatten()
-      frame(head.subarray(PREFIX, PREFIX + size))
-      const rest = head.subarray(PREFIX + size)
-      this.buffered -= PREFIX + size
-      if (rest.length === 0) this.chunks.shift()
-      else this.chunks[0] = rest
-    }
-    return true
-  }
-  private flatten(): Buffer {
-    const all = Buffer.concat(this.chunks, this.buffered)
-    this.chunks = [all]
-    return all
-  }
-}
-
-/** An outbound connection: opening (senders wait), then open until it closes. */
-interface Connection {
-  readonly socket: net.Socket
-  open: boolean
-  waiting: Array<(error?: Error) => void>
-  /** Frames of this tick, not yet written. */
-  batch: Array<Buffer>
-  batched: number
-}
-
-export const TcpProtocol = {
-  make: (config: ClusterConfig, inlet: Inlet) =>
-    Effect.gen(function*() {
-      const stats = yield* Stats
-      const accepted = new Set<net.Socket>()
-      const server = net.createServer({ noDelay: true }, (socket) => {
-        accepted.add(socket)
-        stats.connection("accepted")
-        const address = plainAddress(socket.remoteAddress)
-        const reader = new FrameReader(config.maxFrame)
-        const cache: SenderCache = {}
-        let slowDown = false
-        const frame = (bytes: Buffer) => {
-          if (!inlet.receive(bytes, "tcp", address, cache)) slowDown = true
-        }
-        socket.on("data", (chunk) => {
-          if (!reader.push(chunk, frame)) {
-            stats.drop("oversize")
-            socket.destroy()
-            return
-          }
-          // The message queue is full: stop reading until it drains; the peer's
-          // writes back up into its own buffers (tcp flow control).
-          if (slowDown) {
-            slowDown = false
-            socket.pause()
-            inlet.whenDrained(() => socket.resume())
-          }
-        })
-        socket.on("error", () => {}) // a reset peer is not our failure
-        socket.on("close", () => accepted.delete(socket))
-      })
-      server.on("error", () => {})
-
-      yield* Effect.acquireRelease(
-        Effect.callback<void, JoinError>((resume) => {
+export const TcpProtocol: ProtocolPlugin = {
+  name: "tcp",
+  id: 1,
+  make: ({ config, inlet, stats }) => {
+    const host = config.remote === 0 ? "127.0.0.1" : "0.0.0.0"
+    let wanted = config.tcpPort
+    return makeStreamProtocol({
+      name: "tcp",
+      maxFrame: config.maxFrame,
+      inlet,
+      stats,
+      listen: (server) =>
+        Effect.callback<number, JoinError>((resume) => {
           const onError = (e: NodeJS.ErrnoException) =>
             resume(Effect.fail(new JoinError({
               reason: "AddressInUse",
               field: "tcpPort",
-              message: `cannot listen on tcp port ${config.tcpPort}: ${e.message}`,
+              message: `cannot listen on tcp port ${wanted}: ${e.message}`,
               cause: e
             })))
           server.once("error", onError)
-          server.listen(config.tcpPort, config.remote === 0 ? "127.0.0.1" : "0.0.0.0", () => {
+          server.listen(wanted, host, () => {
             server.off("error", onError)
-            resume(Effect.void)
+            // A rebuilt listener takes any free port: the old one may be stuck.
+            wanted = 0
+            resume(Effect.succeed((server.address() as net.AddressInfo).port))
           })
         }),
-        () =>
-          Effect.callback<void>((resume) => {
-            for (const s of accepted) s.destroy()
-            for (const c of connections.values()) c.socket.destroy()
-            server.close(() => resume(Effect.void))
-          })
-      )
-
-      const connections = new Map<string, Connection>()
-
-      const connect = (to: Endpoint, key: string): Connection => {
-        const socket = net.connect({ host: to.address, port: to.port, noDelay: true })
-        stats.connection("opened")
-        const conn: Connection = { socket, open: false, waiting: [], batch: [], batched: 0 }
-        const settle = (error?: Error) => {
-          const waiting = conn.waiting
-          conn.waiting = []
-          for (const w of waiting) w(error)
-        }
-        socket.once("connect", () => {
-          conn.open = true
-          settle()
-        })
-        socket.on("drain", () => settle())
-        socket.on("error", (e) => settle(e))
-        socket.on("close", () => {
-          conn.open = false
-          if (connections.get(key) === conn) connections.delete(key)
-          settle(new Error("connection closed"))
-        })
-        // We never expect data on an outbound connection; draining keeps it flowing.
-        socket.on("data", () => {})
-        connections.set(key, conn)
-        return conn
-      }
-
-      const failure = (message: string, cause?: unknown) => new ProtocolFailure({ protocol: "tcp", message, cause })
-
-      // Frames written in one tick go out in one write: far fewer syscalls
-      // under load, and no added latency (the flush runs when the tick ends).
-      const flush = (conn: Connection) => {
-        const batch = conn.batch
-        if (batch.length === 0) return
-        const bytes = conn.batched
-        conn.batch = []
-        conn.batched = 0
-        if (conn.socket.destroyed) {
-          for (let i = 0; i < batch.length; i++) stats.drop("unsent")
-          return
-        }
-        conn.socket.write(batch.length === 1 ? batch[0]! : Buffer.concat(batch, bytes))
-      }
-      const enqueue = (conn: Connection, bytes: Buffer) => {
-        conn.batch.push(bytes)
-        conn.batched += bytes.length
-        if (conn.batched >= BATCH_BYTES) flush(conn)
-        else if (conn.batch.length === 1) queueMicrotask(() => flush(conn))
-      }
-
-      /** The frame with its length prefix, or undefined when it exceeds `maxFrame`. */
-      const framed = (frame: Frame): Buffer | undefined => {
-        const bytes = encodeFrame(frame, PREFIX)
-        const size = bytes.length - PREFIX
-        if (size > config.maxFrame) return undefined
-        bytes.writeUInt32BE(size, 0)
-        return bytes
-      }
-
-      const ready = (conn: Connection): boolean =>
-        conn.open && conn.waiting.length === 0 && conn.socket.writableLength + conn.batched < HIGH_WATER
-
-      const sendNow = (to: Endpoint, frame: Frame): boolean => {
-        const conn = connections.get(`${to.address}:${to.port}`)
-        if (conn === undefined || !ready(conn)) return false
-        const bytes = framed(frame)
-        if (bytes === undefined) return false
-        enqueue(conn, bytes)
-        return true
-      }
-
-      const send = (to: Endpoint, frame: Frame): Effect.Effect<void, FrameTooLarge | ProtocolFailure> =>
-        Effect.suspend((): Effect.Effect<void, FrameTooLarge | ProtocolFailure> => {
-          const bytes = framed(frame)
-          if (bytes === undefined) {
-            return Effect.fail(new FrameTooLarge({ protocol: "tcp", size: frameSize(frame), limit: config.maxFrame }))
-          }
-          const key = `${to.address}:${to.port}`
-          const conn = connections.get(key) ?? connect(to, key)
-          // Frames queued behind a connect or a drain keep their order: join them.
-          if (ready(conn)) {
-            enqueue(conn, bytes)
-            return Effect.void
-          }
-          // Opening, or too much unsent: wait for connect or drain, then write.
-          return Effect.callback<void, ProtocolFailure>((resume) => {
-            conn.waiting.push((error?: Error) => {
-              if (error !== undefined || conn.socket.destroyed) {
-                resume(Effect.fail(failure(error?.message ?? "connection closed", error)))
-                return
-              }
-              enqueue(conn, bytes)
-              resume(Effect.void)
-            })
-          })
-        })
-
-      return {
-        name: "tcp",
-        port: (server.address() as net.AddressInfo).port,
-        maxFrame: config.maxFrame,
-        send,
-        sendNow
-      } satisfies Protocol
+      connectTo: (to) => ({ host: to.address, port: to.port }),
+      addressOf: (socket) => plainAddress(socket.remoteAddress),
+      selfEndpoint: (port) => ({ host: "127.0.0.1", port })
     })
+  }
 }

@@ -1,0 +1,122 @@
+import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs"
+import { join } from "node:path"
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Fiber, Layer, Stream } from "effect"
+import {
+  Cluster,
+  type ClusterConfigInput,
+  ClusterLive,
+  encodeFrame,
+  type Inlet,
+  type JoinError,
+  ProtocolFailure,
+  type ProtocolPlugin,
+  socketDir
+} from "cluster-comm"
+import { eventually, leavable, member, testCluster } from "../helpers.ts"
+
+const where = { ...testCluster(9), heartbeat: "200 millis", ttl: "2 seconds" } as const
+
+const collect = (cluster: Cluster["Service"], n: number) =>
+  Effect.gen(function*() {
+    const fiber = yield* cluster.messages.pipe(Stream.take(n), Stream.runCollect, Effect.forkChild)
+    yield* Effect.sleep("20 millis")
+    return fiber
+  })
+
+/**
+ * A protocol plug-in that carries frames through memory between members of
+ * one process: a whole protocol in a few lines, through the same interface as
+ * tcp, udp and unix.
+ */
+const mailboxes = new Map<number, Inlet>()
+let nextBox = 1
+const memory: ProtocolPlugin = {
+  name: "mem",
+  id: 40,
+  make: ({ inlet }) =>
+    Effect.acquireRelease(
+      Effect.sync(() => {
+        const box = nextBox++
+        mailboxes.set(box, inlet)
+        return box
+      }),
+      (box) => Effect.sync(() => mailboxes.delete(box))
+    ).pipe(
+      Effect.map((box) => ({
+        name: "mem",
+        port: box,
+        maxFrame: 1 << 20,
+        send: (to, frame) =>
+          Effect.suspend(() => {
+            const target = mailboxes.get(to.port)
+            if (target === undefined) return Effect.fail(new ProtocolFailure({ protocol: "mem", message: "no such mailbox" }))
+            return Effect.sync(() => void target.receive(encodeFrame(frame), "mem", "127.0.0.1"))
+          })
+      }))
+    )
+}
+
+const withPlugin = (config: ClusterConfigInput) =>
+  Layer.build(ClusterLive(config, { protocols: [memory] })).pipe(Effect.map((ctx) => Context.get(ctx, Cluster)))
+
+describe("protocols", () => {
+  it.live("unix sockets carry messages between local members, before tcp, in a private directory", () =>
+    Effect.gen(function*() {
+      const rx = yield* leavable({ name: "unix-rx", ...where, protocols: ["tcp", "udp", "unix"] })
+      const tx = yield* member({ name: "unix-tx", ...where, protocols: ["tcp", "unix", "udp"] })
+      const [target] = yield* eventually(tx.resolve("unix-rx"), (s) => s.length === 1)
+      assert.deepStrictEqual(target!.protocols.map((p) => p.protocol), ["tcp", "udp", "unix"])
+      const got = yield* collect(rx.cluster, 1)
+      const [d] = yield* tx.sendTo(target!, "C", "over a unix socket")
+      assert.strictEqual(d?.protocol, "unix") // a local peer: unix first, whatever its order
+      const [m] = yield* Fiber.join(got)
+      assert.strictEqual(m?.protocol, "unix")
+      // A peer on another host never gets unix: the same service seen as remote goes by tcp.
+      const [remote] = yield* tx.sendTo({ ...target!, local: false }, "C", "as if remote")
+      assert.strictEqual(remote?.protocol, "tcp")
+      const dir = socketDir()
+      assert.strictEqual(statSync(dir).mode & 0o777, 0o700)
+      const instance = (yield* rx.cluster.self).instance
+      const file = readdirSync(dir).find((f) => f.startsWith(instance))
+      assert.isDefined(file)
+      yield* rx.leave
+      assert.isFalse(existsSync(join(dir, file!))) // removed on leave
+    }))
+
+  it.live("socket files left by crashed members are cleared and never block a new member", () =>
+    Effect.gen(function*() {
+      const dir = socketDir()
+      // What a crashed member leaves: a socket path nothing listens on.
+      const stale = join(dir, "00000000000000aa-1.sock")
+      writeFileSync(stale, "")
+      const m = yield* member({ name: "unix-after-crash", ...where, protocols: ["unix", "tcp", "udp"] })
+      assert.isFalse(existsSync(stale))
+      assert.strictEqual((yield* m.self).protocols[0]?.protocol, "unix")
+    }))
+
+  it.live("a protocol plug-in is used like the built-in ones", () =>
+    Effect.gen(function*() {
+      const rx = yield* withPlugin({ name: "mem-rx", ...where, protocols: ["mem", "udp"] })
+      const tx = yield* withPlugin({ name: "mem-tx", ...where, protocols: ["mem", "udp"] })
+      const [target] = yield* eventually(tx.resolve("mem-rx"), (s) => s.length === 1)
+      assert.deepStrictEqual(target!.protocols.map((p) => p.protocol), ["mem", "udp"])
+      const got = yield* collect(rx, 1)
+      const [d] = yield* tx.sendTo(target!, "C", "through memory")
+      assert.strictEqual(d?.protocol, "mem")
+      const [m] = yield* Fiber.join(got)
+      assert.deepStrictEqual([m?.text, m?.protocol], ["through memory", "mem"])
+    }))
+
+  it.live("an unknown protocol, or a plug-in whose wire id clashes, is a JoinError", () =>
+    Effect.gen(function*() {
+      const unknown = yield* Effect.flip(member({ name: "no-sctp", ...where, protocols: ["sctp", "udp"] }))
+      assert.deepStrictEqual([(unknown as JoinError).reason, (unknown as JoinError).field], ["InvalidConfig", "protocols"])
+      const clash: ProtocolPlugin = { ...memory, name: "fake-tcp", id: 1 }
+      const error = yield* Effect.flip(
+        Layer.build(ClusterLive({ name: "clash", ...where, protocols: ["fake-tcp", "udp"] }, { protocols: [clash] }))
+      )
+      assert.strictEqual((error as JoinError).field, "protocols")
+      assert.include((error as JoinError).message, "clashes")
+    }))
+})
