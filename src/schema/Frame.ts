@@ -21,7 +21,8 @@
  * A message carries `u8 op length (1..32), op, u16 channel, u8 target count T
  * (0..32)`, T targets of `6 bytes host id, u8 name length, name`, then the data
  * up to the end of the frame (the datagram, or the tcp length prefix, delimits it).
- * A ping names a service (`6 bytes host id, u8 name length, name`) that some
+ * A repair lists protocols (`u8` count, `u8` ids) by which a peer could not
+ * reach the recipient. A ping names a service (`6 bytes host id, u8 name length, name`) that some
  * member could not reach. A query is a message preceded by a `u32` request id; a reply carries `u32`
  * request id, `u8` status (0 response, 1 error), then the data (for an error,
  * its message in UTF-8) to the end.
@@ -89,11 +90,15 @@ export const ReplyFrame = Schema.TaggedStruct("Reply", {
 /** "I could not reach this service": peers shorten its ttl, and the service, if alive, beats at once. */
 export const Ping = Schema.TaggedStruct("Ping", { sender: Sender, target: Schema.String })
 
-export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame, Ping])
+/** "I could only reach you by a fallback: these listeners of yours failed me." */
+export const Repair = Schema.TaggedStruct("Repair", { sender: Sender, protocols: Schema.Array(Schema.String) })
+
+export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame, Ping, Repair])
 export type Frame = typeof Frame.Type
 export type Beacon = typeof Heartbeat.Type | typeof Probe.Type | typeof Answer.Type
 export type MessageFrame = typeof MessageFrame.Type
 export type Ping = typeof Ping.Type
+export type Repair = typeof Repair.Type
 export type QueryFrame = typeof QueryFrame.Type
 export type ReplyFrame = typeof ReplyFrame.Type
 
@@ -106,8 +111,8 @@ export type DecodeFailure =
   | "invalid-field"
   | "trailing-bytes"
 
-const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7, Ping: 8 } as const
-const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply", "Ping"] as const
+const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7, Ping: 8, Repair: 9 } as const
+const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply", "Ping", "Repair"] as const
 // Protocol ids on the wire. Plug-ins add theirs (16..255) when a member opens them.
 const PROTOCOL_ID = new Map<ProtocolName, number>([["tcp", 1], ["udp", 2], ["unix", 3]])
 const PROTOCOL_BY_ID: Array<ProtocolName | undefined> = [undefined, "tcp", "udp", "unix"]
@@ -151,6 +156,8 @@ export const frameSize = (frame: Frame): number => {
       return size + 5 + frame.data.byteLength
     case "Ping":
       return size + 6 + 1 + Buffer.byteLength(idParts(frame.target)[1])
+    case "Repair":
+      return size + 1 + frame.protocols.length
     default:
       size += 1 + 3 * frame.protocols.length + 1
       for (const t of frame.tags) size += 1 + Buffer.byteLength(t)
@@ -194,6 +201,10 @@ export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
   let at = headroom + head.length
   switch (frame._tag) {
     case "Leave":
+      break
+    case "Repair":
+      buf[at++] = frame.protocols.length
+      for (const p of frame.protocols) buf[at++] = PROTOCOL_ID.get(p) ?? 0
       break
     case "Ping": {
       const [hostId, name] = idParts(frame.target)
@@ -258,6 +269,9 @@ export const checkFrame = (frame: Frame): string | undefined => {
     if (opLen < 1 || opLen > MAX_OP_BYTES) return `op must be 1..${MAX_OP_BYTES} bytes`
     if (!Number.isInteger(frame.channel) || frame.channel < 0 || frame.channel > 65535) return "channel must be 0..65535"
     if (frame.targets.length > MAX_TARGETS) return `at most ${MAX_TARGETS} targets`
+  } else if (frame._tag === "Repair") {
+    if (frame.protocols.length > MAX_PROTOCOLS) return `at most ${MAX_PROTOCOLS} protocols`
+    if (frame.protocols.some((p) => !PROTOCOL_ID.has(p))) return "repair names an unknown protocol"
   } else if (frame._tag === "Ping") {
     const [hostId, name] = idParts(frame.target)
     const n = Buffer.byteLength(name)
@@ -334,6 +348,19 @@ const decodeOrThrow = (bytes: Uint8Array, cache: SenderCache | undefined): Frame
     case "Leave":
       if (at !== end) throw new Malformed("trailing-bytes")
       return { _tag: "Leave", sender }
+    case "Repair": {
+      need(buf, at, 1)
+      const count = buf[at++]!
+      if (count > MAX_PROTOCOLS) throw new Malformed("invalid-field")
+      need(buf, at, count)
+      if (at + count !== end) throw new Malformed("trailing-bytes")
+      const protocols: Array<string> = []
+      for (let i = 0; i < count; i++) {
+        const p = PROTOCOL_BY_ID[buf[at + i]!]
+        if (p !== undefined) protocols.push(p)
+      }
+      return { _tag: "Repair", sender, protocols }
+    }
     case "Ping": {
       need(buf, at, 6)
       const target = `${buf.toString("hex", at, at + 6)}@${readString(buf, at + 6, MAX_NAME_BYTES)}`

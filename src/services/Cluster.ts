@@ -357,6 +357,9 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               const sent = yield* Effect.result(transport.send(protocol, peer, frame))
               if (sent._tag === "Success") {
                 stats.frameOut()
+                // Reached only by a fallback: tell the peer which of its listeners failed us.
+                const failed = attempts.filter((a) => a.cause._tag === "ProtocolFailure").map((a) => a.protocol)
+                if (failed.length > 0) yield* discovery.repair(peer, failed, protocol)
                 return { service: peer, protocol } satisfies Delivery
               }
               attempts.push({ protocol, cause: sent.failure })

@@ -13,7 +13,7 @@ import { Registry } from "./Registry.ts"
 import { Transport } from "./Transport.ts"
 
 /** The frames Discovery handles. */
-export type Control = Beacon | Extract<Frame, { _tag: "Leave" | "Ping" }>
+export type Control = Beacon | Extract<Frame, { _tag: "Leave" | "Ping" | "Repair" }>
 
 export interface DiscoveryOptions {
   readonly sender: Sender
@@ -38,6 +38,11 @@ export class Discovery extends Context.Service<Discovery, {
    * heartbeat per peer), so every member gives it two heartbeats to show it is alive.
    */
   readonly ping: (peer: Service) => Effect.Effect<void>
+  /**
+   * `peer` was reached only by `working` after `failed` protocols failed: tell
+   * it (at most once per heartbeat), so it can check and rebuild those listeners.
+   */
+  readonly repair: (peer: Service, failed: ReadonlyArray<string>, working: string) => Effect.Effect<void>
 }>()("cluster-comm/Discovery") {
   static readonly layer = (options: DiscoveryOptions) =>
     Layer.effect(
@@ -92,6 +97,7 @@ export class Discovery extends Context.Service<Discovery, {
         let answerPending = false
         const handle = (frame: Control, address: string): Effect.Effect<void> => {
           if (frame._tag === "Leave") return registry.leave(frame.sender)
+          if (frame._tag === "Repair") return repairOwn(frame.protocols)
           if (frame._tag === "Ping") {
             if (frame.target !== selfId) {
               registry.suspect(frame.target, window)
@@ -155,7 +161,47 @@ export class Discovery extends Context.Service<Discovery, {
             )
           })
 
-        return Discovery.of({ self, handle, updateTags, ping })
+        const lastRepair = new Map<string, number>()
+        const repair = (peer: Service, failed: ReadonlyArray<string>, working: string) =>
+          Effect.suspend(() => {
+            const now = Date.now()
+            const key = `${peer.id}/${failed.join(",")}`
+            if (now - (lastRepair.get(key) ?? 0) < interval) return Effect.void
+            lastRepair.set(key, now)
+            if (lastRepair.size > 4096) lastRepair.clear() // bounded: forget old notices
+            return transport.send(working, peer, { _tag: "Repair", sender, protocols: failed }).pipe(
+              Effect.catch((e) => Effect.logDebug(`repair notice to ${peer.id} not sent: ${e.message}`))
+            )
+          })
+
+        // A peer says some of our listeners failed it. Check each ourselves (a
+        // notice proves nothing), rebuild what is really broken, and beat so
+        // everyone learns the new ports. At most one rebuild per heartbeat.
+        const lastRebuild = new Map<string, number>()
+        const repairOwn = (names: ReadonlyArray<string>) =>
+          Effect.forEach(names, (name) => {
+            const protocol = transport.protocols.get(name)
+            if (protocol?.check === undefined || protocol.rebuild === undefined) return Effect.succeed(false)
+            const rebuild = protocol.rebuild
+            return protocol.check.pipe(
+              Effect.flatMap((works) => {
+                const now = Date.now()
+                if (works || now - (lastRebuild.get(name) ?? 0) < interval) return Effect.succeed(false)
+                lastRebuild.set(name, now)
+                return rebuild.pipe(
+                  Effect.tap((port) => Effect.logInfo(`${name} listener rebuilt on port ${port} after a peer could not reach it`)),
+                  Effect.as(true),
+                  Effect.catch((e) => Effect.logWarning(`${name} listener could not be rebuilt: ${e.message}`).pipe(Effect.as(false)))
+                )
+              })
+            )
+          }).pipe(
+            Effect.flatMap((rebuilt) => rebuilt.some(Boolean) ? beat : Effect.void),
+            Effect.forkIn(scope),
+            Effect.asVoid
+          )
+
+        return Discovery.of({ self, handle, updateTags, ping, repair })
       })
     )
 }

@@ -6,12 +6,14 @@ import {
   Cluster,
   type ClusterConfigInput,
   ClusterLive,
+  ClusterServices,
   encodeFrame,
   type Inlet,
   type JoinError,
   ProtocolFailure,
   type ProtocolPlugin,
-  socketDir
+  socketDir,
+  Transport
 } from "cluster-comm"
 import { eventually, leavable, member, testCluster } from "../helpers.ts"
 
@@ -118,5 +120,40 @@ describe("protocols", () => {
       )
       assert.strictEqual((error as JoinError).field, "protocols")
       assert.include((error as JoinError).message, "clashes")
+    }))
+
+  it.live("a peer that reaches us only by a fallback gets our broken listener rebuilt (self-healing)", () =>
+    Effect.gen(function*() {
+      const stack = yield* Layer.build(ClusterServices({ name: "heal-a", ...where }))
+      const healing = Context.get(stack, Cluster)
+      const transport = Context.get(stack, Transport)
+      const peer = yield* member({ name: "heal-b", ...where })
+      const [before] = yield* eventually(peer.resolve("heal-a"), (s) => s.length === 1)
+      const tcpPort = (s: { readonly protocols: ReadonlyArray<{ protocol: string; port: number }> }) =>
+        s.protocols.find((p) => p.protocol === "tcp")!.port
+      // The tcp listener dies under the member; it does not notice by itself.
+      yield* transport.protocols.get("tcp")!.close!
+      const got = yield* collect(healing, 2)
+      const [fallback] = yield* peer.sendTo(before!, "C", "by the fallback")
+      assert.strictEqual(fallback?.protocol, "udp")
+      // The peer told it; it checked, rebuilt on a new port and beat.
+      const [after] = yield* eventually(peer.resolve("heal-a"), (s) => s.length === 1 && tcpPort(s[0]!) !== tcpPort(before!))
+      const [healed] = yield* peer.sendTo(after!, "C", "by tcp again")
+      assert.strictEqual(healed?.protocol, "tcp")
+      assert.deepStrictEqual((yield* Fiber.join(got)).map((m) => `${m.text}/${m.protocol}`), ["by the fallback/udp", "by tcp again/tcp"])
+    }))
+
+  it.live("a repair notice for a listener that works changes nothing", () =>
+    Effect.gen(function*() {
+      const stack = yield* Layer.build(ClusterServices({ name: "sound", ...where }))
+      const sound = Context.get(stack, Cluster)
+      const peer = yield* member({ name: "sound-peer", ...where })
+      const [target] = yield* eventually(peer.resolve("sound"), (s) => s.length === 1)
+      const port = (yield* sound.self).protocols.find((p) => p.protocol === "tcp")!.port
+      // A service value with a dead tcp port: the send falls back, the notice goes out, the check passes.
+      const fake = { ...target!, protocols: [{ protocol: "tcp", port: 1 }, ...target!.protocols.filter((p) => p.protocol !== "tcp")] }
+      assert.strictEqual((yield* peer.sendTo(fake, "C", "x"))[0]?.protocol, "udp")
+      yield* Effect.sleep("300 millis")
+      assert.strictEqual((yield* sound.self).protocols.find((p) => p.protocol === "tcp")!.port, port)
     }))
 })

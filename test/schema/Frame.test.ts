@@ -51,7 +51,12 @@ const ping = fc.record({
   sender,
   target: fc.tuple(hex(6), utf8Within(48)).map(([h, n]) => `${h}@${n}`)
 })
-const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message, query, reply, ping)
+const repair = fc.record({
+  _tag: fc.constant("Repair" as const),
+  sender,
+  protocols: fc.array(fc.constantFrom("tcp", "udp", "unix"), { maxLength: 8 })
+})
+const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message, query, reply, ping, repair)
 
 const normalize = (f: Frame) => ("data" in f ? { ...f, data: Array.from(f.data) } : f)
 
