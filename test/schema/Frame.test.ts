@@ -115,7 +115,7 @@ describe("frame codec", () => {
     assert.strictEqual(decodeFrame(new Uint8Array(0)), "truncated")
     assert.strictEqual(decodeFrame(patched(0, 0x7b)), "bad-magic")
     assert.strictEqual(decodeFrame(patched(1, 2)), "unknown-version")
-    assert.strictEqual(decodeFrame(patched(2, 9)), "unknown-kind")
+    assert.strictEqual(decodeFrame(patched(2, 99)), "unknown-kind")
     const replyBytes = encodeFrame({ _tag: "Reply", sender: sample.sender, id: 7, ok: true, data: new Uint8Array(0) })
     const badStatus = Buffer.from(replyBytes)
     badStatus[replyBytes.length - 1] = 2

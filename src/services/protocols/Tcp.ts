@@ -2,7 +2,7 @@
  * The tcp protocol: a stream protocol (see Stream.ts) on a tcp port, bound to
  * loopback for a host-only member. A rebuilt listener takes a new free port.
  */
-import net from "node:net"
+import type net from "node:net"
 import { Effect } from "effect"
 import { plainAddress } from "../../internal/host.ts"
 import { JoinError } from "../../schema/Errors.ts"
