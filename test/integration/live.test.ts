@@ -110,6 +110,22 @@ describe("members on real sockets (one host)", () => {
       assert.deepStrictEqual(yield* watcher.resolve("blue"), [])
     }))
 
+  it.live("channels: only members on a channel accept its messages", () =>
+    Effect.gen(function*() {
+      const on = yield* member({ name: "ch-on", ...fast, channels: [7] })
+      const off = yield* member({ name: "ch-off", ...fast })
+      const tx = yield* member({ name: "ch-tx", ...fast })
+      yield* eventually(tx.services, (s) => s.length === 2)
+      const atOn = yield* collect(on, 3)
+      const atOff = yield* collect(off, 1)
+      yield* tx.broadcast("C", "seven", { channel: 7 })
+      yield* tx.sendTo("ch-on", "C", "seven direct", { channel: 7 })
+      yield* tx.broadcast("C", "zero")
+      assert.sameMembers((yield* Fiber.join(atOn).pipe(Effect.timeout("3 seconds"))).map((m) => `${m.text}/${m.channel}`), ["seven/7", "seven direct/7", "zero/0"])
+      assert.deepStrictEqual((yield* Fiber.join(atOff).pipe(Effect.timeout("3 seconds"))).map((m) => m.text), ["zero"])
+      assert.strictEqual((yield* off.stats).drops.channel, 1)
+    }))
+
   it.live("a leave drops the member at once, long before its ttl", () =>
     Effect.gen(function*() {
       const stay = yield* member({ name: "stay", ...quiet })
