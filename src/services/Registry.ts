@@ -102,8 +102,8 @@ export class Registry extends Context.Service<Registry, {
           deadlines.delete(service.id)
           publish(new ServiceLost({ service, why }))
           // A loss cannot be cancelled: the hook sees it, its verdict is moot.
-          return hooks.has(HookPoint.service("lost"))
-            ? Effect.ignore(hooks.run(HookPoint.service("lost"), service))
+          return hooks.has(LOST)
+            ? Effect.ignore(hooks.run(LOST, service))
             : Effect.void
         }
 
@@ -115,7 +115,7 @@ export class Registry extends Context.Service<Registry, {
             known === undefined || known.instance !== sender.instance || known.address !== sighting.address ||
             (sighting.protocols !== undefined && !sameProtocols(known.protocols, sighting.protocols)) ||
             (sighting.tags !== undefined && !sameTags(known.tags, sighting.tags)) ||
-            hooks.has(HookPoint.service("eval")) || hooks.has(HookPoint.service("validate"))
+            hooks.has(EVAL) || hooks.has(VALIDATE)
           ) return undefined
           ;(known as { lastSeen: number }).lastSeen = clock.currentTimeMillisUnsafe()
           if (deadlines.size > 0) deadlines.delete(known.id)
@@ -143,8 +143,8 @@ export class Registry extends Context.Service<Registry, {
             const tags = sighting.tags ?? (sameInstance ? known.tags : [])
             const seen = observeNow(sighting)
             if (seen !== undefined) return Effect.succeed(seen)
-            return hooks.run(HookPoint.service("eval"), serviceFrom(id, sighting, protocols, tags, now)).pipe(
-              Effect.flatMap((s) => hooks.run(HookPoint.service(known === undefined ? "found" : "validate"), s)),
+            return hooks.run(EVAL, serviceFrom(id, sighting, protocols, tags, now)).pipe(
+              Effect.flatMap((s) => hooks.run(known === undefined ? FOUND : VALIDATE, s)),
               Effect.map((s) => {
                 // A hook may change details, never the identity the frame proved.
                 const service: Service = { ...s, id, hostId: sender.hostId, name: sender.name, instance: sender.instance }
@@ -213,6 +213,12 @@ export class Registry extends Context.Service<Registry, {
       })
     )
 }
+
+// The membership hook points, made once: they are checked for every frame.
+const EVAL = HookPoint.service("eval")
+const VALIDATE = HookPoint.service("validate")
+const FOUND = HookPoint.service("found")
+const LOST = HookPoint.service("lost")
 
 // Decoding reuses one Sender object per link, so its id is worth remembering.
 const ids = new WeakMap<Sender, string>()

@@ -11,6 +11,7 @@ import { Effect, type Scope } from "effect"
 import { FrameTooLarge, type JoinError, ProtocolFailure } from "../../schema/Errors.ts"
 import { encodeFrame, type Frame, frameSize, type SenderCache } from "../../schema/Frame.ts"
 import type { Stats } from "../Stats.ts"
+import type { Service } from "../../schema/Service.ts"
 import type { Endpoint, Inlet, Protocol } from "../Transport.ts"
 
 const PREFIX = 4
@@ -77,6 +78,8 @@ export interface StreamOptions {
   readonly unlisten?: (server: net.Server) => Effect.Effect<void>
   /** How to reach a peer's endpoint. */
   readonly connectTo: (to: Endpoint) => net.NetConnectOpts
+  /** What identifies a peer's listener (one connection each). */
+  readonly keyOf: (to: Endpoint) => string
   /** The address a connection's frames are from (tcp: the peer's; unix: this host). */
   readonly addressOf: (socket: net.Socket) => string
   /** How to reach our own listener (a self-check before rebuilding it). */
@@ -198,10 +201,17 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
 
     const ready = (conn: Connection): boolean =>
       conn.open && conn.waiting.length === 0 && conn.socket.writableLength + conn.batched < HIGH_WATER
-    const keyOf = (to: Endpoint) => `${to.address}:${to.port}:${to.service.instance}`
+    const keyOf = options.keyOf
+    // The hot path sends to the same service object again and again: remember
+    // its connection by object, sparing a key string per frame.
+    const byService = new WeakMap<Service, Connection>()
 
     const sendNow = (to: Endpoint, frame: Frame): boolean => {
-      const conn = connections.get(keyOf(to))
+      let conn = byService.get(to.service)
+      if (conn === undefined || conn.socket.destroyed) {
+        conn = connections.get(keyOf(to))
+        if (conn !== undefined) byService.set(to.service, conn)
+      }
       if (conn === undefined || !ready(conn)) return false
       const bytes = framed(frame)
       if (bytes === undefined) return false

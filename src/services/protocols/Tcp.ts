@@ -38,6 +38,7 @@ export const TcpProtocol: ProtocolPlugin = {
           })
         }),
       connectTo: (to) => ({ host: to.address, port: to.port }),
+      keyOf: (to) => `${to.address}:${to.port}`,
       addressOf: (socket) => plainAddress(socket.remoteAddress),
       selfEndpoint: (port) => ({ host: "127.0.0.1", port })
     })

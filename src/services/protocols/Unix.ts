@@ -101,6 +101,7 @@ export const UnixProtocol: ProtocolPlugin = {
             }
           }),
         connectTo: (to) => ({ path: socketPath(to.service.instance, to.port) }),
+        keyOf: (to) => `${to.service.instance}-${to.port}`,
         addressOf: () => "127.0.0.1",
         selfEndpoint: () => ({ path })
       })
