@@ -8,7 +8,7 @@ import { Duration, Effect, Layer, Random } from "effect"
 import { newInstance } from "../internal/host.ts"
 import { type ClusterConfigInput, makeConfig } from "../schema/Config.ts"
 import { FrameTooLarge, type JoinError, ProtocolFailure } from "../schema/Errors.ts"
-import { encodeFrame, type Frame } from "../schema/Frame.ts"
+import type { Frame } from "../schema/Frame.ts"
 import type { ProtocolName } from "../schema/Service.ts"
 import type { Cluster } from "../services/Cluster.ts"
 import { MAX_DATAGRAM } from "../services/protocols/Udp.ts"
@@ -83,7 +83,7 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
       // Frames travel as bytes, delayed on the Effect clock and, for udp, lost at random.
       const carry = (to: ReadonlyArray<Receive>, protocol: ProtocolName, frame: Frame) =>
         Effect.gen(function*() {
-          const bytes = encodeFrame(frame)
+          const bytes = inbound.inlet.encode(frame)
           if (protocol === "udp" && bytes.length > MAX_DATAGRAM) {
             return yield* new FrameTooLarge({ protocol, size: bytes.length, limit: MAX_DATAGRAM })
           }

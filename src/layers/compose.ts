@@ -11,6 +11,7 @@ import { serviceId } from "../schema/Service.ts"
 import { Cluster } from "../services/Cluster.ts"
 import { Discovery } from "../services/Discovery.ts"
 import { Hooks } from "../services/Hooks.ts"
+import { Keyring } from "../services/Keyring.ts"
 import { Registry } from "../services/Registry.ts"
 import { Stats } from "../services/Stats.ts"
 import type { Transport } from "../services/Transport.ts"
@@ -19,10 +20,14 @@ export const composeCluster = (
   config: ClusterConfig,
   sender: Sender,
   address: string,
-  transport: Layer.Layer<Transport, JoinError, Stats>
-): Layer.Layer<Cluster | Discovery | Registry | Transport | Hooks | Stats, JoinError> => {
-  // fresh: two members built in one program must not share hooks or counters.
-  const base = Layer.mergeAll(Layer.fresh(Hooks.layer), Layer.fresh(Stats.layer))
+  transport: Layer.Layer<Transport, JoinError, Stats | Keyring>
+): Layer.Layer<Cluster | Discovery | Registry | Transport | Hooks | Stats | Keyring, JoinError> => {
+  // fresh: two members built in one program must not share hooks, counters or keys.
+  const base = Layer.mergeAll(
+    Layer.fresh(Hooks.layer),
+    Layer.fresh(Stats.layer),
+    Keyring.layer({ keys: config.keyring, primary: config.primary })
+  )
   const withTransport = transport.pipe(Layer.provideMerge(base))
   const withRegistry = Registry.layer({
     ttl: config.ttl,
@@ -32,7 +37,13 @@ export const composeCluster = (
   const withDiscovery = Discovery.layer({ sender, tags: config.tags, heartbeat: config.heartbeat, address }).pipe(
     Layer.provideMerge(withRegistry)
   )
-  return Cluster.layer({ sender, remote: config.remote, bufferSize: config.bufferSize, channels: config.channels }).pipe(
+  return Cluster.layer({
+    sender,
+    remote: config.remote,
+    bufferSize: config.bufferSize,
+    channels: config.channels,
+    allow: config.allow
+  }).pipe(
     Layer.provideMerge(withDiscovery)
   )
 }

@@ -5,6 +5,7 @@
 import { Duration, Option, Result, Schema, SchemaIssue } from "effect"
 import { JoinError } from "./Errors.ts"
 import { MAX_NAME_BYTES, MAX_TAG_BYTES, MAX_TAGS } from "./Frame.ts"
+import { parseCidr } from "../internal/host.ts"
 import { ProtocolName } from "./Service.ts"
 
 const DurationInput = Schema.declare(
@@ -66,6 +67,18 @@ export const ClusterConfigInput = Schema.Struct({
       return n >= 1 && n <= MAX_TAG_BYTES ? undefined : `must be 1..${MAX_TAG_BYTES} bytes`
     })
   )).check(Schema.makeFilter((ts: ReadonlyArray<string>) => ts.length <= MAX_TAGS ? undefined : `at most ${MAX_TAGS} tags`))),
+  /** A shared secret: every frame is sealed with AES-256-GCM under a key derived from it (key id 0). */
+  secret: Schema.optional(Schema.String.check(Schema.isMinLength(1))),
+  /** Several keys for rotation; `primary` (default: the first) seals, all open. */
+  keyring: Schema.optional(Schema.Array(Schema.Struct({
+    id: Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 255 })),
+    secret: Schema.String.check(Schema.isMinLength(1))
+  }))),
+  primary: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 255 }))),
+  /** Networks (CIDR, e.g. `10.1.0.0/16`) whose members are accepted when `remote` is above 0; empty: any. */
+  allow: Schema.optional(Schema.Array(Schema.String.check(
+    Schema.makeFilter((c: string) => parseCidr(c) === undefined ? "must be an IPv4 network such as 10.1.0.0/16" : undefined)
+  ))),
   /** Channels joined besides 0, 1 and 2, which every member is on. */
   channels: Schema.optional(Schema.Array(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65535 })))),
   /** How many received messages and events may wait for a slow subscriber before being dropped (and counted). Default 4096. */
@@ -89,6 +102,9 @@ export interface ClusterConfig {
   readonly bufferSize: number
   readonly channels: ReadonlyArray<number>
   readonly tags: ReadonlyArray<string>
+  readonly keyring: ReadonlyArray<{ readonly id: number; readonly secret: string }>
+  readonly primary: number | undefined
+  readonly allow: ReadonlyArray<string>
 }
 
 /**
@@ -129,7 +145,17 @@ export const makeConfig = (input: string | ClusterConfigInput): Result.Result<Cl
       message: "invalid configuration field \"ttl\": must be longer than the heartbeat, or every member expires between beacons"
     }))
   }
+  if (c.secret !== undefined && c.keyring !== undefined) {
+    return Result.fail(new JoinError({ reason: "InvalidConfig", field: "secret", message: "invalid configuration field \"secret\": give a secret or a keyring, not both" }))
+  }
+  const keyring = c.keyring ?? (c.secret === undefined ? [] : [{ id: 0, secret: c.secret }])
+  if (c.primary !== undefined && !keyring.some((k) => k.id === c.primary)) {
+    return Result.fail(new JoinError({ reason: "InvalidConfig", field: "primary", message: "invalid configuration field \"primary\": not a key of the keyring" }))
+  }
   return Result.succeed({
+    keyring,
+    primary: c.primary,
+    allow: c.allow ?? [],
     name: c.name ?? String(process.pid),
     address: c.address ?? "230.230.230.230",
     port: c.port ?? 23000,

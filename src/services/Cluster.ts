@@ -9,7 +9,7 @@
  *   per protocol in the peer's order until one carries the frame
  */
 import { Context, Effect, Layer, PubSub, Queue, Scope, Stream } from "effect"
-import { isLocalAddress } from "../internal/host.ts"
+import { inNetworks, isLocalAddress, parseCidr } from "../internal/host.ts"
 import {
   ChannelError,
   type FrameTooLarge,
@@ -53,6 +53,7 @@ import { type Clause, compileQuery, InvalidQuery, termsOf } from "../schema/Reso
 import type { TagChange, TagError } from "../schema/Tags.ts"
 import { Discovery } from "./Discovery.ts"
 import { type Hook, type HookPoint, HookPoint as Points, Hooks } from "./Hooks.ts"
+import { Keyring, type KeyringError, type KeySpec } from "./Keyring.ts"
 import { Registry } from "./Registry.ts"
 import { Stats, type StatsSnapshot } from "./Stats.ts"
 import { type Inbound, Transport } from "./Transport.ts"
@@ -120,6 +121,17 @@ export interface ClusterShape {
   ) => Effect.Effect<ReadonlyArray<Delivery>, SendFailed | HookRejected | ServiceNotFound | InvalidMessage | InvalidQuery>
   /** The channels this member is on: join, leave, list. */
   readonly channels: Channels
+  /**
+   * The keys that seal frames: install a key, make it the one that seals
+   * (`use`), remove an old one. Rotation without downtime: install the new key
+   * on every member, then `use` it everywhere, then remove the old one.
+   */
+  readonly keyring: {
+    readonly install: (key: KeySpec) => Effect.Effect<void, KeyringError>
+    readonly use: (id: number) => Effect.Effect<void, KeyringError>
+    readonly remove: (id: number) => Effect.Effect<void, KeyringError>
+    readonly list: Effect.Effect<{ readonly ids: ReadonlyArray<number>; readonly primary: number | undefined }>
+  }
   /** This member's tags. */
   readonly tags: Effect.Effect<ReadonlyArray<string>>
   /**
@@ -189,6 +201,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
     readonly remote: number
     readonly bufferSize: number
     readonly channels: ReadonlyArray<number>
+    readonly allow: ReadonlyArray<string>
   }) =>
     Layer.effect(
       Cluster,
@@ -201,6 +214,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         const { sender } = options
         const selfId = discovery.self().id
         const joined = new Set([...FIXED_CHANNELS, ...options.channels])
+        const allowed = options.allow.map((c) => parseCidr(c)!)
+        const keyring = yield* Keyring
         // Bounded with backpressure: a slow subscriber slows the message
         // pipeline (and, through paused tcp reads, the senders) instead of losing messages.
         const delivered = yield* PubSub.bounded<Message>(options.bufferSize)
@@ -244,9 +259,15 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             stats.drop("own")
             return false
           }
-          if (options.remote === 0 && !isLocalAddress(address)) {
-            stats.drop("non-local")
-            return false
+          if (!isLocalAddress(address)) {
+            if (options.remote === 0) {
+              stats.drop("non-local")
+              return false
+            }
+            if (allowed.length > 0 && !inNetworks(address, allowed)) {
+              stats.drop("not-allowed")
+              return false
+            }
           }
           if (frame._tag === "Message" || frame._tag === "Query") {
             if (!joined.has(frame.channel)) {
@@ -559,6 +580,12 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             }),
           broadcast,
           sendTo,
+          keyring: {
+            install: keyring.install,
+            use: keyring.use,
+            remove: keyring.remove,
+            list: keyring.list
+          },
           channels: {
             join: (channel) =>
               Effect.suspend(() => {

@@ -138,6 +138,16 @@ export class Registry extends Context.Service<Registry, {
             if (known !== undefined && known.instance !== sender.instance && retired.get(id) === sender.instance) {
               return conflict(known, known.instance, sender.instance)
             }
+            // A live service does not move: its beacons come from one address, and
+            // a restart comes from the same host. Another address claiming its id
+            // (with a new instance, or beaconing as the same one) is refused.
+            if (
+              known !== undefined && known.address !== sighting.address &&
+              (known.instance !== sender.instance || sighting.protocols !== undefined)
+            ) {
+              stats.drop("spoofed")
+              return Effect.succeed(undefined)
+            }
             const sameInstance = known?.instance === sender.instance
             const protocols = sighting.protocols ?? (sameInstance ? known.protocols : [])
             const tags = sighting.tags ?? (sameInstance ? known.tags : [])

@@ -20,6 +20,13 @@ export type DropReason =
   | "unsent" // accepted for a tcp connection that closed before it was written
   | "unexpected-reply" // a reply to no query of ours, or from a service it did not ask
   | "busy" // a query refused because too many are being answered already
+  | "unsealed" // a plain frame, while this member has a key
+  | "unknown-key" // sealed with a key this member does not have (or it has none)
+  | "forged" // sealed, but fails authentication (tampered, or a wrong key)
+  | "replayed" // a sealed frame seen before, or too old for the replay window
+  | "stale" // a sealed frame whose clock is too far from ours
+  | "not-allowed" // from an address outside the `allow` list
+  | "spoofed" // claims a live service's id from another address
 
 export interface StatsSnapshot {
   readonly framesIn: number

@@ -12,6 +12,7 @@ import type { ClusterConfig } from "../schema/Config.ts"
 import { type FrameTooLarge, JoinError, ProtocolFailure } from "../schema/Errors.ts"
 import {
   decodeFrame,
+  encodeFrame,
   type Frame,
   isDecodeFailure,
   registerProtocolId,
@@ -22,6 +23,7 @@ import type { Advertised, ProtocolName, Service } from "../schema/Service.ts"
 import { TcpProtocol } from "./protocols/Tcp.ts"
 import { UdpProtocol } from "./protocols/Udp.ts"
 import { UnixProtocol } from "./protocols/Unix.ts"
+import { Keyring } from "./Keyring.ts"
 import { Stats } from "./Stats.ts"
 
 /** A decoded frame and where it came from. */
@@ -103,6 +105,11 @@ export type Receive = (bytes: Uint8Array, protocol: ProtocolName, address: strin
 export interface Inlet {
   readonly receive: Receive
   readonly whenDrained: (resume: () => void) => void
+  /**
+   * Encodes a frame for the wire, sealed when the member has a key, leaving
+   * `headroom` free bytes in front (for a length prefix).
+   */
+  readonly encode: (frame: Frame, headroom?: number) => Buffer
 }
 
 export class Transport extends Context.Service<Transport, {
@@ -177,9 +184,10 @@ export interface InboundQueues {
  * The edge: count, decode once, drop (counted by reason) whatever is not a
  * frame, and queue the rest, beacons and messages apart.
  */
-export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, never, Stats | Scope.Scope> =>
+export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, never, Stats | Keyring | Scope.Scope> =>
   Effect.gen(function*() {
     const stats = yield* Stats
+    const keyring = yield* Keyring
     const beacons = yield* Effect.acquireRelease(Queue.dropping<Inbound>(capacity), Queue.shutdown)
     // Unbounded as a structure, bounded in use: past `capacity` readers pause
     // and datagrams are dropped, so it holds at most one read chunk per paused link beyond it.
@@ -187,9 +195,18 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
     let paused: Array<() => void> = []
     const receive: Receive = (bytes, protocol, address, cache) => {
       stats.frameIn()
-      const frame = decodeFrame(bytes, cache)
+      const opened = keyring.open(bytes)
+      if (typeof opened === "string") {
+        stats.drop(opened)
+        return true
+      }
+      const frame = decodeFrame(opened.frame, cache)
       if (isDecodeFailure(frame)) {
         stats.drop(frame)
+        return true
+      }
+      if (!keyring.fresh(frame.sender.instance, opened.counter)) {
+        stats.drop("replayed")
         return true
       }
       if (frame._tag !== "Message" && frame._tag !== "Query" && frame._tag !== "Reply") {
@@ -211,7 +228,12 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
       for (const r of waiting) r()
     })
     return {
-      inlet: { receive, whenDrained: (r) => void paused.push(r) },
+      inlet: {
+        receive,
+        whenDrained: (r) => void paused.push(r),
+        encode: (frame, headroom = 0) =>
+          keyring.enabled() ? keyring.seal(encodeFrame(frame), headroom) : encodeFrame(frame, headroom)
+      },
       takeBeacons: Queue.takeAll(beacons),
       takeMessages: Effect.tap(Queue.takeAll(messages), () => resume)
     }

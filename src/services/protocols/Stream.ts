@@ -9,7 +9,7 @@
 import net from "node:net"
 import { Effect, type Scope } from "effect"
 import { FrameTooLarge, type JoinError, ProtocolFailure } from "../../schema/Errors.ts"
-import { encodeFrame, type Frame, frameSize, type SenderCache } from "../../schema/Frame.ts"
+import { type Frame, frameSize, type SenderCache } from "../../schema/Frame.ts"
 import type { Stats } from "../Stats.ts"
 import type { Service } from "../../schema/Service.ts"
 import type { Endpoint, Inlet, Protocol } from "../Transport.ts"
@@ -192,7 +192,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
 
     /** The frame with its length prefix, or undefined when it exceeds `maxFrame`. */
     const framed = (frame: Frame): Buffer | undefined => {
-      const bytes = encodeFrame(frame, PREFIX)
+      const bytes = inlet.encode(frame, PREFIX)
       const size = bytes.length - PREFIX
       if (size > options.maxFrame) return undefined
       bytes.writeUInt32BE(size, 0)

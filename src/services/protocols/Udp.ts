@@ -14,7 +14,7 @@ import { Effect } from "effect"
 import { interfaceAddress } from "../../internal/host.ts"
 import type { ClusterConfig } from "../../schema/Config.ts"
 import { FrameTooLarge, JoinError, ProtocolFailure } from "../../schema/Errors.ts"
-import { encodeFrame, type Frame, type SenderCache } from "../../schema/Frame.ts"
+import type { Frame, SenderCache } from "../../schema/Frame.ts"
 import type { Endpoint, Inlet, Protocol } from "../Transport.ts"
 
 /** The largest IPv4 udp payload. */
@@ -99,7 +99,7 @@ export const UdpProtocol = {
 
       const transmit = (frame: Frame, port: number, address: string) =>
         Effect.suspend((): Effect.Effect<void, FrameTooLarge | ProtocolFailure> => {
-          const bytes = encodeFrame(frame)
+          const bytes = inlet.encode(frame)
           if (bytes.length > MAX_DATAGRAM) {
             return Effect.fail(new FrameTooLarge({ protocol: "udp", size: bytes.length, limit: MAX_DATAGRAM }))
           }
