@@ -62,6 +62,14 @@ export {
 } from "./services/Cluster.ts"
 export { Discovery } from "./services/Discovery.ts"
 export { type Direction, type Hook, HookPoint, Hooks } from "./services/Hooks.ts"
+export {
+  deriveKey,
+  Keyring,
+  KeyringError,
+  type KeySpec,
+  type OpenFailure,
+  SEAL_OVERHEAD
+} from "./services/Keyring.ts"
 export { Registry, type Sighting } from "./services/Registry.ts"
 export { type DropReason, Stats, type StatsSnapshot } from "./services/Stats.ts"
 export { socketDir } from "./services/protocols/Unix.ts"
