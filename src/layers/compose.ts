@@ -32,7 +32,8 @@ export const composeCluster = (
   const withRegistry = Registry.layer({
     ttl: config.ttl,
     self: { id: serviceId(sender.hostId, sender.name), instance: sender.instance },
-    bufferSize: config.bufferSize
+    bufferSize: config.bufferSize,
+    maxServices: config.maxServices
   }).pipe(Layer.provideMerge(withTransport))
   const withDiscovery = Discovery.layer({ sender, tags: config.tags, heartbeat: config.heartbeat, address }).pipe(
     Layer.provideMerge(withRegistry)

@@ -79,6 +79,14 @@ export const ClusterConfigInput = Schema.Struct({
   allow: Schema.optional(Schema.Array(Schema.String.check(
     Schema.makeFilter((c: string) => parseCidr(c) === undefined ? "must be an IPv4 network such as 10.1.0.0/16" : undefined)
   ))),
+  /** Services known at once; more are refused until some leave or expire. Default 10,000. */
+  maxServices: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))),
+  /** Incoming stream connections (tcp, unix) accepted in all. Default 1024. */
+  maxConnections: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 65535 }))),
+  /** Incoming stream connections accepted from one address. Default 64. */
+  maxConnectionsPerPeer: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 65535 }))),
+  /** A connection with no traffic for this long is closed (it reopens when needed). Default 5 minutes. */
+  idleTimeout: Schema.optional(DurationInput),
   /** Channels joined besides 0, 1 and 2, which every member is on. */
   channels: Schema.optional(Schema.Array(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65535 })))),
   /** How many received messages and events may wait for a slow subscriber before being dropped (and counted). Default 4096. */
@@ -105,6 +113,10 @@ export interface ClusterConfig {
   readonly keyring: ReadonlyArray<{ readonly id: number; readonly secret: string }>
   readonly primary: number | undefined
   readonly allow: ReadonlyArray<string>
+  readonly maxServices: number
+  readonly maxConnections: number
+  readonly maxConnectionsPerPeer: number
+  readonly idleTimeout: Duration.Duration
 }
 
 /**
@@ -156,6 +168,10 @@ export const makeConfig = (input: string | ClusterConfigInput): Result.Result<Cl
     keyring,
     primary: c.primary,
     allow: c.allow ?? [],
+    maxServices: c.maxServices ?? 10_000,
+    maxConnections: c.maxConnections ?? 1024,
+    maxConnectionsPerPeer: c.maxConnectionsPerPeer ?? 64,
+    idleTimeout: c.idleTimeout === undefined ? Duration.minutes(5) : Duration.fromInputUnsafe(c.idleTimeout),
     name: c.name ?? String(process.pid),
     address: c.address ?? "230.230.230.230",
     port: c.port ?? 23000,

@@ -32,6 +32,8 @@ export interface RegistryOptions {
   /** Our own id and instance: a frame claiming our id from another instance is a conflict. */
   readonly self: { readonly id: string; readonly instance: string }
   readonly bufferSize: number
+  /** At most this many services are known at once. */
+  readonly maxServices: number
 }
 
 export class Registry extends Context.Service<Registry, {
@@ -90,6 +92,7 @@ export class Registry extends Context.Service<Registry, {
           stats.drop("conflict")
           const key = `${service.id}/${rejected}`
           if (reported.has(key)) return Effect.succeed(undefined)
+          if (reported.size >= options.maxServices) reported.clear() // bounded: may report again
           reported.add(key)
           publish(new ServiceConflict({ service, instances: [kept, rejected] }))
           return Effect.logWarning(
@@ -100,6 +103,7 @@ export class Registry extends Context.Service<Registry, {
         const lose = (service: Service, why: "left" | "expired") => {
           services.delete(service.id)
           deadlines.delete(service.id)
+          retired.delete(service.id)
           publish(new ServiceLost({ service, why }))
           // A loss cannot be cancelled: the hook sees it, its verdict is moot.
           return hooks.has(LOST)
@@ -153,6 +157,11 @@ export class Registry extends Context.Service<Registry, {
             const tags = sighting.tags ?? (sameInstance ? known.tags : [])
             const seen = observeNow(sighting)
             if (seen !== undefined) return Effect.succeed(seen)
+            // Bounded: past `maxServices`, strangers wait until someone leaves or expires.
+            if (known === undefined && services.size >= options.maxServices) {
+              stats.drop("registry-full")
+              return Effect.succeed(undefined)
+            }
             return hooks.run(EVAL, serviceFrom(id, sighting, protocols, tags, now)).pipe(
               Effect.flatMap((s) => hooks.run(known === undefined ? FOUND : VALIDATE, s)),
               Effect.map((s) => {

@@ -27,6 +27,8 @@ export type DropReason =
   | "stale" // a sealed frame whose clock is too far from ours
   | "not-allowed" // from an address outside the `allow` list
   | "spoofed" // claims a live service's id from another address
+  | "too-many-connections" // a connection past `maxConnections` or `maxConnectionsPerPeer`, closed at once
+  | "registry-full" // a new service while `maxServices` are known
 
 export interface StatsSnapshot {
   readonly framesIn: number

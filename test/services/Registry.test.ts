@@ -5,7 +5,7 @@ import { type ClusterEvent, HookPoint, HookRejected, Hooks, Registry, Stats } fr
 
 const self = { id: "aaaaaaaaaaaa@me", instance: "00000000000000ff" }
 const deps = Layer.mergeAll(Hooks.layer, Stats.layer)
-const registry = Registry.layer({ ttl: Duration.seconds(3), self, bufferSize: 64 }).pipe(Layer.provideMerge(deps))
+const registry = Registry.layer({ ttl: Duration.seconds(3), self, bufferSize: 64, maxServices: 3 }).pipe(Layer.provideMerge(deps))
 
 const sender = (name: string, instance = "0000000000000001") => ({ hostId: "bbbbbbbbbbbb", instance, name })
 const sighting = (name: string, instance?: string) => ({
@@ -124,5 +124,17 @@ describe("Registry", () => {
       yield* r.observe(sighting("one"))
       yield* TestClock.adjust("4 seconds")
       assert.deepStrictEqual(lost, ["one"])
+    }).pipe(Effect.provide(registry)))
+
+  it.effect("knows at most maxServices services; strangers past that are refused and counted", () =>
+    Effect.gen(function*() {
+      const r = yield* Registry
+      const stats = yield* Stats
+      for (const name of ["a", "b", "c", "d", "e"]) yield* r.observe(sighting(name))
+      assert.deepStrictEqual((yield* r.list).map((s) => s.name), ["a", "b", "c"])
+      assert.strictEqual((yield* stats.snapshot).drops["registry-full"], 2)
+      yield* r.leave(sender("a"))
+      yield* r.observe(sighting("d"))
+      assert.deepStrictEqual((yield* r.list).map((s) => s.name), ["b", "c", "d"])
     }).pipe(Effect.provide(registry)))
 })

@@ -7,7 +7,9 @@
  * reading (backpressure to the sender).
  */
 import net from "node:net"
-import { Effect, type Scope } from "effect"
+import { Duration, Effect, type Scope } from "effect"
+import { isLocalAddress } from "../../internal/host.ts"
+import type { ClusterConfig } from "../../schema/Config.ts"
 import { FrameTooLarge, type JoinError, ProtocolFailure } from "../../schema/Errors.ts"
 import { type Frame, frameSize, type SenderCache } from "../../schema/Frame.ts"
 import type { Stats } from "../Stats.ts"
@@ -19,6 +21,15 @@ const PREFIX = 4
 const HIGH_WATER = 4 * 1024 * 1024
 /** A batch this large is written at once rather than at the end of the tick. */
 const BATCH_BYTES = 64 * 1024
+/** Sends that may wait (for a connect or a drain) on one peer's connection. */
+const MAX_WAITING = 4096
+
+/** What one member accepts: connections in all, from one address, and how long one may idle. */
+export interface StreamLimits {
+  readonly connections: number
+  readonly connectionsPerPeer: number
+  readonly idleMillis: number
+}
 
 /**
  * Cuts a byte stream into frames. Chunks are kept as they come and joined
@@ -72,6 +83,7 @@ export interface StreamOptions {
   readonly maxFrame: number
   readonly inlet: Inlet
   readonly stats: Stats["Service"]
+  readonly limits: StreamLimits
   /** Starts `server` listening; returns the port to advertise. Called again on `rebuild`. */
   readonly listen: (server: net.Server) => Effect.Effect<number, JoinError>
   /** Stops listening for good (e.g. removes a socket file). */
@@ -86,6 +98,13 @@ export interface StreamOptions {
   readonly selfEndpoint: (port: number) => net.NetConnectOpts
 }
 
+/** The limits a configuration sets. */
+export const streamLimits = (config: ClusterConfig): StreamLimits => ({
+  connections: config.maxConnections,
+  connectionsPerPeer: config.maxConnectionsPerPeer,
+  idleMillis: Duration.toMillis(config.idleTimeout)
+})
+
 /** A stream protocol for this member, owned by the current scope. */
 export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protocol, JoinError, Scope.Scope> =>
   Effect.gen(function*() {
@@ -93,10 +112,25 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     const accepted = new Set<net.Socket>()
     const connections = new Map<string, Connection>()
 
+    const perPeer = new Map<string, number>()
     const accept = (socket: net.Socket) => {
-      accepted.add(socket)
-      stats.connection("accepted")
       const address = options.addressOf(socket)
+      const fromPeer = perPeer.get(address) ?? 0
+      // Limits: a peer, or everyone together, cannot hold more than their share.
+      // (Members on this host all come from loopback: the per-peer limit is for other hosts.)
+      if (
+        accepted.size >= options.limits.connections ||
+        (fromPeer >= options.limits.connectionsPerPeer && !isLocalAddress(address))
+      ) {
+        stats.drop("too-many-connections")
+        socket.destroy()
+        return
+      }
+      accepted.add(socket)
+      perPeer.set(address, fromPeer + 1)
+      stats.connection("accepted")
+      // An idle connection is closed; a peer reconnects when it has something to say.
+      socket.setTimeout(options.limits.idleMillis, () => socket.destroy())
       const reader = new FrameReader(options.maxFrame)
       const cache: SenderCache = {}
       let slowDown = false
@@ -118,7 +152,12 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         }
       })
       socket.on("error", () => {}) // a reset peer is not our failure
-      socket.on("close", () => accepted.delete(socket))
+      socket.on("close", () => {
+        accepted.delete(socket)
+        const left = (perPeer.get(address) ?? 1) - 1
+        if (left === 0) perPeer.delete(address)
+        else perPeer.set(address, left)
+      })
     }
 
     const newServer = () => {
@@ -144,6 +183,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     const connect = (to: Endpoint, key: string): Connection => {
       const socket = net.connect({ ...options.connectTo(to), noDelay: true } as net.NetConnectOpts)
       stats.connection("opened")
+      socket.setTimeout(options.limits.idleMillis, () => socket.destroy())
       const conn: Connection = { socket, open: false, waiting: [], batch: [], batched: 0 }
       const settle = (error?: Error) => {
         const waiting = conn.waiting
@@ -232,7 +272,9 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
           enqueue(conn, bytes)
           return Effect.void
         }
-        // Opening, or too much unsent: wait for connect or drain, then write.
+        // Opening, or too much unsent: wait for connect or drain, then write;
+        // but only so many may wait for one peer: past that, this protocol is full.
+        if (conn.waiting.length >= MAX_WAITING) return Effect.fail(failure(`${MAX_WAITING} sends already wait for this peer`))
         return Effect.callback<void, ProtocolFailure>((resume) => {
           conn.waiting.push((error?: Error) => {
             if (error !== undefined || conn.socket.destroyed) {

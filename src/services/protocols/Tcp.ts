@@ -7,7 +7,7 @@ import { Effect } from "effect"
 import { plainAddress } from "../../internal/host.ts"
 import { JoinError } from "../../schema/Errors.ts"
 import type { ProtocolPlugin } from "../Transport.ts"
-import { makeStreamProtocol } from "./Stream.ts"
+import { makeStreamProtocol, streamLimits } from "./Stream.ts"
 
 export const TcpProtocol: ProtocolPlugin = {
   name: "tcp",
@@ -20,6 +20,7 @@ export const TcpProtocol: ProtocolPlugin = {
       maxFrame: config.maxFrame,
       inlet,
       stats,
+      limits: streamLimits(config),
       listen: (server) =>
         Effect.callback<number, JoinError>((resume) => {
           const onError = (e: NodeJS.ErrnoException) =>

@@ -17,7 +17,7 @@ import { join } from "node:path"
 import { Effect, Random } from "effect"
 import { JoinError } from "../../schema/Errors.ts"
 import type { ProtocolPlugin } from "../Transport.ts"
-import { makeStreamProtocol } from "./Stream.ts"
+import { makeStreamProtocol, streamLimits } from "./Stream.ts"
 
 /** The directory of this user's member sockets. */
 export const socketDir = (): string => join(tmpdir(), `cluster-comm-${process.getuid?.() ?? "user"}`)
@@ -77,6 +77,7 @@ export const UnixProtocol: ProtocolPlugin = {
         maxFrame: config.maxFrame,
         inlet,
         stats,
+        limits: streamLimits(config),
         listen: (server) =>
           Effect.gen(function*() {
             const id = yield* Random.nextIntBetween(1, 65536)

@@ -1,0 +1,142 @@
+import dgram from "node:dgram"
+import net from "node:net"
+import { setFlagsFromString } from "node:v8"
+import { runInNewContext } from "node:vm"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber, Stream } from "effect"
+import fc from "fast-check"
+import { encodeFrame, type Frame, type StatsSnapshot } from "cluster-comm"
+import { eventually, member, testCluster } from "../helpers.ts"
+
+const where = { ...testCluster(12), heartbeat: "200 millis", ttl: "3 seconds" } as const
+
+setFlagsFromString("--expose-gc")
+const gc = runInNewContext("gc") as () => void
+const heapAfterGc = () => {
+  gc()
+  gc()
+  return process.memoryUsage().heapUsed
+}
+
+const sender = { hostId: "0000000000ee", instance: "00000000000000ee", name: "fuzzer" }
+const seed: ReadonlyArray<Frame> = [
+  { _tag: "Message", sender, op: "C", channel: 0, targets: [], data: new Uint8Array([1, 2, 3]) },
+  { _tag: "Heartbeat", sender, protocols: [{ protocol: "tcp", port: 1 }], tags: ["x"] },
+  { _tag: "Query", sender, id: 1, op: "Q", channel: 0, targets: [], data: new Uint8Array(0) },
+  { _tag: "Reply", sender, id: 1, ok: true, data: new Uint8Array(0) }
+]
+
+/** 100,000 datagrams: random bytes, truncated frames and frames with random mutations. */
+const junk = (count: number): Array<Buffer> => {
+  const valid = seed.map((f) => encodeFrame(f))
+  const mutated = fc.sample(
+    fc.tuple(fc.constantFrom(...valid), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }))
+      .map(([frame, edits]) => {
+        const b = Buffer.from(frame)
+        for (const [at, v] of edits) b[at % b.length] = v
+        // Keep the sender away from the member's own id: mutations must not pass as its frames.
+        return b
+      }),
+    { numRuns: count / 4, seed: 42 }
+  )
+  const random = fc.sample(fc.uint8Array({ minLength: 1, maxLength: 300 }).map((u) => Buffer.from(u)), { numRuns: count / 4, seed: 43 })
+  const truncated = Array.from({ length: count / 4 }, (_, i) => {
+    const f = valid[i % valid.length]!
+    return f.subarray(0, i % f.length)
+  }).filter((b) => b.length > 0)
+  const prefixed = fc.sample(
+    fc.uint8Array({ maxLength: 200 }).map((u) => Buffer.concat([Buffer.from([0xcc, 1, 1 + (u[0] ?? 0) % 9, 0]), Buffer.from(u)])),
+    { numRuns: count / 4, seed: 44 }
+  )
+  return [...mutated, ...random, ...truncated, ...prefixed]
+}
+
+const decodeDrops = (s: StatsSnapshot) =>
+  ["truncated", "bad-magic", "unknown-version", "unknown-kind", "invalid-field", "trailing-bytes"]
+    .reduce((sum, r) => sum + (s.drops[r as keyof typeof s.drops] ?? 0), 0)
+
+describe("hostile input (bounded fuzzing)", () => {
+  it.live("100,000 malformed datagrams and hostile tcp streams: no crash, no growth, every drop counted, service goes on", () =>
+    Effect.gen(function*() {
+      const victim = yield* member({ name: "fuzz-victim", ...where, maxFrame: 64 * 1024 })
+      const self = yield* victim.self
+      const udpPort = self.protocols.find((p) => p.protocol === "udp")!.port
+      const tcpPort = self.protocols.find((p) => p.protocol === "tcp")!.port
+      const friend = yield* member({ name: "fuzz-friend", ...where })
+      yield* eventually(friend.resolve("fuzz-victim"), (s) => s.length === 1)
+      const delivered = yield* victim.messages.pipe(
+        Stream.filter((m) => m.from.name === "fuzz-friend"),
+        Stream.take(2),
+        Stream.runCollect,
+        Effect.forkChild
+      )
+      yield* Effect.sleep("20 millis")
+      const datagrams = junk(100_000) // made before measuring: the test's own bytes are not the member's
+      const before = heapAfterGc()
+      const inBefore = (yield* victim.stats).framesIn
+
+      const socket = yield* Effect.acquireRelease(
+        Effect.callback<dgram.Socket>((resume) => {
+          const s = dgram.createSocket("udp4")
+          s.bind(0, "127.0.0.1", () => {
+            s.setMulticastInterface("127.0.0.1")
+            s.setMulticastTTL(0)
+            resume(Effect.succeed(s))
+          })
+        }),
+        (s) => Effect.sync(() => s.close())
+      )
+      // Half to the group, half to the member's own port, paced so the kernel keeps them all.
+      for (let i = 0; i < datagrams.length; i++) {
+        const [port, address] = i % 2 === 0 ? [where.port, where.address] : [udpPort, "127.0.0.1"]
+        socket.send(datagrams[i]!, port, address)
+        if (i % 50 === 49) yield* Effect.sleep("1 millis")
+        // During the storm, normal traffic still flows.
+        if (i === 50_000) yield* friend.sendTo("fuzz-victim", "C", "during")
+      }
+
+      // Hostile streams: oversize prefix, endless bytes with no frame boundary, slow drip of junk.
+      const stream = (chunks: ReadonlyArray<Buffer>, pauseMs: number) =>
+        Effect.callback<void>((resume) => {
+          const s = net.connect({ host: "127.0.0.1", port: tcpPort })
+          s.on("error", () => {})
+          let i = 0
+          const next = () => {
+            if (i < chunks.length && !s.destroyed) {
+              s.write(chunks[i++]!)
+              setTimeout(next, pauseMs)
+            } else {
+              s.destroy()
+              resume(Effect.void)
+            }
+          }
+          s.on("connect", next)
+        })
+      const huge = Buffer.alloc(8)
+      huge.writeUInt32BE(0xffffffff, 0)
+      yield* stream([huge], 1)
+      yield* stream(Array.from({ length: 200 }, (_, i) => Buffer.alloc(1024, i)), 0) // no frame boundary, ever
+      const drip = Buffer.concat(datagrams.slice(0, 30).map((d) => {
+        const b = Buffer.alloc(4 + d.length)
+        b.writeUInt32BE(d.length, 0)
+        d.copy(b, 4)
+        return b
+      }))
+      yield* stream(Array.from(drip.subarray(0, 300), (b) => Buffer.from([b])), 1)
+
+      const stats = yield* eventually(victim.stats, (s) => s.framesIn - inBefore >= 99_000, "20 seconds")
+      yield* friend.sendTo("fuzz-victim", "C", "after")
+      const got = yield* Fiber.join(delivered).pipe(Effect.timeout("5 seconds"))
+      assert.deepStrictEqual(got.map((m) => m.text), ["during", "after"])
+      // Malformed input is dropped and counted by reason. (Mutations that still
+      // make a valid frame are handled as one: a heartbeat of a "fuzzer" service,
+      // a probe answered, a reply to no query counted as unexpected.)
+      const drops = Object.values(stats.drops).reduce((a, b) => a + (b ?? 0), 0)
+      assert.isAtLeast(decodeDrops(stats), 80_000)
+      assert.isAtLeast(drops, 0.85 * (stats.framesIn - inBefore))
+      assert.isAtLeast(stats.drops.oversize ?? 0, 2)
+      const grown = heapAfterGc() - before
+      console.log(`fuzz: ${stats.framesIn - inBefore} frames in, ${decodeDrops(stats)} decode drops, heap grew ${(grown / 1e6).toFixed(1)} MB`)
+      assert.isBelow(grown, 20e6)
+    }), 60_000)
+})
