@@ -223,7 +223,14 @@ export class Registry extends Context.Service<Registry, {
               return Stream.concat(
                 Stream.fromIterable(snapshot.map((service) => new ServiceFound({ service }))),
                 Stream.fromSubscription(subscription).pipe(
-                  Stream.filter((e) => !(e._tag === "ServiceFound" && listed.delete(`${e.service.id}/${e.service.instance}`)))
+                  Stream.filter((e) => {
+                    // Only a found that repeats the snapshot is skipped; once the
+                    // service is lost or changes, its next found is news.
+                    const key = `${e.service.id}/${e.service.instance}`
+                    if (e._tag === "ServiceFound") return !listed.delete(key)
+                    listed.delete(key)
+                    return true
+                  })
                 )
               )
             })

@@ -137,4 +137,14 @@ describe("Registry", () => {
       yield* r.observe(sighting("d"))
       assert.deepStrictEqual((yield* r.list).map((s) => s.name), ["b", "c", "d"])
     }).pipe(Effect.provide(registry)))
+
+  it.effect("a late subscriber gets the snapshot once, then a service found again after it was lost", () =>
+    Effect.gen(function*() {
+      const r = yield* Registry
+      yield* r.observe(sighting("one"))
+      const events = yield* nextEvents(3)
+      yield* r.leave(sender("one"))
+      yield* r.observe(sighting("one"))
+      assert.deepStrictEqual(tags(yield* Fiber.join(events)), ["ServiceFound", "ServiceLost", "ServiceFound"])
+    }).pipe(Effect.provide(registry)))
 })

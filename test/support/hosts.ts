@@ -42,7 +42,42 @@ export interface Host {
   readonly iface: string
 }
 
+/** Whether `nft` (packet loss rules) can be used. */
+export const canUseNft = (): boolean => {
+  try {
+    execFileSync("nft", ["--version"], { stdio: "ignore" })
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Runs a command inside a host's namespace (e.g. `ip link set eth0 down`). */
+export const inHost = (host: Host, ...command: ReadonlyArray<string>) =>
+  Effect.sync(() => void execFileSync("ip", ["netns", "exec", host.ns, ...command], { stdio: ["ignore", "ignore", "pipe"] }))
+
+/** Drops about `percent`% of the packets a host receives, at random (nftables `numgen`). */
+export const lose = (host: Host, percent: number) =>
+  Effect.gen(function*() {
+    yield* inHost(host, "nft", "add", "table", "inet", "loss")
+    yield* inHost(host, "nft", "add", "chain", "inet", "loss", "input", "{ type filter hook input priority 0; }")
+    yield* inHost(host, "nft", "add", "rule", "inet", "loss", "input", "iifname", "eth0", "numgen", "random", "mod", "100", "<", String(percent), "drop")
+  })
+
 let lans = 0
+
+/**
+ * Links a host of one LAN to another LAN as well, by `eth1` (a multi-homed
+ * host): returns the host as seen on that second LAN.
+ */
+export const addLink = (host: Host, lan: { readonly bridge: string; readonly subnet: number }, index: number): Host => {
+  const address = `10.231.${lan.subnet}.${index}`
+  ip("link", "add", "eth1", "netns", host.ns, "type", "veth", "peer", "name", `q${index}`, "netns", lan.bridge)
+  ip("-n", lan.bridge, "link", "set", `q${index}`, "master", "br0", "up")
+  ip("-n", host.ns, "addr", "add", `${address}/24`, "dev", "eth1")
+  ip("-n", host.ns, "link", "set", "eth1", "up")
+  return { ns: host.ns, address, iface: "eth1" }
+}
 
 /** A LAN of `n` hosts (10.231.X.1..n/24 on `eth0`), removed with the scope. */
 export const makeLan = (n: number) =>
@@ -67,7 +102,7 @@ export const makeLan = (n: number) =>
         ip("-n", ns, "link", "set", "lo", "up")
         hosts.push({ ns, address, iface: "eth0" })
       }
-      return { hosts, bridge }
+      return { hosts, bridge, subnet }
     }),
     ({ hosts, bridge }) =>
       Effect.sync(() => {
