@@ -1,24 +1,32 @@
 /**
  * Bench discovery member: joins, then reports (over IPC) when it knows the
- * `expect` other members, with timestamps of its boot, join and that moment.
+ * `expect` other members, with timestamps of its boot, join and that moment,
+ * and its CPU time so far. `npm run bench` runs it bundled (dist/bench), as a
+ * deployed member would start: one file, Node's compile cache on.
  */
-import { Effect, Schedule } from "effect"
+import { Effect, Stream } from "effect"
 import { Cluster, ClusterLive } from "cluster-comm"
 
 const [name = "m", expect = "1", port = "23900"] = process.argv.slice(2)
 const bootedAt = performance.timeOrigin
+const joinStartedAt = Date.now()
 
 const main = Effect.gen(function*() {
-  const joinedAt = Date.now()
-  const services = yield* Cluster.services.pipe(
-    Effect.repeat({ schedule: Schedule.spaced("1 millis"), until: (s) => s.length >= Number(expect) }),
+  // Events begin with everyone already known: count distinct services found, no polling.
+  const known = new Set<string>()
+  yield* Cluster.events.pipe(
+    Stream.filter((e) => e._tag === "ServiceFound"),
+    Stream.takeWhile((e) => {
+      known.add(e.service.id)
+      return known.size < Number(expect)
+    }),
+    Stream.runDrain,
     Effect.timeout("20 seconds")
   )
-  process.send?.({ name, bootedAt, joinStartedAt, joinedAt, knowsAllAt: Date.now(), known: services.length })
+  process.send?.({ name, bootedAt, joinStartedAt, knowsAllAt: Date.now(), cpu: process.cpuUsage() })
   yield* Effect.never
 })
 
-const joinStartedAt = Date.now()
 Effect.runFork(
   main.pipe(Effect.provide(ClusterLive({ name, port: Number(port), heartbeat: "1 second", ttl: "5 seconds" })))
 )
