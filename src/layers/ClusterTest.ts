@@ -24,7 +24,8 @@ export interface MemoryNetworkOptions {
 
 /** An in-memory network: members, their ports, the multicast group, and faults. */
 export class MemoryNetwork {
-  readonly loss: number
+  /** Probability that a datagram is lost; may be changed while members run. */
+  loss: number
   readonly delay: Duration.Duration
   private nextPort = 40000
   private readonly endpoints = new Map<string, Receive>()
@@ -88,7 +89,7 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
             return yield* new FrameTooLarge({ protocol, size: bytes.length, limit: MAX_DATAGRAM })
           }
           const arrive = Effect.sync(() => {
-            for (const r of to) r(bytes, protocol, address)
+            for (const r of to) r(bytes, protocol, address, undefined, ports.udp)
           })
           if (protocol === "udp" && network.loss > 0 && (yield* Random.next) < network.loss) return
           if (Duration.isZero(network.delay)) yield* arrive

@@ -17,7 +17,13 @@
  * Heartbeat, probe and answer then carry the protocols the sender speaks, in
  * its order of preference: a count K (0..8) and K entries of
  * `u8 protocol (1 tcp, 2 udp), u16 port`; then its tags: a count T (0..32)
- * and T entries of `u8 length (1..64), UTF-8`. A leave carries nothing more.
+ * and T entries of `u8 length (1..64), UTF-8`; then a `u16` descriptor
+ * version, which changes whenever protocols, ports or tags do. A leave carries
+ * nothing more.
+ * A beat (the periodic heartbeat) is short: magic, version, kind, flags, host
+ * id, instance and the descriptor version, 20 bytes, no name: receivers know
+ * the instance, and ask for the full descriptor when they do not or the
+ * version moved.
  * A message carries `u8 op length (1..32), op, u16 channel, u8 target count T
  * (0..32)`, T targets of `6 bytes host id, u8 name length, name`, then the data
  * up to the end of the frame (the datagram, or the tcp length prefix, delimits it).
@@ -51,7 +57,12 @@ const Name = Schema.String.check(Schema.isMinLength(1))
 export const Sender = Schema.Struct({ hostId: HostId, instance: Instance, name: Name })
 export type Sender = typeof Sender.Type
 
-const beaconFields = { sender: Sender, protocols: Schema.Array(Advertised), tags: Schema.Array(Schema.String) }
+const beaconFields = {
+  sender: Sender,
+  protocols: Schema.Array(Advertised),
+  tags: Schema.Array(Schema.String),
+  version: Schema.Int
+}
 
 /** Periodic "I am alive, reach me here". */
 export const Heartbeat = Schema.TaggedStruct("Heartbeat", beaconFields)
@@ -69,6 +80,13 @@ export const MessageFrame = Schema.TaggedStruct("Message", {
   targets: Schema.Array(Schema.String),
   data: Schema.Uint8Array
 })
+
+/** The periodic "still here": who (no name) and which descriptor version. */
+export const Beat = Schema.TaggedStruct("Beat", {
+  sender: Schema.Struct({ hostId: HostId, instance: Instance, name: Schema.String }),
+  version: Schema.Int
+})
+export const BEAT_SIZE = 20
 
 /** A request whose targets each answer with a `Reply` carrying the same id. */
 export const QueryFrame = Schema.TaggedStruct("Query", {
@@ -93,11 +111,12 @@ export const Ping = Schema.TaggedStruct("Ping", { sender: Sender, target: Schema
 /** "I could only reach you by a fallback: these listeners of yours failed me." */
 export const Repair = Schema.TaggedStruct("Repair", { sender: Sender, protocols: Schema.Array(Schema.String) })
 
-export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame, Ping, Repair])
+export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame, Ping, Repair, Beat])
 export type Frame = typeof Frame.Type
 export type Beacon = typeof Heartbeat.Type | typeof Probe.Type | typeof Answer.Type
 export type MessageFrame = typeof MessageFrame.Type
 export type Ping = typeof Ping.Type
+export type Beat = typeof Beat.Type
 export type Repair = typeof Repair.Type
 export type QueryFrame = typeof QueryFrame.Type
 export type ReplyFrame = typeof ReplyFrame.Type
@@ -111,8 +130,8 @@ export type DecodeFailure =
   | "invalid-field"
   | "trailing-bytes"
 
-const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7, Ping: 8, Repair: 9 } as const
-const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply", "Ping", "Repair"] as const
+const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7, Ping: 8, Repair: 9, Beat: 10 } as const
+const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply", "Ping", "Repair", "Beat"] as const
 // Protocol ids on the wire. Plug-ins add theirs (16..255) when a member opens them.
 const PROTOCOL_ID = new Map<ProtocolName, number>([["tcp", 1], ["udp", 2], ["unix", 3]])
 const PROTOCOL_BY_ID: Array<ProtocolName | undefined> = [undefined, "tcp", "udp", "unix"]
@@ -141,6 +160,7 @@ const idParts = (id: string): [hostId: string, name: string] => {
 
 /** The encoded size of a frame, without any headroom. */
 export const frameSize = (frame: Frame): number => {
+  if (frame._tag === "Beat") return BEAT_SIZE
   let size = HEADER_SIZE + Buffer.byteLength(frame.sender.name)
   switch (frame._tag) {
     case "Leave":
@@ -159,7 +179,7 @@ export const frameSize = (frame: Frame): number => {
     case "Repair":
       return size + 1 + frame.protocols.length
     default:
-      size += 1 + 3 * frame.protocols.length + 1
+      size += 1 + 3 * frame.protocols.length + 1 + 2
       for (const t of frame.tags) size += 1 + Buffer.byteLength(t)
       return size
   }
@@ -193,6 +213,18 @@ const headerOf = (sender: Sender): Buffer => {
  * Callers pass frames they built themselves; limits are checked by `checkFrame`.
  */
 export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
+  if (frame._tag === "Beat") {
+    const buf = Buffer.allocUnsafe(headroom + BEAT_SIZE)
+    let at = headroom
+    buf[at++] = MAGIC
+    buf[at++] = VERSION
+    buf[at++] = KIND.Beat
+    buf[at++] = 0
+    writeHostId(buf, at, frame.sender.hostId)
+    buf.write(frame.sender.instance, at + 6, 8, "hex")
+    buf.writeUInt16BE(frame.version, at + 14)
+    return buf
+  }
   const head = headerOf(frame.sender)
   const size = frameSize(frame)
   const buf = Buffer.allocUnsafe(headroom + size)
@@ -253,12 +285,14 @@ export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
         buf[at] = len
         at += 1 + len
       }
+      buf.writeUInt16BE(frame.version, at)
   }
   return buf
 }
 
 /** Why a frame we are about to send is not valid on the wire, or undefined when it is. */
 export const checkFrame = (frame: Frame): string | undefined => {
+  if (frame._tag === "Beat") return frame.version >= 0 && frame.version <= 65535 ? undefined : "version must be a u16"
   const nameLen = Buffer.byteLength(frame.sender.name)
   if (nameLen < 1 || nameLen > MAX_NAME_BYTES) return `name must be 1..${MAX_NAME_BYTES} bytes`
   if (frame._tag === "Query" || frame._tag === "Reply") {
@@ -327,6 +361,15 @@ const decodeOrThrow = (bytes: Uint8Array, cache: SenderCache | undefined): Frame
   if (buf[1] !== VERSION) throw new Malformed("unknown-version")
   const tag = TAG[buf[2]!]
   if (tag === undefined) throw new Malformed("unknown-kind")
+  if (tag === "Beat") {
+    if (end < BEAT_SIZE) throw new Malformed("truncated")
+    if (end > BEAT_SIZE) throw new Malformed("trailing-bytes")
+    return {
+      _tag: "Beat",
+      sender: { hostId: buf.toString("hex", 4, 10), instance: buf.toString("hex", 10, 18), name: "" },
+      version: buf.readUInt16BE(18)
+    }
+  }
   if (end < HEADER_SIZE) throw new Malformed("truncated")
   const headEnd = HEADER_SIZE + buf[18]!
   let sender: Sender
@@ -422,8 +465,11 @@ const decodeOrThrow = (bytes: Uint8Array, cache: SenderCache | undefined): Frame
         tags.push(readString(buf, at, MAX_TAG_BYTES))
         at += 1 + buf[at]!
       }
+      need(buf, at, 2)
+      const version = buf.readUInt16BE(at)
+      at += 2
       if (at !== end) throw new Malformed("trailing-bytes")
-      return { _tag: tag, sender, protocols, tags }
+      return { _tag: tag, sender, protocols, tags, version }
     }
   }
 }

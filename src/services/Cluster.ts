@@ -295,10 +295,10 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             }
           }).pipe(Effect.forkScoped)
 
-        yield* pump(transport.takeBeacons, ({ frame, address }) =>
+        yield* pump(transport.takeBeacons, ({ frame, address, port }) =>
           frame._tag === "Message" || frame._tag === "Query" || frame._tag === "Reply"
             ? Effect.void
-            : discovery.handle(frame, address))
+            : discovery.handle(frame, address, port))
         yield* pump(transport.takeMessages, ({ frame, protocol, address }) =>
           frame._tag === "Message" ? receiveMessage(frame, protocol, address) :
           frame._tag === "Query" ? receiveQuery(frame, protocol, address) :

@@ -13,7 +13,7 @@ import { Registry } from "./Registry.ts"
 import { Transport } from "./Transport.ts"
 
 /** The frames Discovery handles. */
-export type Control = Beacon | Extract<Frame, { _tag: "Leave" | "Ping" | "Repair" }>
+export type Control = Beacon | Extract<Frame, { _tag: "Leave" | "Ping" | "Repair" | "Beat" }>
 
 export interface DiscoveryOptions {
   readonly sender: Sender
@@ -32,7 +32,7 @@ export class Discovery extends Context.Service<Discovery, {
    */
   readonly updateTags: (changes: ReadonlyArray<TagChange>) => Effect.Effect<ReadonlyArray<string>, TagError>
   /** Handles a beacon, a leave or a ping that passed the drop checks. */
-  readonly handle: (frame: Control, address: string) => Effect.Effect<void>
+  readonly handle: (frame: Control, address: string, port: number) => Effect.Effect<void>
   /**
    * We could not reach `peer`: tell the cluster (a ping, at most once per
    * heartbeat per peer), so every member gives it two heartbeats to show it is alive.
@@ -64,15 +64,40 @@ export class Discovery extends Context.Service<Discovery, {
           lastSeen: Date.now()
         })
 
+        // The descriptor version: it moves whenever protocols, ports or tags do,
+        // so peers know from a 20-byte beat whether what they hold is current.
+        let version = 1
+        let described = transport.advertised()
+        const currentVersion = () => {
+          const now = transport.advertised()
+          if (now !== described) {
+            described = now
+            version = (version % 65535) + 1
+          }
+          return version
+        }
+        const descriptor = <T extends "Heartbeat" | "Probe" | "Answer">(tag: T) => ({
+          _tag: tag,
+          sender,
+          protocols: transport.advertised(),
+          tags,
+          version: currentVersion()
+        })
+
         // Beacons are best effort: a lost one is made up by the next.
-        // Suspended: each beacon carries the tags of the moment it is sent.
+        // Suspended: each carries the descriptor of the moment it is sent.
         const beacon = (tag: "Heartbeat" | "Probe") =>
-          Effect.suspend(() => transport.multicast({ _tag: tag, sender, protocols: transport.advertised(), tags })).pipe(
+          Effect.suspend(() => transport.multicast(descriptor(tag))).pipe(
             Effect.catch((e) => Effect.logDebug(`${tag} not sent: ${e.message}`))
           )
-        const beat = beacon("Heartbeat")
+        /** The full descriptor, at once: at join, and whenever it changes. */
+        const announce = beacon("Heartbeat")
+        /** The periodic beat: 20 bytes, who and which version. */
+        const beat = Effect.suspend(() => transport.multicast({ _tag: "Beat", sender, version: currentVersion() })).pipe(
+          Effect.catch((e) => Effect.logDebug(`beat not sent: ${e.message}`))
+        )
 
-        yield* beat
+        yield* announce
         yield* beacon("Probe")
 
         const interval = Duration.toMillis(options.heartbeat)
@@ -95,7 +120,7 @@ export class Discovery extends Context.Service<Discovery, {
         // A pinged service has two heartbeats to show it is alive.
         const window = Duration.millis(2 * interval)
         let answerPending = false
-        const handle = (frame: Control, address: string): Effect.Effect<void> => {
+        const handle = (frame: Control, address: string, port: number): Effect.Effect<void> => {
           if (frame._tag === "Leave") return registry.leave(frame.sender)
           if (frame._tag === "Repair") return repairOwn(frame.protocols)
           if (frame._tag === "Ping") {
@@ -112,21 +137,58 @@ export class Discovery extends Context.Service<Discovery, {
               Effect.andThen(Effect.sync(() => {
                 answerPending = false
               })),
-              Effect.andThen(beat),
+              Effect.andThen(announce),
               Effect.forkIn(scope),
               Effect.asVoid
             )
           }
-          return registry.observe({ sender: frame.sender, address, protocols: frame.protocols, tags: frame.tags }).pipe(
+          if (frame._tag === "Beat") {
+            return registry.beat(frame.sender, frame.version, address).pipe(
+              Effect.flatMap((known) => known === undefined ? askFor(frame.sender.instance, address, port) : Effect.void)
+            )
+          }
+          return registry.observe({
+            sender: frame.sender,
+            address,
+            protocols: frame.protocols,
+            tags: frame.tags,
+            version: frame.version
+          }).pipe(
             Effect.flatMap((peer) =>
               frame._tag === "Probe" && peer !== undefined
-                ? transport.send("udp", peer, { _tag: "Answer", sender, protocols: transport.advertised(), tags }).pipe(
+                ? transport.send("udp", peer, descriptor("Answer")).pipe(
                   Effect.catch((e) => Effect.logDebug(`answer to ${peer.id} not sent: ${e.message}`))
                 )
                 : Effect.void
             )
           )
         }
+
+        // A beat from an instance we do not know, or at another version: ask
+        // it alone (a probe to the beat's own port) for its descriptor; once
+        // per heartbeat per instance, and never more than 4,096 remembered.
+        const asked = new Map<string, number>()
+        const askFor = (instance: string, address: string, port: number) =>
+          Effect.suspend(() => {
+            const now = Date.now()
+            if (port === 0 || now - (asked.get(instance) ?? 0) < interval) return Effect.void
+            if (asked.size >= 4096) asked.clear()
+            asked.set(instance, now)
+            const there: Service = {
+              id: "",
+              name: "",
+              hostId: "",
+              instance,
+              address,
+              local: false,
+              protocols: [{ protocol: "udp", port }],
+              tags: [],
+              lastSeen: now
+            }
+            return transport.send("udp", there, descriptor("Probe")).pipe(
+              Effect.catch((e) => Effect.logDebug(`probe to ${address}:${port} not sent: ${e.message}`))
+            )
+          })
 
         let beatPending = false
         const updateTags = (changes: ReadonlyArray<TagChange>) =>
@@ -135,6 +197,7 @@ export class Discovery extends Context.Service<Discovery, {
             if (next instanceof TagError) return Effect.fail(next)
             const changed = next.length !== tags.length || next.some((t, i) => t !== tags[i])
             tags = next
+            if (changed) version = (version % 65535) + 1
             if (!changed || beatPending) return Effect.succeed(next)
             // One heartbeat for every change made before the next tick.
             beatPending = true
@@ -142,7 +205,7 @@ export class Discovery extends Context.Service<Discovery, {
               Effect.andThen(Effect.sync(() => {
                 beatPending = false
               })),
-              Effect.andThen(beat),
+              Effect.andThen(announce),
               Effect.forkIn(scope),
               Effect.as(next)
             )
@@ -196,7 +259,7 @@ export class Discovery extends Context.Service<Discovery, {
               })
             )
           }).pipe(
-            Effect.flatMap((rebuilt) => rebuilt.some(Boolean) ? beat : Effect.void),
+            Effect.flatMap((rebuilt) => rebuilt.some(Boolean) ? announce : Effect.void),
             Effect.forkIn(scope),
             Effect.asVoid
           )

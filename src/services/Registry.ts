@@ -25,6 +25,8 @@ export interface Sighting {
   readonly address: string
   readonly protocols?: ReadonlyArray<Advertised> | undefined
   readonly tags?: ReadonlyArray<string> | undefined
+  /** The descriptor version a full beacon carries. */
+  readonly version?: number | undefined
 }
 
 export interface RegistryOptions {
@@ -56,6 +58,11 @@ export class Registry extends Context.Service<Registry, {
    * `window`, it expires then (or at its ttl, whichever comes first).
    */
   readonly suspect: (id: string, window: Duration.Duration) => void
+  /**
+   * A short beat: the service of that instance, refreshed, when we know it at
+   * that descriptor version; undefined when we must ask for its descriptor.
+   */
+  readonly beat: (sender: Sender, version: number, address: string) => Effect.Effect<Service | undefined>
   /** A service by id, synchronously (for the per-frame path). */
   readonly get: (id: string) => Service | undefined
   /** Every known service, as a snapshot. */
@@ -76,6 +83,9 @@ export class Registry extends Context.Service<Registry, {
         const clock = yield* Clock.Clock
         const ttlMillis = Duration.toMillis(options.ttl)
         const services = new Map<string, Service>()
+        // For short beats, which name an instance and a descriptor version only.
+        const byInstance = new Map<string, string>()
+        const versions = new Map<string, number>()
         // Suspected services: the time by which they must be heard from again.
         const deadlines = new Map<string, number>()
         // Instances replaced by a newer one under the same id: heard again, they are in conflict.
@@ -104,6 +114,8 @@ export class Registry extends Context.Service<Registry, {
           services.delete(service.id)
           deadlines.delete(service.id)
           retired.delete(service.id)
+          versions.delete(service.id)
+          byInstance.delete(service.instance)
           publish(new ServiceLost({ service, why }))
           // A loss cannot be cancelled: the hook sees it, its verdict is moot.
           return hooks.has(LOST)
@@ -170,6 +182,9 @@ export class Registry extends Context.Service<Registry, {
                 const current = services.get(id)
                 services.set(id, service)
                 deadlines.delete(id)
+                if (current !== undefined && current.instance !== service.instance) byInstance.delete(current.instance)
+                byInstance.set(service.instance, id)
+                if (sighting.version !== undefined) versions.set(id, sighting.version)
                 if (current === undefined) publish(new ServiceFound({ service }))
                 else if (changed(current, service)) {
                   if (current.instance !== service.instance) retired.set(id, current.instance)
@@ -204,6 +219,16 @@ export class Registry extends Context.Service<Registry, {
             Effect.suspend(() => {
               const known = services.get(serviceId(sender.hostId, sender.name))
               return known !== undefined && known.instance === sender.instance ? lose(known, "left") : Effect.void
+            }),
+          beat: (sender, version, address) =>
+            Effect.suspend(() => {
+              const id = byInstance.get(sender.instance)
+              const known = id === undefined ? undefined : services.get(id)
+              if (known === undefined || known.hostId !== sender.hostId || versions.get(known.id) !== version) {
+                return Effect.succeed(undefined)
+              }
+              // Known at this version: a sign of life like any other (address checks included).
+              return observe({ sender: { hostId: known.hostId, instance: known.instance, name: known.name }, address })
             }),
           get: (id) => services.get(id),
           suspect: (id, window) => {

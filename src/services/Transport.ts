@@ -31,6 +31,8 @@ export interface Inbound {
   readonly frame: Frame
   readonly protocol: ProtocolName
   readonly address: string
+  /** The sender's port, for datagrams (its own udp port); 0 when unknown. */
+  readonly port: number
 }
 
 /** Where to reach a peer over one protocol: its address, the port it advertises there, and the peer itself. */
@@ -99,7 +101,13 @@ export interface ProtocolPlugin {
  * false when the message queue is full: a stream protocol should then pause
  * reading until `whenDrained` calls back; a datagram is dropped and counted.
  */
-export type Receive = (bytes: Uint8Array, protocol: ProtocolName, address: string, cache?: SenderCache) => boolean
+export type Receive = (
+  bytes: Uint8Array,
+  protocol: ProtocolName,
+  address: string,
+  cache?: SenderCache,
+  port?: number
+) => boolean
 
 /** What protocols deliver into: `receive`, and `whenDrained` to resume a paused reader. */
 export interface Inlet {
@@ -193,7 +201,7 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
     // and datagrams are dropped, so it holds at most one read chunk per paused link beyond it.
     const messages = yield* Effect.acquireRelease(Queue.unbounded<Inbound>(), Queue.shutdown)
     let paused: Array<() => void> = []
-    const receive: Receive = (bytes, protocol, address, cache) => {
+    const receive: Receive = (bytes, protocol, address, cache, port = 0) => {
       stats.frameIn()
       const opened = keyring.open(bytes)
       if (typeof opened === "string") {
@@ -210,7 +218,7 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         return true
       }
       if (frame._tag !== "Message" && frame._tag !== "Query" && frame._tag !== "Reply") {
-        if (!Queue.offerUnsafe(beacons, { frame, protocol, address })) stats.drop("queue-full")
+        if (!Queue.offerUnsafe(beacons, { frame, protocol, address, port })) stats.drop("queue-full")
         return true
       }
       const size = Queue.sizeUnsafe(messages)
@@ -218,7 +226,7 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         stats.drop("queue-full")
         return true
       }
-      Queue.offerUnsafe(messages, { frame, protocol, address })
+      Queue.offerUnsafe(messages, { frame, protocol, address, port })
       return size + 1 < capacity
     }
     const resume = Effect.sync(() => {

@@ -142,4 +142,20 @@ describe("ClusterTest: the in-memory network on the test clock", () => {
       const seen = yield* Fiber.join(events)
       assert.deepStrictEqual(seen.map((e) => `${e._tag} ${e.service.name}`), ["ServiceFound b", "ServiceFound c"])
     }))
+
+  it.effect("a member heard only by its 20-byte beats is asked for its descriptor, and then known in full", () =>
+    Effect.gen(function*() {
+      // Every datagram lost while both join: neither hears the other's join.
+      const network = MemoryNetwork.make({ loss: 1 })
+      const a = yield* join(network, { name: "a", heartbeat: "1 second", ttl: "5 seconds" })
+      yield* join(network, { name: "b", heartbeat: "1 second", ttl: "5 seconds", tags: ["late"] })
+      yield* TestClock.adjust("100 millis")
+      assert.deepStrictEqual(yield* a.services, [])
+      // From now on only periodic beats go out: no name, no tags, no ports in them.
+      network.loss = 0
+      for (let i = 0; i < 4; i++) yield* TestClock.adjust("500 millis")
+      const [b] = yield* a.resolve("b")
+      assert.deepStrictEqual(b?.tags, ["late"])
+      assert.deepStrictEqual(b?.protocols.map((p) => p.protocol), ["tcp", "udp"])
+    }))
 })

@@ -19,7 +19,8 @@ const beacon = fc.record({
   _tag: fc.constantFrom("Heartbeat" as const, "Probe" as const, "Answer" as const),
   sender,
   protocols,
-  tags
+  tags,
+  version: fc.integer({ min: 0, max: 65535 })
 })
 const leave = fc.record({ _tag: fc.constant("Leave" as const), sender })
 const message = fc.record({
@@ -56,7 +57,12 @@ const repair = fc.record({
   sender,
   protocols: fc.array(fc.constantFrom("tcp", "udp", "unix"), { maxLength: 8 })
 })
-const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message, query, reply, ping, repair)
+const beat = fc.record({
+  _tag: fc.constant("Beat" as const),
+  sender: fc.record({ hostId: hex(6), instance: hex(8), name: fc.constant("") }),
+  version: fc.integer({ min: 0, max: 65535 })
+})
+const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message, query, reply, ping, repair, beat)
 
 const normalize = (f: Frame) => ("data" in f ? { ...f, data: Array.from(f.data) } : f)
 
@@ -72,7 +78,8 @@ const heartbeat: Frame = {
   _tag: "Heartbeat",
   sender: sample.sender,
   protocols: [{ protocol: "tcp", port: 40001 }, { protocol: "udp", port: 40002 }],
-  tags: []
+  tags: [],
+  version: 1
 }
 
 describe("frame codec", () => {
@@ -97,12 +104,15 @@ describe("frame codec", () => {
       _tag: "Heartbeat",
       sender: { ...sample.sender, name: "n".repeat(48) },
       protocols: Array.from({ length: 8 }, () => ({ protocol: "tcp" as const, port: 65535 })),
-      tags: []
+      tags: [],
+      version: 65535
     }
     assert.isAtMost(encodeFrame(longest).length, 96)
-    assert.strictEqual(encodeFrame(heartbeat).length, 19 + 11 + 1 + 6 + 1)
+    assert.strictEqual(encodeFrame(heartbeat).length, 19 + 11 + 1 + 6 + 1 + 2)
     // Tags add a length byte and their UTF-8 bytes each.
-    assert.strictEqual(encodeFrame({ ...heartbeat, tags: ["web", "eu"] } as Frame).length, 38 + 4 + 3)
+    assert.strictEqual(encodeFrame({ ...heartbeat, tags: ["web", "eu"] } as Frame).length, 40 + 4 + 3)
+    // The periodic beat is 20 bytes, whatever the name.
+    assert.strictEqual(encodeFrame({ _tag: "Beat", sender: longest.sender, version: 9 }).length, 20)
   })
 
   it("says why each malformed frame is not one", () => {
@@ -128,9 +138,12 @@ describe("frame codec", () => {
     const hb = encodeFrame(heartbeat)
     assert.strictEqual(decodeFrame(Buffer.concat([hb, Buffer.from([0])])), "trailing-bytes")
     const manyTags = Buffer.from(hb)
-    manyTags[hb.length - 1] = 33
+    manyTags[hb.length - 3] = 33
     assert.strictEqual(decodeFrame(manyTags), "invalid-field")
-    assert.strictEqual(decodeFrame(Buffer.concat([manyTags.subarray(0, hb.length - 1), Buffer.from([1, 0])])), "invalid-field") // empty tag
+    assert.strictEqual(decodeFrame(Buffer.concat([manyTags.subarray(0, hb.length - 3), Buffer.from([1, 0])])), "invalid-field") // empty tag
+    const beatBytes = encodeFrame({ _tag: "Beat", sender: sample.sender, version: 3 })
+    assert.strictEqual(decodeFrame(beatBytes.subarray(0, 19)), "truncated")
+    assert.strictEqual(decodeFrame(Buffer.concat([beatBytes, Buffer.from([0])])), "trailing-bytes")
     const manyProtocols = Buffer.from(hb)
     manyProtocols[19 + 11] = 9
     assert.strictEqual(decodeFrame(manyProtocols), "invalid-field")

@@ -21,7 +21,8 @@ const heapAfterGc = () => {
 const sender = { hostId: "0000000000ee", instance: "00000000000000ee", name: "fuzzer" }
 const seed: ReadonlyArray<Frame> = [
   { _tag: "Message", sender, op: "C", channel: 0, targets: [], data: new Uint8Array([1, 2, 3]) },
-  { _tag: "Heartbeat", sender, protocols: [{ protocol: "tcp", port: 1 }], tags: ["x"] },
+  { _tag: "Heartbeat", sender, protocols: [{ protocol: "tcp", port: 1 }], tags: ["x"], version: 1 },
+  { _tag: "Beat", sender, version: 1 },
   { _tag: "Query", sender, id: 1, op: "Q", channel: 0, targets: [], data: new Uint8Array(0) },
   { _tag: "Reply", sender, id: 1, ok: true, data: new Uint8Array(0) }
 ]

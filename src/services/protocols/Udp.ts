@@ -92,7 +92,7 @@ export const UdpProtocol = {
           // keep the default
         }
         const cache: SenderCache = {}
-        socket.on("message", (bytes, from) => inlet.receive(bytes, "udp", from.address, cache))
+        socket.on("message", (bytes, from) => inlet.receive(bytes, "udp", from.address, cache, from.port))
         // Errors after bind (e.g. ICMP unreachable reported on send) must not crash the member.
         socket.on("error", () => {})
       }
