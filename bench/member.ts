@@ -31,3 +31,7 @@ Effect.runFork(
   main.pipe(Effect.provide(ClusterLive({ name, port: Number(port), heartbeat: "1 second", ttl: "5 seconds" })))
 )
 process.on("SIGTERM", () => process.exit(0))
+// The idle bench asks for CPU time now and then.
+process.on("message", (m) => {
+  if (m === "cpu") process.send?.({ cpuNow: process.cpuUsage(), at: performance.now() })
+})

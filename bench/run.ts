@@ -112,6 +112,22 @@ const bareNode = async () => {
   return (cpu.user + cpu.system) / 1000
 }
 
+/** A member with no traffic: its CPU over a few seconds, as a share of one core. */
+const idle = async (port: number, seconds: number) => {
+  const members = [spawn("member.ts", ["idle-a", "1", String(port)]), spawn("member.ts", ["idle-b", "1", String(port)])]
+  await Promise.all(members.map((m) => m.next("knowsAllAt")))
+  await new Promise((r) => setTimeout(r, 1000)) // past the join's own work
+  const m = members[0]!
+  m.send("cpu" as never)
+  const a = await m.next("cpuNow")
+  await new Promise((r) => setTimeout(r, seconds * 1000))
+  m.send("cpu" as never)
+  const b = await m.next("cpuNow")
+  await stop(members)
+  const cpuMs = (b.cpuNow.user + b.cpuNow.system - a.cpuNow.user - a.cpuNow.system) / 1000
+  return (100 * cpuMs) / (b.at - a.at)
+}
+
 // ---- messaging ----
 
 const pair = async (impl: "cluster" | "raw", roles: readonly [string, string], port: number) => {
@@ -200,6 +216,18 @@ try {
         `library ${fmt(median(cpus) - median(bare), 0)} ms (target <= 60)`
       ])
     }
+  }
+
+  if (runs("idle")) {
+    const shares: Array<number> = []
+    for (let run = 0; run < RUNS; run++) shares.push(await idle(PORT + 60, quick ? 2 : 5))
+    results.idle = { cpuPercentOfCore: median(shares), beatBytes: 20, heartbeatSeconds: 1, runs: shares }
+    rows.push([
+      "idle member (1 s heartbeat)",
+      `${fmt(median(shares), 2)}% of a core; 20-byte beat a second`,
+      "zyre.js: 22-byte beacon a second",
+      "targets: < 0.5% of a core, beat <= 24 bytes"
+    ])
   }
 
   const count = Number(process.env.BENCH_COUNT ?? (quick ? 5_000 : 500_000))
