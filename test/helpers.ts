@@ -1,5 +1,6 @@
-import { Context, Duration, Effect, Exit, Layer, Schedule, Scope } from "effect"
-import { Cluster, type ClusterConfigInput, ClusterLive } from "cluster-comm"
+import dgram from "node:dgram"
+import { Context, Duration, Effect, Exit, type Fiber, Layer, Schedule, Scope, Stream } from "effect"
+import { Cluster, type ClusterConfigInput, ClusterLive, ClusterTest, type Message, type MemoryNetwork } from "cluster-comm"
 
 /** Joins a member on real sockets for the rest of the test's scope; returns its API. */
 export const member = (config: ClusterConfigInput): Effect.Effect<Cluster["Service"], unknown, Scope.Scope> =>
@@ -36,3 +37,34 @@ export const eventually = <A, E>(
 
 /** A multicast port and group per test file, so files running in parallel never meet. */
 export const testCluster = (n: number) => ({ port: 23100 + n, address: `239.77.0.${n}` })
+
+/** A member on an in-memory network (see ClusterTest), for the rest of the test's scope. */
+export const memberOn = (network: MemoryNetwork, config: string | ClusterConfigInput, address?: string) =>
+  Layer.build(ClusterTest(network, config, address === undefined ? {} : { address })).pipe(
+    Effect.map((ctx) => Context.get(ctx, Cluster))
+  )
+
+/** Starts collecting a member's next `n` messages; subscribed when this returns. */
+export const collect = (
+  cluster: { readonly messages: Stream.Stream<Message> },
+  n: number
+): Effect.Effect<Fiber.Fiber<Array<Message>>> =>
+  Effect.gen(function*() {
+    const fiber = yield* cluster.messages.pipe(Stream.take(n), Stream.runCollect, Effect.forkChild)
+    // The child subscribes when it first runs: let it.
+    yield* Effect.yieldNow
+    return fiber
+  })
+
+/** A raw udp socket that sends to the group through loopback with TTL 0, as a member would. */
+export const rawMulticast = Effect.acquireRelease(
+  Effect.callback<dgram.Socket>((resume) => {
+    const s = dgram.createSocket("udp4")
+    s.bind(0, "127.0.0.1", () => {
+      s.setMulticastInterface("127.0.0.1")
+      s.setMulticastTTL(0)
+      resume(Effect.succeed(s))
+    })
+  }),
+  (s) => Effect.sync(() => s.close())
+)

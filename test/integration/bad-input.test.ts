@@ -1,9 +1,9 @@
-import dgram from "node:dgram"
+import type dgram from "node:dgram"
 import net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Stream } from "effect"
 import { encodeFrame, type Frame, type StatsSnapshot } from "cluster-comm"
-import { eventually, member, testCluster } from "../helpers.ts"
+import { eventually, member, rawMulticast, testCluster } from "../helpers.ts"
 
 const where = testCluster(3)
 const timing = { heartbeat: "100 millis", ttl: "2 seconds" } as const
@@ -17,19 +17,6 @@ const valid: Frame = {
   targets: [],
   data: new TextEncoder().encode("hi")
 }
-
-/** A raw socket that sends datagrams to the group through loopback with TTL 0, as a member would. */
-const rawMulticast = Effect.acquireRelease(
-  Effect.callback<dgram.Socket>((resume) => {
-    const s = dgram.createSocket("udp4")
-    s.bind(0, "127.0.0.1", () => {
-      s.setMulticastInterface("127.0.0.1")
-      s.setMulticastTTL(0)
-      resume(Effect.succeed(s))
-    })
-  }),
-  (s) => Effect.sync(() => s.close())
-)
 
 const sendDatagram = (s: dgram.Socket, bytes: Uint8Array) =>
   Effect.callback<void>((resume) => {

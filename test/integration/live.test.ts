@@ -4,7 +4,7 @@ import net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Stream } from "effect"
 import type { JoinError, Service } from "cluster-comm"
-import { eventually, leavable, member, testCluster } from "../helpers.ts"
+import { collect, eventually, leavable, member, testCluster } from "../helpers.ts"
 
 // Real sockets, one process, host-only (remote 0): loopback multicast, TTL 0.
 const net1 = testCluster(1)
@@ -14,13 +14,6 @@ const quiet = { ...net1, heartbeat: "30 seconds", ttl: "60 seconds" } as const
 
 const knowsAll = (all: ReadonlyArray<string>, self: string) => (services: ReadonlyArray<Service>) =>
   all.filter((n) => n !== self).every((n) => services.some((s) => s.name === n))
-
-const collect = (cluster: { readonly messages: Stream.Stream<any> }, n: number) =>
-  Effect.gen(function*() {
-    const fiber = yield* cluster.messages.pipe(Stream.take(n), Stream.runCollect, Effect.forkChild)
-    yield* Effect.sleep("20 millis") // let the subscription start
-    return fiber
-  })
 
 describe("members on real sockets (one host)", () => {
   it.live("share the multicast port and all hear each other", () =>

@@ -1,7 +1,7 @@
 import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Stream } from "effect"
+import { Context, Effect, Fiber, Layer, } from "effect"
 import {
   Cluster,
   type ClusterConfigInput,
@@ -15,16 +15,9 @@ import {
   socketDir,
   Transport
 } from "cluster-comm"
-import { eventually, leavable, member, testCluster } from "../helpers.ts"
+import { collect, eventually, leavable, member, testCluster } from "../helpers.ts"
 
 const where = { ...testCluster(9), heartbeat: "200 millis", ttl: "2 seconds" } as const
-
-const collect = (cluster: Cluster["Service"], n: number) =>
-  Effect.gen(function*() {
-    const fiber = yield* cluster.messages.pipe(Stream.take(n), Stream.runCollect, Effect.forkChild)
-    yield* Effect.sleep("20 millis")
-    return fiber
-  })
 
 /**
  * A protocol plug-in that carries frames through memory between members of

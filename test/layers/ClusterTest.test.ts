@@ -1,26 +1,16 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Stream } from "effect"
+import { Effect, Fiber, Layer, Stream } from "effect"
 import { TestClock } from "effect/testing"
-import { Cluster, type ClusterConfigInput, ClusterTest, MemoryNetwork } from "cluster-comm"
+import { ClusterTest, MemoryNetwork } from "cluster-comm"
 import { quickProgram } from "../program.ts"
-
-const join = (network: MemoryNetwork, config: string | ClusterConfigInput) =>
-  Layer.build(ClusterTest(network, config)).pipe(Effect.map((ctx) => Context.get(ctx, Cluster)))
-
-/** Starts collecting `n` messages of a member (subscribed before anything is sent). */
-const collect = (cluster: Cluster["Service"], n: number) =>
-  Effect.gen(function*() {
-    const fiber = yield* cluster.messages.pipe(Stream.take(n), Stream.runCollect, Effect.forkChild)
-    yield* Effect.yieldNow
-    return fiber
-  })
+import { collect, memberOn } from "../helpers.ts"
 
 describe("ClusterTest: the in-memory network on the test clock", () => {
   it.effect("runs the quick example program unchanged", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make({ delay: "1 millis" })
-      const one = yield* join(network, "service_one")
-      const two = yield* join(network, "service_two")
+      const one = yield* memberOn(network, "service_one")
+      const two = yield* memberOn(network, "service_two")
       const atOne = yield* collect(one, 2)
       const atTwo = yield* collect(two, 1)
       const run = yield* quickProgram.pipe(
@@ -43,9 +33,9 @@ describe("ClusterTest: the in-memory network on the test clock", () => {
     Effect.gen(function*() {
       const network = MemoryNetwork.make({ delay: "1 millis" })
       const slow = { heartbeat: "1 hour", ttl: "2 hours" } as const
-      yield* join(network, { name: "a", ...slow })
-      yield* join(network, { name: "b", ...slow })
-      const c = yield* join(network, { name: "c", ...slow })
+      yield* memberOn(network, { name: "a", ...slow })
+      yield* memberOn(network, { name: "b", ...slow })
+      const c = yield* memberOn(network, { name: "c", ...slow })
       // One round trip: the probe out, the answers back.
       yield* TestClock.adjust("2 millis")
       assert.deepStrictEqual((yield* c.services).map((s) => s.name).sort(), ["a", "b"])
@@ -54,7 +44,7 @@ describe("ClusterTest: the in-memory network on the test clock", () => {
   it.effect("expires a silent member after its ttl", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const watcher = yield* join(network, { name: "watcher", heartbeat: "1 second", ttl: "3 seconds" })
+      const watcher = yield* memberOn(network, { name: "watcher", heartbeat: "1 second", ttl: "3 seconds" })
       const lost = yield* watcher.events.pipe(
         Stream.filter((e) => e._tag === "ServiceLost"),
         Stream.take(1),
@@ -62,7 +52,7 @@ describe("ClusterTest: the in-memory network on the test clock", () => {
         Effect.forkChild
       )
       yield* Effect.yieldNow
-      yield* join(network, { name: "silent", heartbeat: "1 hour", ttl: "2 hours" })
+      yield* memberOn(network, { name: "silent", heartbeat: "1 hour", ttl: "2 hours" })
       yield* TestClock.adjust("2 seconds")
       assert.deepStrictEqual((yield* watcher.services).map((s) => s.name), ["silent"])
       yield* TestClock.adjust("2 seconds")
@@ -73,9 +63,9 @@ describe("ClusterTest: the in-memory network on the test clock", () => {
   it.effect("falls back from refused tcp to udp, with a target filter", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const one = yield* join(network, "one")
-      const two = yield* join(network, "two")
-      const sender = yield* join(network, "sender")
+      const one = yield* memberOn(network, "one")
+      const two = yield* memberOn(network, "two")
+      const sender = yield* memberOn(network, "sender")
       const atOne = yield* collect(one, 1)
       yield* TestClock.adjust("10 millis")
       const [target] = yield* sender.resolve("one")
@@ -92,8 +82,8 @@ describe("ClusterTest: the in-memory network on the test clock", () => {
   it.effect("remote 0 drops frames from other hosts; remote above 0 accepts them", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const hostOnly = yield* join(network, "host-only")
-      const lan = yield* join(network, { name: "lan", remote: 1 })
+      const hostOnly = yield* memberOn(network, "host-only")
+      const lan = yield* memberOn(network, { name: "lan", remote: 1 })
       // TEST-NET-2: an address that is on no interface of this machine.
       yield* Layer.build(ClusterTest(network, { name: "far", hostId: "0000000000ff" }, { address: "198.51.100.7" }))
       yield* TestClock.adjust("10 millis")
@@ -107,11 +97,11 @@ describe("ClusterTest: the in-memory network on the test clock", () => {
   it.effect("resolves by name, id, host id, address and localhost; every term must match", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const me = yield* join(network, "me")
-      yield* join(network, { name: "web", hostId: "0000000000a1" })
-      yield* join(network, { name: "db", hostId: "0000000000a1" })
+      const me = yield* memberOn(network, "me")
+      yield* memberOn(network, { name: "web", hostId: "0000000000a1" })
+      yield* memberOn(network, { name: "db", hostId: "0000000000a1" })
       yield* Layer.build(ClusterTest(network, { name: "web", hostId: "0000000000b2", remote: 1 }, { address: "198.51.100.9" }))
-      const lan = yield* join(network, { name: "lan-view", remote: 1 })
+      const lan = yield* memberOn(network, { name: "lan-view", remote: 1 })
       yield* TestClock.adjust("10 millis")
       const ids = (services: ReadonlyArray<{ readonly id: string }>) => services.map((s) => s.id).sort()
       assert.deepStrictEqual(ids(yield* me.resolve("web")), ["0000000000a1@web"])
@@ -132,12 +122,12 @@ describe("ClusterTest: the in-memory network on the test clock", () => {
   it.effect("a late events subscriber first gets every service already known, then live events", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const a = yield* join(network, "a")
-      yield* join(network, "b")
+      const a = yield* memberOn(network, "a")
+      yield* memberOn(network, "b")
       yield* TestClock.adjust("10 millis")
       const events = yield* a.events.pipe(Stream.take(2), Stream.runCollect, Effect.forkChild)
       yield* Effect.yieldNow
-      yield* join(network, "c")
+      yield* memberOn(network, "c")
       yield* TestClock.adjust("10 millis")
       const seen = yield* Fiber.join(events)
       assert.deepStrictEqual(seen.map((e) => `${e._tag} ${e.service.name}`), ["ServiceFound b", "ServiceFound c"])
@@ -147,8 +137,8 @@ describe("ClusterTest: the in-memory network on the test clock", () => {
     Effect.gen(function*() {
       // Every datagram lost while both join: neither hears the other's join.
       const network = MemoryNetwork.make({ loss: 1 })
-      const a = yield* join(network, { name: "a", heartbeat: "1 second", ttl: "5 seconds" })
-      yield* join(network, { name: "b", heartbeat: "1 second", ttl: "5 seconds", tags: ["late"] })
+      const a = yield* memberOn(network, { name: "a", heartbeat: "1 second", ttl: "5 seconds" })
+      yield* memberOn(network, { name: "b", heartbeat: "1 second", ttl: "5 seconds", tags: ["late"] })
       yield* TestClock.adjust("100 millis")
       assert.deepStrictEqual(yield* a.services, [])
       // From now on only periodic beats go out: no name, no tags, no ports in them.

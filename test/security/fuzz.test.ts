@@ -1,4 +1,4 @@
-import dgram from "node:dgram"
+
 import net from "node:net"
 import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
@@ -6,7 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Stream } from "effect"
 import fc from "fast-check"
 import { encodeFrame, type Frame, type StatsSnapshot } from "cluster-comm"
-import { eventually, member, testCluster } from "../helpers.ts"
+import { eventually, member, rawMulticast, testCluster } from "../helpers.ts"
 
 const where = { ...testCluster(12), heartbeat: "200 millis", ttl: "3 seconds" } as const
 
@@ -76,17 +76,7 @@ describe("hostile input (bounded fuzzing)", () => {
       const before = heapAfterGc()
       const inBefore = (yield* victim.stats).framesIn
 
-      const socket = yield* Effect.acquireRelease(
-        Effect.callback<dgram.Socket>((resume) => {
-          const s = dgram.createSocket("udp4")
-          s.bind(0, "127.0.0.1", () => {
-            s.setMulticastInterface("127.0.0.1")
-            s.setMulticastTTL(0)
-            resume(Effect.succeed(s))
-          })
-        }),
-        (s) => Effect.sync(() => s.close())
-      )
+      const socket = yield* rawMulticast
       // Half to the group, half to the member's own port, paced so the kernel keeps them all.
       for (let i = 0; i < datagrams.length; i++) {
         const [port, address] = i % 2 === 0 ? [where.port, where.address] : [udpPort, "127.0.0.1"]

@@ -1,18 +1,11 @@
 import dgram from "node:dgram"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Stream } from "effect"
-import { Cluster, type ClusterConfigInput, ClusterTest, MemoryNetwork } from "cluster-comm"
+import { Effect, Fiber, } from "effect"
+import { MemoryNetwork } from "cluster-comm"
 import { TestClock } from "effect/testing"
-import { eventually, member, testCluster } from "../helpers.ts"
+import { collect, eventually, member, memberOn, testCluster } from "../helpers.ts"
 
 const where = { ...testCluster(10), heartbeat: "200 millis", ttl: "2 seconds" } as const
-
-const collect = (cluster: Cluster["Service"], n: number) =>
-  Effect.gen(function*() {
-    const fiber = yield* cluster.messages.pipe(Stream.take(n), Stream.runCollect, Effect.forkChild)
-    yield* Effect.sleep("20 millis")
-    return fiber
-  })
 
 describe("sealed clusters on real sockets", () => {
   it.live("key holders talk; members without the key, or with a wrong one, can neither read nor inject", () =>
@@ -102,33 +95,29 @@ describe("sealed clusters on real sockets", () => {
 })
 
 describe("who may join", () => {
-  const join = (network: MemoryNetwork, config: ClusterConfigInput, address?: string) =>
-    Layer.build(ClusterTest(network, config, address === undefined ? {} : { address })).pipe(
-      Effect.map((ctx) => Context.get(ctx, Cluster))
-    )
 
   it.effect("with remote above 0, only senders in the allowed networks", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const strict = yield* join(network, { name: "strict", remote: 1, allow: ["10.1.0.0/16"] })
-      yield* join(network, { name: "inside", hostId: "0000000000a1", remote: 1 }, "10.1.2.3")
-      yield* join(network, { name: "outside", hostId: "0000000000a2", remote: 1 }, "10.2.0.1")
-      yield* join(network, { name: "neighbour", remote: 1 }) // this host: always allowed
+      const strict = yield* memberOn(network, { name: "strict", remote: 1, allow: ["10.1.0.0/16"] })
+      yield* memberOn(network, { name: "inside", hostId: "0000000000a1", remote: 1 }, "10.1.2.3")
+      yield* memberOn(network, { name: "outside", hostId: "0000000000a2", remote: 1 }, "10.2.0.1")
+      yield* memberOn(network, { name: "neighbour", remote: 1 }) // this host: always allowed
       yield* TestClock.adjust("10 millis")
       assert.deepStrictEqual((yield* strict.services).map((s) => s.name).sort(), ["inside", "neighbour"])
       assert.isAbove((yield* strict.stats).drops["not-allowed"] ?? 0, 0)
-      const bad = yield* Effect.flip(join(network, { name: "x", allow: ["10.0.0.0/33"] }))
+      const bad = yield* Effect.flip(memberOn(network, { name: "x", allow: ["10.0.0.0/33"] }))
       assert.strictEqual((bad as { field?: string }).field, "allow.0")
     }))
 
   it.effect("a live service's id claimed from another address is refused", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const watcher = yield* join(network, { name: "watcher", remote: 1 })
-      yield* join(network, { name: "victim", hostId: "0000000000c1", remote: 1 }, "10.9.0.1")
+      const watcher = yield* memberOn(network, { name: "watcher", remote: 1 })
+      yield* memberOn(network, { name: "victim", hostId: "0000000000c1", remote: 1 }, "10.9.0.1")
       yield* TestClock.adjust("10 millis")
       // Same host id and name, another address: an impostor (or a member that moved without leaving).
-      yield* join(network, { name: "victim", hostId: "0000000000c1", remote: 1 }, "10.9.0.66")
+      yield* memberOn(network, { name: "victim", hostId: "0000000000c1", remote: 1 }, "10.9.0.66")
       yield* TestClock.adjust("10 millis")
       const victims = (yield* watcher.services).filter((s) => s.name === "victim")
       assert.deepStrictEqual(victims.map((s) => s.address), ["10.9.0.1"])

@@ -1,27 +1,16 @@
 import { randomBytes } from "node:crypto"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Stream } from "effect"
+import { Effect, Fiber, } from "effect"
 import { TestClock } from "effect/testing"
-import { Cluster, type ClusterConfigInput, ClusterTest, HookPoint, MemoryNetwork } from "cluster-comm"
+import { Cluster, HookPoint, MemoryNetwork } from "cluster-comm"
 import { sealChannel } from "../../examples/encrypted-channel/seal.ts"
-
-const join = (network: MemoryNetwork, config: string | ClusterConfigInput, address?: string) =>
-  Layer.build(ClusterTest(network, config, address === undefined ? {} : { address })).pipe(
-    Effect.map((ctx) => Context.get(ctx, Cluster))
-  )
-
-const collect = (cluster: Cluster["Service"], n: number) =>
-  Effect.gen(function*() {
-    const fiber = yield* cluster.messages.pipe(Stream.take(n), Stream.runCollect, Effect.forkChild)
-    yield* Effect.yieldNow
-    return fiber
-  })
+import { collect, memberOn } from "../helpers.ts"
 
 describe("channels", () => {
   it.effect("every member is on 0, 1 and 2 and cannot leave them; others come and go", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const m = yield* join(network, { name: "m", channels: [9] })
+      const m = yield* memberOn(network, { name: "m", channels: [9] })
       assert.deepStrictEqual(yield* m.channels.list, [0, 1, 2, 9])
       yield* m.channels.join(12)
       yield* m.channels.leave(9)
@@ -37,9 +26,9 @@ describe("channels", () => {
   it.effect("frames on a channel a member is not on are dropped before any hook", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const on = yield* join(network, { name: "on", channels: [5] })
-      const off = yield* join(network, "off")
-      const sender = yield* join(network, "sender")
+      const on = yield* memberOn(network, { name: "on", channels: [5] })
+      const off = yield* memberOn(network, "off")
+      const sender = yield* memberOn(network, "sender")
       yield* TestClock.adjust("10 millis")
       let hooked = 0
       const count = <A>(value: A) =>
@@ -65,9 +54,9 @@ describe("channels", () => {
   it.effect("channel 1 (system) is accepted from this host only", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const local = yield* join(network, { name: "local", remote: 1 })
-      const far = yield* join(network, { name: "far", hostId: "0000000000f1", remote: 1 }, "198.51.100.20")
-      const near = yield* join(network, { name: "near", remote: 1 })
+      const local = yield* memberOn(network, { name: "local", remote: 1 })
+      const far = yield* memberOn(network, { name: "far", hostId: "0000000000f1", remote: 1 }, "198.51.100.20")
+      const near = yield* memberOn(network, { name: "near", remote: 1 })
       yield* TestClock.adjust("10 millis")
       const got = yield* collect(local, 2)
       yield* far.broadcast("S", "from far", { channel: 1 })
@@ -81,8 +70,8 @@ describe("channels", () => {
   it.effect("channel hooks run after op and before protocol on send, after protocol and before receive on receive", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const rx = yield* join(network, { name: "rx", channels: [4] })
-      const tx = yield* join(network, "tx")
+      const rx = yield* memberOn(network, { name: "rx", channels: [4] })
+      const tx = yield* memberOn(network, "tx")
       yield* TestClock.adjust("10 millis")
       const order: Array<string> = []
       const mark = (label: string) => <A>(value: A) =>
@@ -108,10 +97,10 @@ describe("channels", () => {
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
       const key = randomBytes(32)
-      const alice = yield* join(network, "alice")
-      const bob = yield* join(network, "bob")
-      const eve = yield* join(network, { name: "eve", channels: [7] }) // on the channel, no key
-      const mallory = yield* join(network, "mallory") // a wrong key
+      const alice = yield* memberOn(network, "alice")
+      const bob = yield* memberOn(network, "bob")
+      const eve = yield* memberOn(network, { name: "eve", channels: [7] }) // on the channel, no key
+      const mallory = yield* memberOn(network, "mallory") // a wrong key
       yield* sealChannel(7, key).pipe(Effect.provideService(Cluster, alice))
       yield* sealChannel(7, key).pipe(Effect.provideService(Cluster, bob))
       yield* sealChannel(7, randomBytes(32)).pipe(Effect.provideService(Cluster, mallory))

@@ -1,35 +1,25 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
+import { Effect, Exit, Fiber, Scope, } from "effect"
 import { TestClock } from "effect/testing"
 import {
-  Cluster,
-  ClusterTest,
+  type Cluster,
   type Hook,
   type HookPoint,
   HookPoint as Points,
   HookRejected,
   MemoryNetwork
 } from "cluster-comm"
-
-const join = (network: MemoryNetwork, name: string) =>
-  Layer.build(ClusterTest(network, name)).pipe(Effect.map((ctx) => Context.get(ctx, Cluster)))
+import { collect, memberOn } from "../helpers.ts"
 
 /** Two members that know each other. */
 const pair = Effect.gen(function*() {
   const network = MemoryNetwork.make()
-  const receiver = yield* join(network, "receiver")
-  const sender = yield* join(network, "sender")
+  const receiver = yield* memberOn(network, "receiver")
+  const sender = yield* memberOn(network, "sender")
   yield* TestClock.adjust("10 millis")
   const [target] = yield* sender.resolve("receiver")
   return { receiver, sender, target: target! }
 })
-
-const collect = (cluster: Cluster["Service"], n: number) =>
-  Effect.gen(function*() {
-    const fiber = yield* cluster.messages.pipe(Stream.take(n), Stream.runCollect, Effect.forkChild)
-    yield* Effect.yieldNow
-    return fiber
-  })
 
 /** A hook that records its label and appends it to the data. */
 const marking = <A extends { readonly data: Uint8Array }>(label: string, log: Array<string>): Hook<A> => (value) =>

@@ -1,28 +1,22 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Stream } from "effect"
+import { Effect, Fiber, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import {
-  Cluster,
-  type ClusterConfigInput,
-  ClusterTest,
   encodeFrame,
   HookPoint,
   HookRejected,
   MemoryNetwork
 } from "cluster-comm"
-import { eventually, member, testCluster } from "../helpers.ts"
-
-const join = (network: MemoryNetwork, config: string | ClusterConfigInput) =>
-  Layer.build(ClusterTest(network, config)).pipe(Effect.map((ctx) => Context.get(ctx, Cluster)))
+import { eventually, member, memberOn, testCluster } from "../helpers.ts"
 
 describe("queries", () => {
   it.effect("gather every target's response, errors included, then done", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make({ delay: "1 millis" })
-      const asker = yield* join(network, "asker")
-      const upper = yield* join(network, { name: "upper", tags: ["worker"] })
-      const failing = yield* join(network, { name: "failing", tags: ["worker"] })
-      yield* join(network, { name: "mute", tags: ["worker"] }) // no responder for the op
+      const asker = yield* memberOn(network, "asker")
+      const upper = yield* memberOn(network, { name: "upper", tags: ["worker"] })
+      const failing = yield* memberOn(network, { name: "failing", tags: ["worker"] })
+      yield* memberOn(network, { name: "mute", tags: ["worker"] }) // no responder for the op
       yield* upper.hook(HookPoint.query("Q"), (q) => Effect.succeed(q.text.toUpperCase()))
       yield* failing.hook(HookPoint.query("Q"), () =>
         Effect.fail(new HookRejected({ point: "query Q", reason: "not today" })))
@@ -43,9 +37,9 @@ describe("queries", () => {
   it.effect("stream the answers as they come, ending with a timeout that names who did not answer", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make({ delay: "1 millis" })
-      const asker = yield* join(network, "asker")
-      const quick = yield* join(network, "quick")
-      const slow = yield* join(network, "slow")
+      const asker = yield* memberOn(network, "asker")
+      const quick = yield* memberOn(network, "quick")
+      const slow = yield* memberOn(network, "slow")
       yield* quick.hook(HookPoint.query("Q"), () => Effect.succeed("fast"))
       yield* slow.hook(HookPoint.query("Q"), () => Effect.sleep("10 seconds").pipe(Effect.as("late")))
       yield* TestClock.adjust("10 millis")
@@ -63,8 +57,8 @@ describe("queries", () => {
   it.effect("bad requests are typed errors", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const asker = yield* join(network, "asker")
-      yield* join(network, "other")
+      const asker = yield* memberOn(network, "asker")
+      yield* memberOn(network, "other")
       yield* TestClock.adjust("10 millis")
       assert.strictEqual((yield* Effect.flip(asker.queryAll({ target: "nobody", op: "Q", data: "" })))._tag, "ServiceNotFound")
       assert.strictEqual((yield* Effect.flip(asker.queryAll({ target: "other", op: "", data: "" })))._tag, "InvalidMessage")

@@ -1,12 +1,9 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Stream } from "effect"
+import { Effect, Fiber, Stream } from "effect"
 import { TestClock } from "effect/testing"
-import { applyTagChanges, Cluster, type ClusterConfigInput, ClusterTest, MemoryNetwork, TagError } from "cluster-comm"
+import { applyTagChanges, MemoryNetwork, TagError } from "cluster-comm"
+import { memberOn } from "../helpers.ts"
 
-const join = (network: MemoryNetwork, config: string | ClusterConfigInput, address?: string) =>
-  Layer.build(ClusterTest(network, config, address === undefined ? {} : { address })).pipe(
-    Effect.map((ctx) => Context.get(ctx, Cluster))
-  )
 const slow = { heartbeat: "1 hour", ttl: "2 hours" } as const
 const names = (services: ReadonlyArray<{ readonly name: string }>) => services.map((s) => s.name).sort()
 
@@ -32,8 +29,8 @@ describe("tags", () => {
   it.effect("a change goes out at once, several changes in one tick in one heartbeat", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const a = yield* join(network, { name: "a", tags: ["web"], ...slow })
-      const b = yield* join(network, { name: "b", ...slow })
+      const a = yield* memberOn(network, { name: "a", tags: ["web"], ...slow })
+      const b = yield* memberOn(network, { name: "b", ...slow })
       yield* TestClock.adjust("10 millis")
       assert.deepStrictEqual((yield* b.resolve("a"))[0]?.tags, ["web"])
       const updates = yield* b.events.pipe(
@@ -63,11 +60,11 @@ describe("tags", () => {
   it.effect("resolve and the resolver match tags and the other terms", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()
-      const me = yield* join(network, { name: "me", remote: 1 })
-      yield* join(network, { name: "web-1", tags: ["web", "eu", "v2"], remote: 1 })
-      yield* join(network, { name: "web-2", tags: ["web", "us"], remote: 1 })
-      yield* join(network, { name: "db-1", tags: ["db", "eu"], remote: 1 })
-      yield* join(network, { name: "far", hostId: "0000000000fa", tags: ["web", "eu"], remote: 1 }, "198.51.100.30")
+      const me = yield* memberOn(network, { name: "me", remote: 1 })
+      yield* memberOn(network, { name: "web-1", tags: ["web", "eu", "v2"], remote: 1 })
+      yield* memberOn(network, { name: "web-2", tags: ["web", "us"], remote: 1 })
+      yield* memberOn(network, { name: "db-1", tags: ["db", "eu"], remote: 1 })
+      yield* memberOn(network, { name: "far", hostId: "0000000000fa", tags: ["web", "eu"], remote: 1 }, "198.51.100.30")
       yield* TestClock.adjust("10 millis")
       assert.deepStrictEqual(names(yield* me.resolve("web", "eu")), ["far", "web-1"])
       assert.deepStrictEqual(names(yield* me.resolve("web", "eu", "localhost")), ["web-1"])
