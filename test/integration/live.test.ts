@@ -119,6 +119,18 @@ describe("members on real sockets (one host)", () => {
       assert.strictEqual((yield* off.stats).drops.channel, 1)
     }))
 
+  it.live("messages sent just before leaving still arrive", () =>
+    Effect.gen(function*() {
+      const rx = yield* member({ name: "last-rx", ...fast })
+      const tx = yield* leavable({ name: "last-tx", ...fast })
+      const [target] = yield* eventually(tx.cluster.resolve("last-rx"), (s) => s.length === 1)
+      const got = yield* collect(rx, 100)
+      for (let i = 0; i < 100; i++) yield* tx.cluster.sendTo(target!, "C", `last ${i}`)
+      yield* tx.leave // at once: the connection must flush before it closes
+      const messages = yield* Fiber.join(got).pipe(Effect.timeout("3 seconds"))
+      assert.deepStrictEqual(messages.map((m) => m.text), Array.from({ length: 100 }, (_, i) => `last ${i}`))
+    }))
+
   it.live("a leave drops the member at once, long before its ttl", () =>
     Effect.gen(function*() {
       const stay = yield* member({ name: "stay", ...quiet })

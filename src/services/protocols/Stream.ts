@@ -172,11 +172,24 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
 
     let server = newServer()
     let port = yield* options.listen(server)
+    // Leaving: what we sent must still arrive. Outbound connections flush and
+    // end (FIN after the last byte), bounded by a second; the rest close at once.
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
         for (const s of accepted) s.destroy()
-        for (const c of connections.values()) c.socket.destroy()
-        return stop(server)
+        const ending = [...connections.values()].map((c) =>
+          Effect.callback<void>((resume) => {
+            flush(c)
+            if (c.socket.destroyed) return resume(Effect.void)
+            const timer = setTimeout(() => c.socket.destroy(), 1000)
+            c.socket.once("close", () => {
+              clearTimeout(timer)
+              resume(Effect.void)
+            })
+            c.socket.end()
+          })
+        )
+        return Effect.all(ending, { concurrency: "unbounded", discard: true }).pipe(Effect.andThen(stop(server)))
       })
     )
 
