@@ -41,6 +41,8 @@ export const ClusterServices = (nameOrConfig: string | ClusterConfigInput = {}, 
       const config = yield* Effect.fromResult(makeConfig(nameOrConfig))
       const sender = { hostId: config.hostId ?? detectHostId(), instance: newInstance(), name: config.name }
       const address = config.remote === 0 ? "127.0.0.1" : interfaceAddress(config.interface) ?? "0.0.0.0"
-      return composeCluster(config, sender, address, Transport.layer(config, sender, options.protocols))
+      return composeCluster(config, sender, address, Transport.layer(config, sender, options.protocols)).pipe(
+        Layer.withSpan("cluster-comm.join", { attributes: { service: `${sender.hostId}@${sender.name}`, port: config.port } })
+      )
     })
   )

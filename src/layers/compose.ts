@@ -14,6 +14,7 @@ import { Hooks } from "../services/Hooks.ts"
 import { Keyring } from "../services/Keyring.ts"
 import { Registry } from "../services/Registry.ts"
 import { Stats } from "../services/Stats.ts"
+import { Telemetry } from "../services/Telemetry.ts"
 import type { Transport } from "../services/Transport.ts"
 
 export const composeCluster = (
@@ -21,7 +22,7 @@ export const composeCluster = (
   sender: Sender,
   address: string,
   transport: Layer.Layer<Transport, JoinError, Stats | Keyring>
-): Layer.Layer<Cluster | Discovery | Registry | Transport | Hooks | Stats | Keyring, JoinError> => {
+): Layer.Layer<Cluster | Discovery | Registry | Transport | Hooks | Stats | Keyring | Telemetry, JoinError> => {
   // fresh: two members built in one program must not share hooks, counters or keys.
   const base = Layer.mergeAll(
     Layer.fresh(Hooks.layer),
@@ -35,8 +36,12 @@ export const composeCluster = (
     bufferSize: config.bufferSize,
     maxServices: config.maxServices
   }).pipe(Layer.provideMerge(withTransport))
+  const withTelemetry = Telemetry.layer({
+    service: serviceId(sender.hostId, sender.name),
+    port: config.metricsPort
+  }).pipe(Layer.provideMerge(withRegistry))
   const withDiscovery = Discovery.layer({ sender, tags: config.tags, heartbeat: config.heartbeat, address }).pipe(
-    Layer.provideMerge(withRegistry)
+    Layer.provideMerge(withTelemetry)
   )
   return Cluster.layer({
     sender,

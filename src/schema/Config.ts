@@ -79,6 +79,8 @@ export const ClusterConfigInput = Schema.Struct({
   allow: Schema.optional(Schema.Array(Schema.String.check(
     Schema.makeFilter((c: string) => parseCidr(c) === undefined ? "must be an IPv4 network such as 10.1.0.0/16" : undefined)
   ))),
+  /** Serve this member's metrics (Prometheus text) at http://127.0.0.1:<port>/metrics. Default: not served. */
+  metricsPort: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 65535 }))),
   /** Services known at once; more are refused until some leave or expire. Default 10,000. */
   maxServices: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))),
   /** Incoming stream connections (tcp, unix) accepted in all. Default 1024. */
@@ -113,6 +115,7 @@ export interface ClusterConfig {
   readonly keyring: ReadonlyArray<{ readonly id: number; readonly secret: string }>
   readonly primary: number | undefined
   readonly allow: ReadonlyArray<string>
+  readonly metricsPort: number | undefined
   readonly maxServices: number
   readonly maxConnections: number
   readonly maxConnectionsPerPeer: number
@@ -168,6 +171,7 @@ export const makeConfig = (input: string | ClusterConfigInput): Result.Result<Cl
     keyring,
     primary: c.primary,
     allow: c.allow ?? [],
+    metricsPort: c.metricsPort,
     maxServices: c.maxServices ?? 10_000,
     maxConnections: c.maxConnections ?? 1024,
     maxConnectionsPerPeer: c.maxConnectionsPerPeer ?? 64,

@@ -8,7 +8,7 @@
  * - send: op <op> send -> protocol <p> send -> send -> encode (Transport),
  *   per protocol in the peer's order until one carries the frame
  */
-import { Context, Effect, Layer, PubSub, Queue, Scope, Stream } from "effect"
+import { Context, Duration, Effect, Layer, PubSub, Queue, Scope, Stream } from "effect"
 import { inNetworks, isLocalAddress, parseCidr } from "../internal/host.ts"
 import {
   ChannelError,
@@ -56,6 +56,7 @@ import { type Hook, type HookPoint, HookPoint as Points, Hooks } from "./Hooks.t
 import { Keyring, type KeyringError, type KeySpec } from "./Keyring.ts"
 import { Registry } from "./Registry.ts"
 import { Stats, type StatsSnapshot } from "./Stats.ts"
+import { Telemetry } from "./Telemetry.ts"
 import { type Inbound, Transport } from "./Transport.ts"
 
 /** Who to send to: a service, several, or resolve terms (every term must match). */
@@ -168,6 +169,8 @@ export interface ClusterShape {
   readonly messages: Stream.Stream<Message>
   /** Frames in and out, and drops by reason. */
   readonly stats: Effect.Effect<StatsSnapshot>
+  /** This member's metrics in the Prometheus text format (they are Effect `Metric`s too; see Telemetry). */
+  readonly metrics: Effect.Effect<string>
 }
 
 export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-comm/Cluster") {
@@ -194,6 +197,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
   static readonly events = Stream.unwrap(Cluster.useSync((c) => c.events))
   static readonly messages = Stream.unwrap(Cluster.useSync((c) => c.messages))
   static readonly stats = Cluster.use((c) => c.stats)
+  static readonly metrics = Cluster.use((c) => c.metrics)
 
   /** The facade over the four services; `remote: 0` drops frames from other hosts. */
   static readonly layer = (options: {
@@ -216,6 +220,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         const joined = new Set([...FIXED_CHANNELS, ...options.channels])
         const allowed = options.allow.map((c) => parseCidr(c)!)
         const keyring = yield* Keyring
+        const telemetry = yield* Telemetry
         // Bounded with backpressure: a slow subscriber slows the message
         // pipeline (and, through paused tcp reads, the senders) instead of losing messages.
         const delivered = yield* PubSub.bounded<Message>(options.bufferSize)
@@ -362,7 +367,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             return prepared(out).pipe(
               Effect.flatMap((o) => outbound(o, "udp")),
               Effect.flatMap((frame) => transport.multicast(frame)),
-              Effect.tap(() => Effect.sync(() => stats.frameOut()))
+              Effect.tap(() => Effect.sync(() => stats.frameOut("udp")))
             )
           })
 
@@ -377,7 +382,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               const frame = yield* build(protocol)
               const sent = yield* Effect.result(transport.send(protocol, peer, frame))
               if (sent._tag === "Success") {
-                stats.frameOut()
+                stats.frameOut(protocol)
+                if (attempts.length > 0) stats.fellBack()
                 // Reached only by a fallback: tell the peer which of its listeners failed us.
                 const failed = attempts.filter((a) => a.cause._tag === "ProtocolFailure").map((a) => a.protocol)
                 if (failed.length > 0) yield* discovery.repair(peer, failed, protocol)
@@ -387,6 +393,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               // A failed attempt is news: the peer may be gone. Ask the cluster to check.
               if (sent.failure._tag === "ProtocolFailure") yield* discovery.ping(peer)
             }
+            stats.sendFailed()
             return yield* new SendFailed({ service: peer, attempts })
           })
 
@@ -405,7 +412,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           if (opBytes === 0 || opBytes > MAX_OP_BYTES) return undefined
           const protocol = orderFor(peer)[0]!
           if (!transport.sendNow(protocol, peer, frameOf(op, 0, [peer], toBytes(data), protocol))) return undefined
-          stats.frameOut()
+          stats.frameOut(protocol)
           return Effect.succeed([{ service: peer, protocol }])
         }
 
@@ -443,6 +450,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             const peers = yield* targetsOf(targets)
             const bytes = toBytes(data)
             const channel = send?.channel ?? 0
+            yield* Effect.annotateCurrentSpan({ targets: peers.map((p) => p.id).join(",") })
             // Every target is tried even if another fails; the first failure is reported.
             const results = yield* Effect.forEach(peers, (peer) => Effect.result(sendOne(peer, op, bytes, channel)), {
               concurrency: "unbounded"
@@ -453,7 +461,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               deliveries.push(r.success)
             }
             return deliveries
-          })
+          }).pipe(Effect.withSpan("cluster-comm.sendTo", { attributes: { op } }))
 
         // ---- queries ----
 
@@ -562,7 +570,13 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             else if (e._tag === "QueryDone") acc.complete = true
             else acc.missing = e.missing
             return acc
-          }).pipe(Effect.map((r): QueryResult => r))
+          }).pipe(
+            Effect.map((r): QueryResult => r),
+            Effect.timed,
+            Effect.tap(([took]) => telemetry.queried(Duration.toMillis(took) / 1000)),
+            Effect.map(([, r]) => r),
+            Effect.withSpan("cluster-comm.query", { attributes: { op: request.op } })
+          )
 
         return Cluster.of({
           self: Effect.sync(discovery.self),
@@ -616,7 +630,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             ),
           events: registry.events,
           messages: Stream.fromPubSub(delivered),
-          stats: stats.snapshot
+          stats: stats.snapshot,
+          metrics: telemetry.prometheus
         })
       })
     )

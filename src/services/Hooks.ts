@@ -115,7 +115,8 @@ export class Hooks extends Context.Service<Hooks, {
         const chain = list.slice()
         let effect: Effect.Effect<A, HookRejected> = Effect.succeed(value)
         for (const hook of chain) effect = Effect.flatMap(effect, (v) => guarded(p.key, hook, v))
-        return effect
+        // Only points with hooks get here: the span costs nothing when none are registered.
+        return Effect.withSpan(effect, "cluster-comm.hook", { attributes: { point: p.key, hooks: chain.length } })
       },
       has: (p) => points.has(p.key),
       any: () => points.size > 0

@@ -33,6 +33,13 @@ export type DropReason =
 export interface StatsSnapshot {
   readonly framesIn: number
   readonly framesOut: number
+  /** Bytes received (as they came off the wire, sealed or not). */
+  readonly bytesIn: number
+  /** Frames received and sent, by protocol. */
+  readonly byProtocol: Readonly<Record<string, { readonly in: number; readonly out: number }>>
+  /** Direct sends that failed on every protocol, and ones that needed a fallback. */
+  readonly sendFailures: number
+  readonly fallbacks: number
   /** tcp connections accepted from peers, and opened to peers (reused while they live). */
   readonly connectionsAccepted: number
   readonly connectionsOpened: number
@@ -42,8 +49,10 @@ export interface StatsSnapshot {
 export class Stats extends Context.Service<Stats, {
   /** Counts one drop (synchronous: it runs on the per-frame path). */
   readonly drop: (reason: DropReason) => void
-  readonly frameIn: () => void
-  readonly frameOut: () => void
+  readonly frameIn: (protocol?: string, bytes?: number) => void
+  readonly frameOut: (protocol?: string) => void
+  readonly sendFailed: () => void
+  readonly fellBack: () => void
   readonly connection: (direction: "accepted" | "opened") => void
   readonly snapshot: Effect.Effect<StatsSnapshot>
 }>()("cluster-comm/Stats") {
@@ -51,17 +60,31 @@ export class Stats extends Context.Service<Stats, {
     const drops: Partial<Record<DropReason, number>> = {}
     let framesIn = 0
     let framesOut = 0
+    let bytesIn = 0
+    let sendFailures = 0
+    let fallbacks = 0
+    const byProtocol: Record<string, { in: number; out: number }> = {}
+    const slot = (p: string) => (byProtocol[p] ??= { in: 0, out: 0 })
     let connectionsAccepted = 0
     let connectionsOpened = 0
     return Stats.of({
       drop: (reason) => {
         drops[reason] = (drops[reason] ?? 0) + 1
       },
-      frameIn: () => {
+      frameIn: (protocol, bytes = 0) => {
         framesIn++
+        bytesIn += bytes
+        if (protocol !== undefined) slot(protocol).in++
       },
-      frameOut: () => {
+      frameOut: (protocol) => {
         framesOut++
+        if (protocol !== undefined) slot(protocol).out++
+      },
+      sendFailed: () => {
+        sendFailures++
+      },
+      fellBack: () => {
+        fallbacks++
       },
       connection: (direction) => {
         if (direction === "accepted") connectionsAccepted++
@@ -70,6 +93,10 @@ export class Stats extends Context.Service<Stats, {
       snapshot: Effect.sync(() => ({
         framesIn,
         framesOut,
+        bytesIn,
+        byProtocol: Object.fromEntries(Object.entries(byProtocol).map(([p, c]) => [p, { ...c }])),
+        sendFailures,
+        fallbacks,
         connectionsAccepted,
         connectionsOpened,
         drops: { ...drops }

@@ -202,7 +202,7 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
     const messages = yield* Effect.acquireRelease(Queue.unbounded<Inbound>(), Queue.shutdown)
     let paused: Array<() => void> = []
     const receive: Receive = (bytes, protocol, address, cache, port = 0) => {
-      stats.frameIn()
+      stats.frameIn(protocol, bytes.byteLength)
       const opened = keyring.open(bytes)
       if (typeof opened === "string") {
         stats.drop(opened)

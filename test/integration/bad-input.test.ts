@@ -77,14 +77,15 @@ describe("bad input from the network", () => {
         }
         yield* sendDatagram(raw, junk)
         // Paced, so the kernel's socket buffer (not our code) never drops them.
-        if (i % 100 === 99) yield* Effect.sleep("2 millis")
+        if (i % 50 === 49) yield* Effect.sleep("2 millis")
       }
       const expected = new Map<string, number>()
       for (const [, reason] of cases) expected.set(reason, (expected.get(reason) ?? 0) + 1)
       const decodeDrops = (s: StatsSnapshot) =>
         ["truncated", "bad-magic", "unknown-version", "unknown-kind", "invalid-field", "trailing-bytes"]
           .reduce((sum, r) => sum + (s.drops[r as keyof typeof s.drops] ?? 0), 0)
-      const stats = yield* eventually(victim.stats, (s) => decodeDrops(s) >= 2000)
+      // Under a loaded machine the kernel may still drop a few datagrams before we see them.
+      const stats = yield* eventually(victim.stats, (s) => decodeDrops(s) >= 1900, "10 seconds")
       for (const [reason, n] of expected) {
         assert.isAtLeast(stats.drops[reason as keyof typeof stats.drops] ?? 0, n, reason)
       }
