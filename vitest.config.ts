@@ -1,7 +1,13 @@
 import { defineConfig } from "vitest/config"
 
 export default defineConfig({
+  // In the repository "cluster-comm" is its TypeScript source (the "development"
+  // export condition); the package's default is the built bundle.
+  resolve: { conditions: ["development"] },
+  ssr: { resolve: { conditions: ["development"] } },
   test: {
+    // Child processes (members, agents, the quick example) resolve it the same way.
+    env: { NODE_OPTIONS: "--conditions=development" },
     include: ["test/**/*.test.ts"],
     testTimeout: 30_000,
     hookTimeout: 30_000,

@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url"
 const member = fileURLToPath(new URL("./member.ts", import.meta.url))
 
 const start = (name: string) => {
-  const child = spawn(process.execPath, [member, name], { stdio: ["ignore", "pipe", "inherit"] })
+  const child = spawn(process.execPath, [...process.execArgv, member, name], { stdio: ["ignore", "pipe", "inherit"] })
   let buffered = ""
   const lines: Array<string> = []
   child.stdout.on("data", (chunk: Buffer) => {

@@ -1,0 +1,52 @@
+import { spawnSync } from "node:child_process"
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { fileURLToPath } from "node:url"
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import { testCluster } from "./helpers.ts"
+
+// One file, in order: build once, then the bench smoke run and the packed package.
+const root = fileURLToPath(new URL("..", import.meta.url))
+const run = (command: string, args: ReadonlyArray<string>, options: { cwd: string; env?: NodeJS.ProcessEnv; timeout?: number }) =>
+  spawnSync(command, args, { encoding: "utf8", timeout: options.timeout ?? 120_000, ...options })
+
+describe("the built package", () => {
+  const scratch = mkdtempSync(join(tmpdir(), "cluster-comm-pack-"))
+  afterAll(() => rmSync(scratch, { recursive: true, force: true }))
+
+  it("builds", () => {
+    const build = run("npm", ["run", "build"], { cwd: root })
+    assert.strictEqual(build.status, 0, build.stderr)
+  }, 120_000)
+
+  // Benchmarks are not tests: this only runs them with small counts, so the
+  // bench never rots, and checks that every section produced its figures.
+  it("runs every bench section with small counts", () => {
+    const bench = run(process.execPath, ["--conditions=development", `${root}bench/run.ts`, "--quick"], { cwd: root })
+    assert.strictEqual(bench.status, 0, bench.stderr)
+    const results = JSON.parse(readFileSync(`${root}bench/results/quick.json`, "utf8"))
+    for (const key of ["discovery_2", "discovery_5", "join_running_5", "startup_cpu", "idle", "throughput_100B", "round_trip_100B"]) {
+      assert.property(results, key)
+    }
+    assert.isAbove(results.throughput_100B.clusterMsgPerSec, 0)
+  }, 180_000)
+
+  it("npm pack makes a package that installs in an empty project and runs the quick example", () => {
+    const pack = run("npm", ["pack", "--ignore-scripts", "--pack-destination", scratch], { cwd: root })
+    assert.strictEqual(pack.status, 0, pack.stderr)
+    const tarball = readdirSync(scratch).find((f) => f.endsWith(".tgz"))!
+    const project = join(scratch, "project")
+    run("mkdir", ["-p", project], { cwd: scratch })
+    writeFileSync(join(project, "package.json"), JSON.stringify({ name: "empty", private: true, type: "module" }))
+    const install = run("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", join(scratch, tarball)], { cwd: project, timeout: 300_000 })
+    assert.strictEqual(install.status, 0, install.stderr)
+    for (const f of ["member.ts", "run.ts"]) copyFileSync(`${root}examples/quick/${f}`, join(project, f))
+    // As a user would run it: no development condition, the package's built code.
+    const env = { ...process.env, NODE_OPTIONS: "", CLUSTER_COMM_PORT: String(testCluster(16).port) }
+    const quick = run(process.execPath, ["run.ts"], { cwd: project, env, timeout: 60_000 })
+    assert.strictEqual(quick.status, 0, quick.stdout + quick.stderr)
+    assert.include(quick.stdout, "service_three sees service_one, service_two")
+    assert.include(quick.stdout, `service_one received "Hello, Bar!" from service_three by tcp`)
+  }, 400_000)
+})
