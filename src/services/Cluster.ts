@@ -185,6 +185,12 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
     Cluster.use((c) => c.sendTo(targets, op, data, options))
   static readonly tags = Cluster.use((c) => c.tags)
   static readonly updateTags = (...changes: ReadonlyArray<TagChange>) => Cluster.use((c) => c.updateTags(...changes))
+  static readonly keyring = {
+    install: (key: KeySpec) => Cluster.use((c) => c.keyring.install(key)),
+    use: (id: number) => Cluster.use((c) => c.keyring.use(id)),
+    remove: (id: number) => Cluster.use((c) => c.keyring.remove(id)),
+    list: Cluster.use((c) => c.keyring.list)
+  }
   static readonly channels = {
     join: (channel: number) => Cluster.use((c) => c.channels.join(channel)),
     leave: (channel: number) => Cluster.use((c) => c.channels.leave(channel)),
