@@ -48,5 +48,9 @@ describe("the built package", () => {
     assert.strictEqual(quick.status, 0, quick.stdout + quick.stderr)
     assert.include(quick.stdout, "service_three sees service_one, service_two")
     assert.include(quick.stdout, `service_one received "Hello, Bar!" from service_three by tcp`)
+    // The installed command (the package's bin, built).
+    const bin = run(join(project, "node_modules", ".bin", "cluster-comm"), ["--help"], { cwd: project, env })
+    assert.strictEqual(bin.status, 0, bin.stderr)
+    assert.include(bin.stdout, "doctor")
   }, 400_000)
 })

@@ -36,12 +36,16 @@ const config = {
   secretFile: Flag.String("secret-file").pipe(Flag.withDescription("a file holding the cluster's secret"), Flag.optional),
   heartbeat: Flag.String("heartbeat").pipe(Flag.withDescription("beat interval, e.g. \"1 second\""), Flag.optional),
   ttl: Flag.String("ttl").pipe(Flag.withDescription("how long an unheard service is kept, e.g. \"3 seconds\""), Flag.optional),
+  protocols: Flag.String("protocols").pipe(Flag.withDescription("direct protocols in order, e.g. tcp,udp"), Flag.optional),
+  tags: Flag.String("tags").pipe(Flag.withDescription("this member's tags, comma separated"), Flag.optional),
+  allow: Flag.String("allow").pipe(Flag.withDescription("networks accepted with --remote, e.g. 10.1.0.0/16,10.2.0.0/16"), Flag.optional),
   wait: Flag.Int("wait").pipe(Flag.withDescription("milliseconds to listen before answering (default 500)"), Flag.withDefault(500))
 }
 
 type Flags = { readonly [K in keyof typeof config]: (typeof config)[K] extends Flag.Flag<infer A> ? A : never }
 
 const some = <A>(o: Option.Option<A>) => Option.getOrUndefined(o)
+const list = (o: Option.Option<string>) => Option.isSome(o) ? o.value.split(",").map((x) => x.trim()).filter(Boolean) : undefined
 
 const configOf = (f: Flags): Effect.Effect<ClusterConfigInput, Fail> =>
   Effect.try({
@@ -55,7 +59,10 @@ const configOf = (f: Flags): Effect.Effect<ClusterConfigInput, Fail> =>
         interface: some(f.interface),
         heartbeat: some(f.heartbeat),
         ttl: some(f.ttl),
-        secret: secretFile === undefined ? undefined : readFileSync(secretFile, "utf8").trim()
+        secret: secretFile === undefined ? undefined : readFileSync(secretFile, "utf8").trim(),
+        protocols: list(f.protocols),
+        tags: list(f.tags),
+        allow: list(f.allow)
       }
       for (const k of Object.keys(c)) if (c[k] === undefined) delete c[k]
       return c as ClusterConfigInput
@@ -120,15 +127,25 @@ const members = Command.make("members", { ...config, json }, (f) =>
     }))).pipe(Command.withDescription("List the services of the cluster"))
 
 const watch = Command.make("watch", { ...config }, (f) =>
-  withMember(f, (cluster) =>
-    cluster.events.pipe(
+  withMember(f, (cluster) => {
+    // In a terminal: the table, redrawn on every event, over the last events;
+    // otherwise (a pipe, a file): one line an event, for scripts.
+    const live = process.stdout.isTTY === true
+    const recent: Array<string> = []
+    return cluster.events.pipe(
       Stream.runForEach((e) =>
-        Console.log(
-          `${new Date().toISOString()} ${e._tag.replace("Service", "").toLowerCase()} ${e.service.id} ${e.service.address}` +
+        Effect.gen(function*() {
+          const line = `${new Date().toISOString()} ${e._tag.replace("Service", "").toLowerCase()} ${e.service.id} ${e.service.address}` +
             (e._tag === "ServiceLost" ? ` (${e.why})` : "")
-        )
+          if (!live) return yield* Console.log(line)
+          recent.push(line)
+          if (recent.length > 10) recent.shift()
+          const services = [...(yield* cluster.services)].sort((a, b) => a.id.localeCompare(b.id))
+          process.stdout.write(`\x1b[2J\x1b[H${table(services.map(row))}\n\n${recent.join("\n")}\n`)
+        })
       )
-    ))).pipe(Command.withDescription("Print services found, updated and lost, as they happen (Ctrl-C ends)"))
+    )
+  })).pipe(Command.withDescription("Show services found, updated and lost, as they happen (Ctrl-C ends)"))
 
 const target = Argument.String("target").pipe(Argument.withDescription("a name, id, tag, host id or address"))
 const op = Argument.String("op").pipe(Argument.withDescription("the op, 1 to 32 bytes"))

@@ -235,8 +235,10 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         // ---- receive ----
 
         /** Publishes at once when there is room; otherwise an Effect that waits for it. */
-        const deliver = (message: Message): Effect.Effect<void> =>
-          PubSub.publishUnsafe(delivered, message) ? Effect.void : Effect.asVoid(PubSub.publish(delivered, message))
+        const deliver = (message: Message): Effect.Effect<void> => {
+          stats.message("in", message.op)
+          return PubSub.publishUnsafe(delivered, message) ? Effect.void : Effect.asVoid(PubSub.publish(delivered, message))
+        }
 
         const receiveMessage = (frame: MessageFrame, protocol: ProtocolName, address: string) => {
           if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {
@@ -373,7 +375,10 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             return prepared(out).pipe(
               Effect.flatMap((o) => outbound(o, "udp")),
               Effect.flatMap((frame) => transport.multicast(frame)),
-              Effect.tap(() => Effect.sync(() => stats.frameOut("udp")))
+              Effect.tap(() => Effect.sync(() => {
+                stats.frameOut("udp")
+                stats.message("out", op)
+              }))
             )
           })
 
@@ -389,6 +394,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               const sent = yield* Effect.result(transport.send(protocol, peer, frame))
               if (sent._tag === "Success") {
                 stats.frameOut(protocol)
+                if (frame._tag === "Message") stats.message("out", frame.op)
                 if (attempts.length > 0) stats.fellBack()
                 // Reached only by a fallback: tell the peer which of its listeners failed us.
                 const failed = attempts.filter((a) => a.cause._tag === "ProtocolFailure").map((a) => a.protocol)
@@ -419,6 +425,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           const protocol = orderFor(peer)[0]!
           if (!transport.sendNow(protocol, peer, frameOf(op, 0, [peer], toBytes(data), protocol))) return undefined
           stats.frameOut(protocol)
+          stats.message("out", op)
           return Effect.succeed([{ service: peer, protocol }])
         }
 

@@ -37,6 +37,10 @@ export interface StatsSnapshot {
   readonly bytesIn: number
   /** Frames received and sent, by protocol. */
   readonly byProtocol: Readonly<Record<string, { readonly in: number; readonly out: number }>>
+  /** Bytes handed to the sockets. */
+  readonly bytesOut: number
+  /** Messages delivered and sent, by op (at most 256 ops; the rest count as "other"). */
+  readonly byOp: Readonly<Record<string, { readonly in: number; readonly out: number }>>
   /** Direct sends that failed on every protocol, and ones that needed a fallback. */
   readonly sendFailures: number
   readonly fallbacks: number
@@ -52,6 +56,8 @@ export class Stats extends Context.Service<Stats, {
   readonly frameIn: (protocol?: string, bytes?: number) => void
   readonly frameOut: (protocol?: string) => void
   readonly sendFailed: () => void
+  readonly wrote: (bytes: number) => void
+  readonly message: (direction: "in" | "out", op: string) => void
   readonly fellBack: () => void
   readonly connection: (direction: "accepted" | "opened") => void
   readonly snapshot: Effect.Effect<StatsSnapshot>
@@ -64,6 +70,8 @@ export class Stats extends Context.Service<Stats, {
     let sendFailures = 0
     let fallbacks = 0
     const byProtocol: Record<string, { in: number; out: number }> = {}
+    let bytesOut = 0
+    const byOp = new Map<string, { in: number; out: number }>()
     const slot = (p: string) => (byProtocol[p] ??= { in: 0, out: 0 })
     let connectionsAccepted = 0
     let connectionsOpened = 0
@@ -83,6 +91,19 @@ export class Stats extends Context.Service<Stats, {
       sendFailed: () => {
         sendFailures++
       },
+      wrote: (bytes) => {
+        bytesOut += bytes
+      },
+      message: (direction, op) => {
+        // Bounded: ops are chosen by senders, so only the first 256 get their own count.
+        let c = byOp.get(op)
+        if (c === undefined) {
+          const key = byOp.size < 256 ? op : "other"
+          c = byOp.get(key) ?? { in: 0, out: 0 }
+          byOp.set(key, c)
+        }
+        c[direction]++
+      },
       fellBack: () => {
         fallbacks++
       },
@@ -97,6 +118,8 @@ export class Stats extends Context.Service<Stats, {
         byProtocol: Object.fromEntries(Object.entries(byProtocol).map(([p, c]) => [p, { ...c }])),
         sendFailures,
         fallbacks,
+        bytesOut,
+        byOp: Object.fromEntries([...byOp].map(([op, c]) => [op, { ...c }])),
         connectionsAccepted,
         connectionsOpened,
         drops: { ...drops }

@@ -10,21 +10,29 @@
  * | metric | type | attributes |
  * | --- | --- | --- |
  * | `cluster_comm_frames_total` | counter | `service`, `direction` (in, out), `protocol` |
- * | `cluster_comm_bytes_received_total` | counter | `service` |
+ * | `cluster_comm_bytes_received_total`, `cluster_comm_bytes_sent_total` | counter | `service` |
+ * | `cluster_comm_messages_total` | counter | `service`, `direction`, `op` |
  * | `cluster_comm_drops_total` | counter | `service`, `reason` |
  * | `cluster_comm_send_failures_total` | counter | `service` |
  * | `cluster_comm_fallbacks_total` | counter | `service` |
  * | `cluster_comm_members` | gauge | `service` |
  * | `cluster_comm_query_seconds` | histogram | `service` |
+ * | `cluster_comm_discovery_seconds` | histogram | `service`: from our join to finding each service already there |
  */
 import http from "node:http"
-import { Context, Effect, Layer, Metric, Schedule } from "effect"
+import { Context, Effect, Layer, Metric, Schedule, Stream } from "effect"
 import { JoinError } from "../schema/Errors.ts"
 import { Registry } from "./Registry.ts"
 import { Stats, type StatsSnapshot } from "./Stats.ts"
 
 const frames = Metric.counter("cluster_comm_frames_total", { description: "Frames received and sent, by direction and protocol" })
 const bytesIn = Metric.counter("cluster_comm_bytes_received_total", { description: "Bytes received" })
+const bytesOut = Metric.counter("cluster_comm_bytes_sent_total", { description: "Bytes sent" })
+const messages = Metric.counter("cluster_comm_messages_total", { description: "Messages delivered and sent, by op" })
+const discoverySeconds = Metric.histogram("cluster_comm_discovery_seconds", {
+  description: "From joining to finding each service already in the cluster",
+  boundaries: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5]
+})
 const drops = Metric.counter("cluster_comm_drops_total", { description: "Frames dropped, by reason" })
 const sendFailures = Metric.counter("cluster_comm_send_failures_total", { description: "Direct sends that failed on every protocol" })
 const fallbacks = Metric.counter("cluster_comm_fallbacks_total", { description: "Direct sends carried by a fallback protocol" })
@@ -65,6 +73,12 @@ export class Telemetry extends Context.Service<Telemetry, {
             yield* Metric.update(tagged(frames, { direction: "out", protocol }), grew(c.out, was?.out))
           }
           yield* Metric.update(tagged(bytesIn), grew(now.bytesIn, before?.bytesIn))
+          yield* Metric.update(tagged(bytesOut), grew(now.bytesOut, before?.bytesOut))
+          for (const [op, c] of Object.entries(now.byOp)) {
+            const was = before?.byOp[op]
+            yield* Metric.update(tagged(messages, { direction: "in", op }), grew(c.in, was?.in))
+            yield* Metric.update(tagged(messages, { direction: "out", op }), grew(c.out, was?.out))
+          }
           for (const [reason, n] of Object.entries(now.drops)) {
             yield* Metric.update(tagged(drops, { reason }), grew(n ?? 0, before?.drops[reason as keyof typeof now.drops]))
           }
@@ -73,6 +87,18 @@ export class Telemetry extends Context.Service<Telemetry, {
           yield* Metric.update(tagged(members), (yield* registry.list).length)
         })
         yield* publish.pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkScoped)
+
+        // Discovery latency: services found in the first seconds were there when we joined.
+        const joinedAt = Date.now()
+        yield* registry.events.pipe(
+          Stream.takeUntil(() => Date.now() - joinedAt > 5000),
+          Stream.runForEach((e) =>
+            e._tag === "ServiceFound" && Date.now() - joinedAt <= 5000
+              ? Metric.update(tagged(discoverySeconds), (Date.now() - joinedAt) / 1000)
+              : Effect.void
+          ),
+          Effect.forkScoped
+        )
 
         const prometheus = Effect.gen(function*() {
           yield* publish

@@ -61,6 +61,9 @@ describe("metrics", () => {
       assert.strictEqual(value(text, "cluster_comm_members", `service="${self}"`), 1)
       assert.strictEqual(value(text, "cluster_comm_query_seconds_count", `service="${self}"`), 1)
       assert.isAbove(value(text, "cluster_comm_bytes_received_total") ?? 0, 0)
+      assert.isAbove(value(text, "cluster_comm_bytes_sent_total") ?? 0, 0)
+      assert.strictEqual(value(text, "cluster_comm_messages_total", `direction="in"`, `op="C"`), 5)
+      assert.isAtLeast(value(text, "cluster_comm_discovery_seconds_count") ?? 0, 1)
       // Another member's series are its own.
       assert.notInclude(text, `service="${(yield* peer.self).id}"`)
 

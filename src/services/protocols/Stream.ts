@@ -234,6 +234,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         for (let i = 0; i < batch.length; i++) stats.drop("unsent")
         return
       }
+      stats.wrote(bytes)
       conn.socket.write(batch.length === 1 ? batch[0]! : Buffer.concat(batch, bytes))
     }
     const enqueue = (conn: Connection, bytes: Buffer) => {

@@ -15,6 +15,7 @@ import { interfaceAddress } from "../../internal/host.ts"
 import type { ClusterConfig } from "../../schema/Config.ts"
 import { FrameTooLarge, JoinError, ProtocolFailure } from "../../schema/Errors.ts"
 import type { Frame, SenderCache } from "../../schema/Frame.ts"
+import { Stats } from "../Stats.ts"
 import type { Endpoint, Inlet, Protocol } from "../Transport.ts"
 
 /** The largest IPv4 udp payload. */
@@ -58,6 +59,7 @@ const trying = <A>(what: string, reason: JoinError["reason"], f: () => A) =>
 export const UdpProtocol = {
   make: (config: ClusterConfig, inlet: Inlet) =>
     Effect.gen(function*() {
+      const stats = yield* Stats
       const local = config.remote === 0
       const iface = local ? "127.0.0.1" : interfaceAddress(config.interface)
       if (iface === undefined) {
@@ -103,6 +105,7 @@ export const UdpProtocol = {
           if (bytes.length > MAX_DATAGRAM) {
             return Effect.fail(new FrameTooLarge({ protocol: "udp", size: bytes.length, limit: MAX_DATAGRAM }))
           }
+          stats.wrote(bytes.length)
           return Effect.callback<void, ProtocolFailure>((resume) => {
             direct.send(bytes, port, address, (e) =>
               resume(e ? Effect.fail(new ProtocolFailure({ protocol: "udp", message: e.message, cause: e })) : Effect.void))
