@@ -26,11 +26,11 @@ const main = Effect.gen(function*() {
     process.send?.({ ready: true })
     const go = yield* Effect.promise(nextGo)
     let seen = 0
+    // Messages arrive in chunks (as many as were waiting): count a chunk at a time.
     yield* Cluster.messages.pipe(
-      Stream.filter((m) => m.op === "T"),
-      Stream.runForEach(() =>
+      Stream.runForEachArray((chunk) =>
         Effect.sync(() => {
-          if (++seen === go.count) process.send?.({ done: true })
+          for (const m of chunk) if (m.op === "T" && ++seen === go.count) process.send?.({ done: true })
         })
       ),
       Effect.forkChild
@@ -69,5 +69,5 @@ const main = Effect.gen(function*() {
   return yield* Effect.never
 })
 
-Effect.runFork(Effect.scoped(main).pipe(Effect.provide(ClusterLive({ name: role, port: Number(port) }))))
+Effect.runFork(Effect.scoped(main).pipe(Effect.provide(ClusterLive({ name: role, port: Number(port), bufferSize: Number(process.env.BENCH_BUFFER ?? 4096) }))))
 process.on("SIGTERM", () => process.exit(0))

@@ -221,13 +221,22 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         if (!Queue.offerUnsafe(beacons, { frame, protocol, address, port })) stats.drop("queue-full")
         return true
       }
-      const size = Queue.sizeUnsafe(messages)
+      const size = Queue.sizeUnsafe(messages) + staged.length
       if (size >= capacity && protocol === "udp") {
         stats.drop("queue-full")
         return true
       }
-      Queue.offerUnsafe(messages, { frame, protocol, address, port })
+      // Frames of one tick (a tcp read holds many) enter the queue together:
+      // the pipeline wakes once for them, not once a frame.
+      staged.push({ frame, protocol, address, port })
+      if (staged.length === 1) queueMicrotask(flush)
       return size + 1 < capacity
+    }
+    let staged: Array<Inbound> = []
+    const flush = () => {
+      const batch = staged
+      staged = []
+      Queue.offerAllUnsafe(messages, batch)
     }
     const resume = Effect.sync(() => {
       if (paused.length === 0) return
