@@ -227,17 +227,28 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         const allowed = options.allow.map((c) => parseCidr(c)!)
         const keyring = yield* Keyring
         const telemetry = yield* Telemetry
-        // Bounded with backpressure: a slow subscriber slows the message
-        // pipeline (and, through paused tcp reads, the senders) instead of losing messages.
-        const delivered = yield* PubSub.bounded<Message>(options.bufferSize)
+        // Messages are published in batches (those of one pass of the pipeline):
+        // one wake-up of each subscriber per batch, not per message. Bounded with
+        // backpressure: a slow subscriber slows the pipeline (and, through paused
+        // tcp reads, the senders) instead of losing messages.
+        const delivered = yield* PubSub.bounded<ReadonlyArray<Message>>(Math.max(4, Math.ceil(options.bufferSize / 256)))
         yield* Effect.addFinalizer(() => PubSub.shutdown(delivered))
 
         // ---- receive ----
 
-        /** Publishes at once when there is room; otherwise an Effect that waits for it. */
+        let batch: Array<Message> = []
+        /** Queues a message for the next batch. */
         const deliver = (message: Message): Effect.Effect<void> => {
           stats.message("in", message.op)
-          return PubSub.publishUnsafe(delivered, message) ? Effect.void : Effect.asVoid(PubSub.publish(delivered, message))
+          batch.push(message)
+          return Effect.void
+        }
+        /** Publishes the batch: at once when there is room, else waiting for it. */
+        const publish = (): Effect.Effect<void> => {
+          if (batch.length === 0) return Effect.void
+          const out = batch
+          batch = []
+          return PubSub.publishUnsafe(delivered, out) ? Effect.void : Effect.asVoid(PubSub.publish(delivered, out))
         }
 
         const receiveMessage = (frame: MessageFrame, protocol: ProtocolName, address: string) => {
@@ -305,6 +316,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
                 // Most frames are handled synchronously: skip the yield.
                 if (handled !== Effect.void) yield* handled
               }
+              const published = publish()
+              if (published !== Effect.void) yield* published
             }
           }).pipe(Effect.forkScoped)
 
@@ -463,7 +476,6 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             const peers = yield* targetsOf(targets)
             const bytes = toBytes(data)
             const channel = send?.channel ?? 0
-            yield* Effect.annotateCurrentSpan({ targets: peers.map((p) => p.id).join(",") })
             // Every target is tried even if another fails; the first failure is reported.
             const results = yield* Effect.forEach(peers, (peer) => Effect.result(sendOne(peer, op, bytes, channel)), {
               concurrency: "unbounded"
@@ -642,7 +654,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
                   Effect.provide(hook(value), context) as unknown as Effect.Effect<A, E>)
             ),
           events: registry.events,
-          messages: Stream.fromPubSub(delivered),
+          messages: Stream.fromPubSub(delivered).pipe(Stream.flattenIterable),
           stats: stats.snapshot,
           metrics: telemetry.prometheus
         })

@@ -221,22 +221,13 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         if (!Queue.offerUnsafe(beacons, { frame, protocol, address, port })) stats.drop("queue-full")
         return true
       }
-      const size = Queue.sizeUnsafe(messages) + staged.length
+      const size = Queue.sizeUnsafe(messages)
       if (size >= capacity && protocol === "udp") {
         stats.drop("queue-full")
         return true
       }
-      // Frames of one tick (a tcp read holds many) enter the queue together:
-      // the pipeline wakes once for them, not once a frame.
-      staged.push({ frame, protocol, address, port })
-      if (staged.length === 1) queueMicrotask(flush)
+      Queue.offerUnsafe(messages, { frame, protocol, address, port })
       return size + 1 < capacity
-    }
-    let staged: Array<Inbound> = []
-    const flush = () => {
-      const batch = staged
-      staged = []
-      Queue.offerAllUnsafe(messages, batch)
     }
     const resume = Effect.sync(() => {
       if (paused.length === 0) return
