@@ -3,7 +3,7 @@
  * into Effect (OpenTelemetry among them) sees them, and as Prometheus text,
  * optionally served on a loopback port.
  *
- * The per-frame path only bumps plain counters (Stats); once a second, and
+ * The per-frame path only bumps plain counters (Stats); every 10 seconds, and
  * whenever metrics are read, their growth is pushed into Effect's `Metric`s,
  * each series attributed with this member's `service` id.
  *
@@ -19,8 +19,7 @@
  * | `cluster_comm_query_seconds` | histogram | `service` |
  * | `cluster_comm_discovery_seconds` | histogram | `service`: from our join to finding each service already there |
  */
-import http from "node:http"
-import { Context, Effect, Layer, Metric, Schedule, Stream } from "effect"
+import { Context, Effect, Layer, Metric, Stream } from "effect"
 import { JoinError } from "../schema/Errors.ts"
 import { Registry } from "./Registry.ts"
 import { Stats, type StatsSnapshot } from "./Stats.ts"
@@ -86,7 +85,8 @@ export class Telemetry extends Context.Service<Telemetry, {
           yield* Metric.update(tagged(fallbacks), grew(now.fallbacks, before?.fallbacks))
           yield* Metric.update(tagged(members), (yield* registry.list).length)
         })
-        yield* publish.pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkScoped)
+        // Exporters read every 10 s or more; an idle member should cost next to nothing.
+        yield* Effect.sleep("10 seconds").pipe(Effect.andThen(publish), Effect.forever, Effect.forkScoped)
 
         // Discovery latency: services found in the first seconds were there when we joined.
         const joinedAt = Date.now()
@@ -129,6 +129,8 @@ export class Telemetry extends Context.Service<Telemetry, {
 
         if (options.port !== undefined) {
           const port = options.port
+          // Loaded only when asked for: most members never serve metrics.
+          const http = yield* Effect.promise(() => import("node:http"))
           const services = yield* Effect.context<never>()
           const server = http.createServer((req, res) => {
             if (req.url !== "/metrics") {
