@@ -486,7 +486,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               deliveries.push(r.success)
             }
             return deliveries
-          }).pipe(Effect.withSpan("cluster-comm.sendTo", { attributes: { op } }))
+          }).pipe(Effect.withSpan("cluster-comm.sendTo", { attributes: { op } }, { captureStackTrace: false }))
 
         // ---- queries ----
 
@@ -600,7 +600,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             Effect.timed,
             Effect.tap(([took]) => telemetry.queried(Duration.toMillis(took) / 1000)),
             Effect.map(([, r]) => r),
-            Effect.withSpan("cluster-comm.query", { attributes: { op: request.op } })
+            Effect.withSpan("cluster-comm.query", { attributes: { op: request.op } }, { captureStackTrace: false })
           )
 
         return Cluster.of({

@@ -116,7 +116,7 @@ export class Hooks extends Context.Service<Hooks, {
         let effect: Effect.Effect<A, HookRejected> = Effect.succeed(value)
         for (const hook of chain) effect = Effect.flatMap(effect, (v) => guarded(p.key, hook, v))
         // Only points with hooks get here: the span costs nothing when none are registered.
-        return Effect.withSpan(effect, "cluster-comm.hook", { attributes: { point: p.key, hooks: chain.length } })
+        return Effect.withSpan(effect, "cluster-comm.hook", { attributes: { point: p.key, hooks: chain.length }, captureStackTrace: false })
       },
       has: (p) => points.has(p.key),
       any: () => points.size > 0
