@@ -5,7 +5,7 @@
 import net from "node:net"
 
 const [role = "sink", portArg = "0"] = process.argv.slice(2)
-type Go = { readonly count: number; readonly size: number }
+type Go = { readonly count: number; readonly size: number; readonly batched?: boolean }
 const nextGo = () => new Promise<Go>((resolve) => process.once("message", (m) => resolve(m as Go)))
 
 /** Calls `frame` with each complete frame in the stream. */
@@ -53,8 +53,11 @@ if (role === "sink" || role === "echo") {
     const go = await nextGo()
     const frame = framed(go.size)
     if (role === "source") {
-      for (let i = 0; i < go.count; i++) {
-        if (!socket.write(frame)) await new Promise((r) => socket.once("drain", r))
+      // One write a frame, or (batched) 64 frames a write.
+      const per = go.batched ? 64 : 1
+      const chunk = per === 1 ? frame : Buffer.concat(Array.from({ length: per }, () => frame))
+      for (let i = 0; i < go.count; i += per) {
+        if (!socket.write(chunk)) await new Promise((r) => socket.once("drain", r))
       }
       process.send?.({ sent: true })
     } else {
