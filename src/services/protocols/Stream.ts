@@ -48,11 +48,11 @@ export class FrameReader {
     this.buffered += chunk.length
     while (this.buffered >= PREFIX) {
       let head = this.chunks[0]!
-      if (head.length < PREFIX) head = this.flatten()
+      if (head.length < PREFIX) head = this.join(PREFIX)
       const size = head.readUInt32BE(0)
       if (size > this.maxFrame) return false
       if (this.buffered < PREFIX + size) return true
-      if (head.length < PREFIX + size) head = this.flatten()
+      if (head.length < PREFIX + size) head = this.join(PREFIX + size)
       frame(head.subarray(PREFIX, PREFIX + size))
       const rest = head.subarray(PREFIX + size)
       this.buffered -= PREFIX + size
@@ -61,10 +61,20 @@ export class FrameReader {
     }
     return true
   }
-  private flatten(): Buffer {
-    const all = Buffer.concat(this.chunks, this.buffered)
-    this.chunks = [all]
-    return all
+  /** Joins just enough leading chunks to hold `bytes`; later bytes stay where they are. */
+  private join(bytes: number): Buffer {
+    const out = Buffer.allocUnsafe(bytes)
+    let filled = 0
+    while (filled < bytes) {
+      const c = this.chunks[0]!
+      const take = Math.min(c.length, bytes - filled)
+      c.copy(out, filled, 0, take)
+      filled += take
+      if (take === c.length) this.chunks.shift()
+      else this.chunks[0] = c.subarray(take)
+    }
+    this.chunks.unshift(out)
+    return out
   }
 }
 
