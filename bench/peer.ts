@@ -50,7 +50,13 @@ const main = Effect.gen(function*() {
   const go = yield* Effect.promise(nextGo)
   const data = new Uint8Array(go.size).fill(97)
   if (role === "source") {
-    for (let i = 0; i < go.count; i++) yield* Cluster.sendTo(target, "T", data)
+    if ((go as { all?: boolean }).all) {
+      // The streaming form: a thousand messages a call.
+      const chunk = Array.from({ length: 1000 }, () => data)
+      for (let i = 0; i < go.count; i += chunk.length) yield* Cluster.sendAll(target, "T", chunk)
+    } else {
+      for (let i = 0; i < go.count; i++) yield* Cluster.sendTo(target, "T", data)
+    }
     process.send?.({ sent: true })
     return yield* Effect.never
   }

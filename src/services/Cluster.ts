@@ -120,6 +120,18 @@ export interface ClusterShape {
     data: Data,
     options?: SendOptions
   ) => Effect.Effect<ReadonlyArray<Delivery>, SendFailed | HookRejected | ServiceNotFound | InvalidMessage | InvalidQuery>
+  /**
+   * Sends many messages with one op to one service, in order: the streaming
+   * form of `sendTo` for throughput. Frames go straight into the connection's
+   * batch while it has room (no per-message Effect), and wait for it to drain
+   * when it has not. Returns how many were sent.
+   */
+  readonly sendAll: (
+    target: Service,
+    op: string,
+    items: Iterable<Data>,
+    options?: SendOptions
+  ) => Effect.Effect<number, SendFailed | HookRejected | ServiceNotFound | InvalidMessage | InvalidQuery>
   /** The channels this member is on: join, leave, list. */
   readonly channels: Channels
   /**
@@ -181,6 +193,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
   static readonly resolver = (...clauses: ReadonlyArray<Clause>) => Cluster.use((c) => c.resolver(...clauses))
   static readonly broadcast = (op: string, data: Data, options?: SendOptions) =>
     Cluster.use((c) => c.broadcast(op, data, options))
+  static readonly sendAll = (target: Service, op: string, items: Iterable<Data>, options?: SendOptions) =>
+    Cluster.use((c) => c.sendAll(target, op, items, options))
   static readonly sendTo = (targets: Targets, op: string, data: Data, options?: SendOptions) =>
     Cluster.use((c) => c.sendTo(targets, op, data, options))
   static readonly tags = Cluster.use((c) => c.tags)
@@ -619,6 +633,21 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             }),
           broadcast,
           sendTo,
+          sendAll: (target, op, items, send) =>
+            Effect.gen(function*() {
+              let sent = 0
+              const it = items[Symbol.iterator]()
+              for (let next = it.next(); !next.done; next = it.next()) {
+                // Fast while the connection has room; the full path (which waits) when not.
+                if (send?.channel === undefined && sendNow(target, op, next.value) !== undefined) {
+                  sent++
+                  continue
+                }
+                yield* sendTo(target, op, next.value, send)
+                sent++
+              }
+              return sent
+            }),
           keyring: {
             install: keyring.install,
             use: keyring.use,

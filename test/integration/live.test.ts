@@ -119,6 +119,19 @@ describe("members on real sockets (one host)", () => {
       assert.strictEqual((yield* off.stats).drops.channel, 1)
     }))
 
+  it.live("sendAll streams many messages to one service, in order", () =>
+    Effect.gen(function*() {
+      const rx = yield* member({ name: "all-rx", ...fast })
+      const tx = yield* member({ name: "all-tx", ...fast })
+      const [target] = yield* eventually(tx.resolve("all-rx"), (s) => s.length === 1)
+      const count = 10_000
+      const got = yield* collect(rx, count)
+      const sent = yield* tx.sendAll(target!, "S", Array.from({ length: count }, (_, i) => `n${i}`))
+      assert.strictEqual(sent, count)
+      const messages = yield* Fiber.join(got).pipe(Effect.timeout("10 seconds"))
+      assert.isTrue(messages.every((m, i) => m.text === `n${i}` && m.protocol === "tcp"))
+    }))
+
   it.live("messages sent just before leaving still arrive", () =>
     Effect.gen(function*() {
       const rx = yield* member({ name: "last-rx", ...fast })
