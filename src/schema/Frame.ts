@@ -351,6 +351,10 @@ export const decodeFrame = (bytes: Uint8Array, cache?: SenderCache): Frame | Dec
   }
 }
 
+/** Messages, queries and replies: traffic, as opposed to the control frames (beacons, leave, ping, repair, beat). */
+export const isTraffic = (frame: Frame): frame is MessageFrame | QueryFrame | ReplyFrame =>
+  frame._tag === "Message" || frame._tag === "Query" || frame._tag === "Reply"
+
 export const isDecodeFailure = (r: Frame | DecodeFailure): r is DecodeFailure => typeof r === "string"
 
 const decodeOrThrow = (bytes: Uint8Array, cache: SenderCache | undefined): Frame => {

@@ -23,6 +23,7 @@ import {
 import {
   checkFrame,
   type Frame,
+  isTraffic,
   MAX_OP_BYTES,
   type MessageFrame,
   type QueryFrame,
@@ -297,7 +298,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             stats.drop("own")
             return false
           }
-          if (!isLocalAddress(address)) {
+          const local = isLocalAddress(address)
+          if (!local) {
             if (options.remote === 0) {
               stats.drop("non-local")
               return false
@@ -312,7 +314,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               stats.drop("channel")
               return false
             }
-            if (frame.channel === SYSTEM_CHANNEL && !isLocalAddress(address)) {
+            if (frame.channel === SYSTEM_CHANNEL && !local) {
               stats.drop("non-local")
               return false
             }
@@ -336,9 +338,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           }).pipe(Effect.forkScoped)
 
         yield* pump(transport.takeBeacons, ({ frame, address, port }) =>
-          frame._tag === "Message" || frame._tag === "Query" || frame._tag === "Reply"
-            ? Effect.void
-            : discovery.handle(frame, address, port))
+          isTraffic(frame) ? Effect.void : discovery.handle(frame, address, port))
         yield* pump(transport.takeMessages, ({ frame, protocol, address }) =>
           frame._tag === "Message" ? receiveMessage(frame, protocol, address) :
           frame._tag === "Query" ? receiveQuery(frame, protocol, address) :

@@ -12,6 +12,21 @@ import { applyTagChanges, type TagChange, TagError } from "../schema/Tags.ts"
 import { Registry } from "./Registry.ts"
 import { Transport } from "./Transport.ts"
 
+/**
+ * A gate that opens for a key at most once per `interval` ms, remembering at
+ * most 4,096 keys (then it forgets them all: bounded, never blocking for good).
+ */
+const oncePer = (interval: number) => {
+  const last = new Map<string, number>()
+  return (key: string): boolean => {
+    const now = Date.now()
+    if (now - (last.get(key) ?? 0) < interval) return false
+    if (last.size >= 4096) last.clear()
+    last.set(key, now)
+    return true
+  }
+}
+
 /** The frames Discovery handles. */
 export type Control = Beacon | Extract<Frame, { _tag: "Leave" | "Ping" | "Repair" | "Beat" }>
 
@@ -167,13 +182,10 @@ export class Discovery extends Context.Service<Discovery, {
         // A beat from an instance we do not know, or at another version: ask
         // it alone (a probe to the beat's own port) for its descriptor; once
         // per heartbeat per instance, and never more than 4,096 remembered.
-        const asked = new Map<string, number>()
+        const mayAsk = oncePer(interval)
         const askFor = (instance: string, address: string, port: number) =>
           Effect.suspend(() => {
-            const now = Date.now()
-            if (port === 0 || now - (asked.get(instance) ?? 0) < interval) return Effect.void
-            if (asked.size >= 4096) asked.clear()
-            asked.set(instance, now)
+            if (port === 0 || !mayAsk(instance)) return Effect.void
             const there: Service = {
               id: "",
               name: "",
@@ -183,7 +195,7 @@ export class Discovery extends Context.Service<Discovery, {
               local: false,
               protocols: [{ protocol: "udp", port }],
               tags: [],
-              lastSeen: now
+              lastSeen: Date.now()
             }
             return transport.send("udp", there, descriptor("Probe")).pipe(
               Effect.catch((e) => Effect.logDebug(`probe to ${address}:${port} not sent: ${e.message}`))
@@ -211,27 +223,20 @@ export class Discovery extends Context.Service<Discovery, {
             )
           })
 
-        const lastPing = new Map<string, number>()
+        const mayPing = oncePer(interval)
         const ping = (peer: Service) =>
           Effect.suspend(() => {
-            const now = Date.now()
-            if (now - (lastPing.get(peer.id) ?? 0) < interval) return Effect.void
-            lastPing.set(peer.id, now)
-            if (lastPing.size > 4096) lastPing.clear() // bounded: forget old pings
+            if (!mayPing(peer.id)) return Effect.void
             registry.suspect(peer.id, window)
             return transport.multicast({ _tag: "Ping", sender, target: peer.id }).pipe(
               Effect.catch((e) => Effect.logDebug(`ping for ${peer.id} not sent: ${e.message}`))
             )
           })
 
-        const lastRepair = new Map<string, number>()
+        const mayNotify = oncePer(interval)
         const repair = (peer: Service, failed: ReadonlyArray<string>, working: string) =>
           Effect.suspend(() => {
-            const now = Date.now()
-            const key = `${peer.id}/${failed.join(",")}`
-            if (now - (lastRepair.get(key) ?? 0) < interval) return Effect.void
-            lastRepair.set(key, now)
-            if (lastRepair.size > 4096) lastRepair.clear() // bounded: forget old notices
+            if (!mayNotify(`${peer.id}/${failed.join(",")}`)) return Effect.void
             return transport.send(working, peer, { _tag: "Repair", sender, protocols: failed }).pipe(
               Effect.catch((e) => Effect.logDebug(`repair notice to ${peer.id} not sent: ${e.message}`))
             )
@@ -240,7 +245,7 @@ export class Discovery extends Context.Service<Discovery, {
         // A peer says some of our listeners failed it. Check each ourselves (a
         // notice proves nothing), rebuild what is really broken, and beat so
         // everyone learns the new ports. At most one rebuild per heartbeat.
-        const lastRebuild = new Map<string, number>()
+        const mayRebuild = oncePer(interval)
         const repairOwn = (names: ReadonlyArray<string>) =>
           Effect.forEach(names, (name) => {
             const protocol = transport.protocols.get(name)
@@ -248,9 +253,7 @@ export class Discovery extends Context.Service<Discovery, {
             const rebuild = protocol.rebuild
             return protocol.check.pipe(
               Effect.flatMap((works) => {
-                const now = Date.now()
-                if (works || now - (lastRebuild.get(name) ?? 0) < interval) return Effect.succeed(false)
-                lastRebuild.set(name, now)
+                if (works || !mayRebuild(name)) return Effect.succeed(false)
                 return rebuild.pipe(
                   Effect.tap((port) => Effect.logInfo(`${name} listener rebuilt on port ${port} after a peer could not reach it`)),
                   Effect.as(true),

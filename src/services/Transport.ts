@@ -15,6 +15,7 @@ import {
   encodeFrame,
   type Frame,
   isDecodeFailure,
+  isTraffic,
   registerProtocolId,
   type Sender,
   type SenderCache
@@ -23,7 +24,7 @@ import type { Advertised, ProtocolName, Service } from "../schema/Service.ts"
 import { TcpProtocol } from "./protocols/Tcp.ts"
 import { UdpProtocol } from "./protocols/Udp.ts"
 import { UnixProtocol } from "./protocols/Unix.ts"
-import { Keyring } from "./Keyring.ts"
+import { Keyring, SEALED_MAGIC } from "./Keyring.ts"
 import { Stats } from "./Stats.ts"
 
 /** A decoded frame and where it came from. */
@@ -203,21 +204,24 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
     let paused: Array<() => void> = []
     const receive: Receive = (bytes, protocol, address, cache, port = 0) => {
       stats.frameIn(protocol, bytes.byteLength)
-      const opened = keyring.open(bytes)
+      // Without keys, plain frames go straight to decoding (nothing to open or
+      // check for replays); a sealed one is still opened, to be refused as such.
+      const sealing = keyring.enabled()
+      const opened = sealing || bytes[0] === SEALED_MAGIC ? keyring.open(bytes) : undefined
       if (typeof opened === "string") {
         stats.drop(opened)
         return true
       }
-      const frame = decodeFrame(opened.frame, cache)
+      const frame = decodeFrame(opened?.frame ?? bytes, cache)
       if (isDecodeFailure(frame)) {
         stats.drop(frame)
         return true
       }
-      if (!keyring.fresh(frame.sender.instance, opened.counter)) {
+      if (opened !== undefined && sealing && !keyring.fresh(frame.sender.instance, opened.counter)) {
         stats.drop("replayed")
         return true
       }
-      if (frame._tag !== "Message" && frame._tag !== "Query" && frame._tag !== "Reply") {
+      if (!isTraffic(frame)) {
         if (!Queue.offerUnsafe(beacons, { frame, protocol, address, port })) stats.drop("queue-full")
         return true
       }
