@@ -4,25 +4,16 @@
  * and its CPU time so far. `npm run bench` runs it bundled (dist/bench), as a
  * deployed member would start: one file, Node's compile cache on.
  */
-import { Effect, Stream } from "effect"
-import { Cluster, ClusterLive } from "cluster-comm"
+import { Effect } from "effect"
+import { ClusterLive } from "cluster-comm"
+import { knowsOthers } from "./knows.ts"
 
 const [name = "m", expect = "1", port = "23900"] = process.argv.slice(2)
 const bootedAt = performance.timeOrigin
 const joinStartedAt = Date.now()
 
 const main = Effect.gen(function*() {
-  // Events begin with everyone already known: count distinct services found, no polling.
-  const known = new Set<string>()
-  yield* Cluster.events.pipe(
-    Stream.filter((e) => e._tag === "ServiceFound"),
-    Stream.takeWhile((e) => {
-      known.add(e.service.id)
-      return known.size < Number(expect)
-    }),
-    Stream.runDrain,
-    Effect.timeout("20 seconds")
-  )
+  yield* knowsOthers(Number(expect)).pipe(Effect.timeout("20 seconds"))
   process.send?.({ name, bootedAt, joinStartedAt, knowsAllAt: Date.now(), cpu: process.cpuUsage() })
   yield* Effect.never
 })

@@ -11,7 +11,7 @@ import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 
 const quick = process.argv.includes("--quick")
-/** `--only discovery|throughput|rtt` runs one section (for profiling). */
+/** `--only discovery|idle|throughput|rtt|scale` runs one section (for profiling). */
 const only = process.argv.includes("--only") ? process.argv[process.argv.indexOf("--only") + 1] : undefined
 const runs = (section: string) => only === undefined || only === section
 const here = (f: string) => fileURLToPath(new URL(f, import.meta.url))
@@ -21,14 +21,14 @@ const PORT = 23950 + Math.floor(Math.random() * 40)
 type Msg = Record<string, any>
 const children = new Set<ChildProcess>()
 
-const spawn = (file: string, args: ReadonlyArray<string>) => {
+const spawn = (file: string, args: ReadonlyArray<string>, extraArgv: ReadonlyArray<string> = []) => {
   // BENCH_PROFILE=dir: every child writes a CPU profile there (`--cpu-prof`).
   const profile = process.env.BENCH_PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : []
   // Members run from the bundle, with Node's compile cache: start-up as deployed.
   const bundled = file === "member.ts"
   const child = fork(bundled ? here("../dist/bench/member.mjs") : here(file), args, {
     stdio: ["ignore", "ignore", "inherit", "ipc"],
-    execArgv: [...process.execArgv, ...profile],
+    execArgv: [...process.execArgv, ...profile, ...extraArgv],
     env: { ...process.env, NODE_COMPILE_CACHE: join(tmpdir(), "cluster-comm-bench-cache") }
   })
   children.add(child)
@@ -126,6 +126,55 @@ const idle = async (port: number, seconds: number) => {
   await stop(members)
   const cpuMs = (b.cpuNow.user + b.cpuNow.system - a.cpuNow.user - a.cpuNow.system) / 1000
   return (100 * cpuMs) / (b.at - a.at)
+}
+
+// ---- scale ----
+
+/**
+ * N members on one host, `perProcess` to a process on real sockets: time
+ * until every member knows all others, then over `seconds` of steady state
+ * the CPU each member spends per heartbeat interval, and memory per member.
+ */
+const scale = async (n: number, perProcess: number, port: number, heartbeatMs: number, seconds: number) => {
+  const t0 = Date.now()
+  const hosts = Array.from({ length: Math.ceil(n / perProcess) }, (_, i) =>
+    spawn("scale.ts", [`h${i}`, String(Math.min(perProcess, n - i * perProcess)), String(n - 1), String(port), String(heartbeatMs)], ["--expose-gc"]))
+  const converged = await Promise.all(hosts.map((h) => h.next("converged", 120_000)))
+  const convergedMs = Math.max(...converged.map((c) => c.at)) - t0
+  await new Promise((r) => setTimeout(r, 2 * heartbeatMs)) // past the join storm
+  const sample = () =>
+    Promise.all(hosts.map((h) => {
+      h.send({ sample: true })
+      return h.next("sampled")
+    }))
+  const a = await sample()
+  await new Promise((r) => setTimeout(r, seconds * 1000))
+  const b = await sample()
+  await stop(hosts)
+  const cpuMs = b.reduce((sum, s, i) => sum + (s.cpu.user + s.cpu.system - a[i]!.cpu.user - a[i]!.cpu.system) / 1000, 0)
+  const wallMs = median(b.map((s, i) => s.at - a[i]!.at))
+  const sum = (xs: ReadonlyArray<Msg>, k: string) => xs.reduce((t, s) => t + s[k], 0)
+  return {
+    members: n,
+    processes: hosts.length,
+    convergedMs,
+    // CPU per member per heartbeat interval, and the share of the machine's cores it all took.
+    cpuMsPerMemberPerBeat: cpuMs / n / (wallMs / heartbeatMs),
+    cpuCoresUsed: cpuMs / wallMs,
+    heapPerMemberKiB: sum(b, "heapUsed") / n / 1024,
+    bufferPerMemberKiB: sum(b, "external") / n / 1024,
+    rssPerMemberKiB: sum(b, "rss") / n / 1024,
+    // Nobody may be lost in steady state: the fewest services any member knew at the end.
+    fewestKnown: Math.min(...b.map((s) => s.fewestKnown)),
+
+    // Frames in and out a second in steady state, and every drop by reason (over the whole run).
+    framesInPerSec: (1000 * (sum(b, "framesIn") - sum(a, "framesIn"))) / wallMs,
+    framesOutPerSec: (1000 * (sum(b, "framesOut") - sum(a, "framesOut"))) / wallMs,
+    drops: b.reduce((by: Record<string, number>, s) => {
+      for (const [k, v] of Object.entries(s.dropsByReason as Record<string, number>)) by[k] = (by[k] ?? 0) + v
+      return by
+    }, {})
+  }
 }
 
 // ---- messaging ----
@@ -228,6 +277,32 @@ try {
       "zyre.js: 22-byte beacon a second",
       "targets: < 0.5% of a core, beat <= 24 bytes"
     ])
+  }
+
+  if (runs("scale")) {
+    // 50 members a process, so the per-member figures compare across N.
+    const sizes = quick ? [10] : process.env.BENCH_SCALE ? process.env.BENCH_SCALE.split(",").map(Number) : [50, 100, 200, 500]
+    const perProcess = quick ? 10 : 50
+    const heartbeatMs = 1000
+    const curve: Array<Awaited<ReturnType<typeof scale>>> = []
+    for (const [k, n] of sizes.entries()) {
+      curve.push(await scale(n, perProcess, PORT + 70 + k, heartbeatMs, quick ? 2 : 5))
+      await new Promise((r) => setTimeout(r, 500))
+    }
+    // Memory per known service: the slope of heap per member against N (fixed costs cancel).
+    const first = curve[0]!
+    const last = curve[curve.length - 1]!
+    const perService = curve.length > 1 ? ((last.heapPerMemberKiB - first.heapPerMemberKiB) * 1024) / (last.members - first.members) : NaN
+    results.scale = { heartbeatMs, perProcess, curve, heapBytesPerKnownService: perService }
+    for (const c of curve) {
+      rows.push([
+        `scale: ${c.members} members on one host (${c.processes} processes)`,
+        `all know all in ${fmt(c.convergedMs / 1000, 2)} s; ${fmt(c.cpuMsPerMemberPerBeat, 3)} ms CPU a member a heartbeat; heap ${fmt(c.heapPerMemberKiB, 0)} KiB a member`,
+        `${fmt(c.cpuCoresUsed, 2)} cores busy in all; fewest known ${c.fewestKnown} of ${c.members - 1}`,
+        `${fmt((c.cpuMsPerMemberPerBeat * 1000) / c.members, 2)} µs a member a beat heard`
+      ])
+    }
+    if (curve.length > 1) rows.push(["scale: memory per known service", `${fmt(perService, 0)} bytes (heap slope, ${first.members} to ${last.members} members)`, "-", "-"])
   }
 
   const count = Number(process.env.BENCH_COUNT ?? (quick ? 5_000 : 500_000))

@@ -293,7 +293,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         }
 
         /** The drop checks every frame passes first; true when it may go on. */
-        const admitted = ({ frame, address }: Inbound): boolean => {
+        const admitted = (frame: Frame, address: string): boolean => {
           if (frame.sender.instance === sender.instance) {
             stats.drop("own")
             return false
@@ -327,7 +327,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           Effect.gen(function*() {
             while (true) {
               for (const inbound of yield* take) {
-                if (!admitted(inbound)) continue
+                if (!admitted(inbound.frame, inbound.address)) continue
                 const handled = handle(inbound)
                 // Most frames are handled synchronously: skip the yield.
                 if (handled !== Effect.void) yield* handled
@@ -337,6 +337,11 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             }
           }).pipe(Effect.forkScoped)
 
+        // Beats from known services at their version (nearly all traffic of
+        // an idle cluster) are handled on the socket's callback; drops counted.
+        transport.handleNow((frame, address) =>
+          frame._tag === "Beat" &&
+          (!admitted(frame, address) || registry.beatNow(frame.sender, frame.version, address) !== undefined))
         yield* pump(transport.takeBeacons, ({ frame, address, port }) =>
           isTraffic(frame) ? Effect.void : discovery.handle(frame, address, port))
         yield* pump(transport.takeMessages, ({ frame, protocol, address }) =>

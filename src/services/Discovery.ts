@@ -158,6 +158,8 @@ export class Discovery extends Context.Service<Discovery, {
             )
           }
           if (frame._tag === "Beat") {
+            // Nearly every beat: a known service at its version, refreshed in place.
+            if (registry.beatNow(frame.sender, frame.version, address) !== undefined) return Effect.void
             return registry.beat(frame.sender, frame.version, address).pipe(
               Effect.flatMap((known) => known === undefined ? askFor(frame.sender.instance, address, port) : Effect.void)
             )

@@ -63,6 +63,12 @@ export class Registry extends Context.Service<Registry, {
    * that descriptor version; undefined when we must ask for its descriptor.
    */
   readonly beat: (sender: Sender, version: number, address: string) => Effect.Effect<Service | undefined>
+  /**
+   * The synchronous fast path of `beat`, taken by nearly every beat: the
+   * service refreshed, or undefined when `beat` must run (unknown instance,
+   * other version or address, or membership hooks to run).
+   */
+  readonly beatNow: (sender: Sender, version: number, address: string) => Service | undefined
   /** A service by id, synchronously (for the per-frame path). */
   readonly get: (id: string) => Service | undefined
   /** Every known service, as a snapshot. */
@@ -199,14 +205,21 @@ export class Registry extends Context.Service<Registry, {
             )
           })
 
-        const sweep = Effect.gen(function*() {
+        // One plain pass over the services (no copy, no effect per service):
+        // only the expired ones go on to `lose`.
+        const sweep = Effect.suspend(() => {
           const now = clock.currentTimeMillisUnsafe()
-          for (const service of [...services.values()]) {
-            const deadline = deadlines.get(service.id)
-            if (now - service.lastSeen > ttlMillis || (deadline !== undefined && now > deadline)) {
-              yield* lose(service, "expired")
+          let expired: Array<Service> | undefined
+          for (const service of services.values()) {
+            if (now - service.lastSeen > ttlMillis) (expired ??= []).push(service)
+          }
+          if (deadlines.size > 0) {
+            for (const [id, deadline] of deadlines) {
+              const service = services.get(id)
+              if (now > deadline && service !== undefined && !expired?.includes(service)) (expired ??= []).push(service)
             }
           }
+          return expired === undefined ? Effect.void : Effect.forEach(expired, (s) => lose(s, "expired"), { discard: true })
         })
         // Often enough to honour suspicion windows (a couple of heartbeats) closely.
         const every = Duration.millis(Math.min(250, Math.max(20, ttlMillis / 8)))
@@ -230,6 +243,17 @@ export class Registry extends Context.Service<Registry, {
               // Known at this version: a sign of life like any other (address checks included).
               return observe({ sender: { hostId: known.hostId, instance: known.instance, name: known.name }, address })
             }),
+          beatNow: (sender, version, address) => {
+            const id = byInstance.get(sender.instance)
+            const known = id === undefined ? undefined : services.get(id)
+            if (
+              known === undefined || known.hostId !== sender.hostId || known.address !== address ||
+              versions.get(known.id) !== version || hooks.has(EVAL) || hooks.has(VALIDATE)
+            ) return undefined
+            ;(known as { lastSeen: number }).lastSeen = clock.currentTimeMillisUnsafe()
+            if (deadlines.size > 0) deadlines.delete(known.id)
+            return known
+          },
           get: (id) => services.get(id),
           suspect: (id, window) => {
             if (!services.has(id)) return

@@ -150,6 +150,12 @@ export class Transport extends Context.Service<Transport, {
    * dropped and counted; taking resumes the paused readers.
    */
   readonly takeMessages: Effect.Effect<ReadonlyArray<Inbound>>
+  /**
+   * Installs the synchronous path for control frames, tried on the socket's
+   * callback before a frame is queued: true when it handled the frame (most
+   * beats), false to queue it. Spares a fiber wake-up per beat.
+   */
+  readonly handleNow: (handler: ControlNow) => void
 }>()("cluster-comm/Transport") {
   /**
    * Real sockets: udp multicast (always: discovery rides on it) plus the
@@ -182,11 +188,15 @@ export class Transport extends Context.Service<Transport, {
     )
 }
 
+/** Handles a control frame on the spot; false when it must be queued instead. */
+export type ControlNow = (frame: Frame, address: string) => boolean
+
 /** The queues between the sockets and the pipelines. */
 export interface InboundQueues {
   readonly inlet: Inlet
   readonly takeBeacons: Effect.Effect<ReadonlyArray<Inbound>>
   readonly takeMessages: Effect.Effect<ReadonlyArray<Inbound>>
+  readonly handleNow: (handler: ControlNow) => void
 }
 
 /**
@@ -202,6 +212,7 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
     // and datagrams are dropped, so it holds at most one read chunk per paused link beyond it.
     const messages = yield* Effect.acquireRelease(Queue.unbounded<Inbound>(), Queue.shutdown)
     let paused: Array<() => void> = []
+    let controlNow: ControlNow = () => false
     const receive: Receive = (bytes, protocol, address, cache, port = 0) => {
       stats.frameIn(protocol, bytes.byteLength)
       // Without keys, plain frames go straight to decoding (nothing to open or
@@ -222,6 +233,7 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         return true
       }
       if (!isTraffic(frame)) {
+        if (controlNow(frame, address)) return true
         if (!Queue.offerUnsafe(beacons, { frame, protocol, address, port })) stats.drop("queue-full")
         return true
       }
@@ -247,7 +259,10 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
           keyring.enabled() ? keyring.seal(encodeFrame(frame), headroom) : encodeFrame(frame, headroom)
       },
       takeBeacons: Queue.takeAll(beacons),
-      takeMessages: Effect.tap(Queue.takeAll(messages), () => resume)
+      takeMessages: Effect.tap(Queue.takeAll(messages), () => resume),
+      handleNow: (handler) => {
+        controlNow = handler
+      }
     }
   })
 
@@ -290,7 +305,8 @@ export const fromProtocols = (
       return port !== undefined && sendNow({ address: peer.address, port, service: peer }, frame)
     },
     takeBeacons: inbound.takeBeacons,
-    takeMessages: inbound.takeMessages
+    takeMessages: inbound.takeMessages,
+    handleNow: inbound.handleNow
   })
 }
 

@@ -91,6 +91,30 @@ describe("members on real sockets (one host)", () => {
       assert.deepStrictEqual(joinedOn, ["lo"])
     }))
 
+  it.live("members of one process share one group socket, closed with the last of them", () =>
+    Effect.gen(function*() {
+      const own = testCluster(18)
+      const at = { ...own, heartbeat: "100 millis", ttl: "1 second" } as const
+      // /proc/net/udp names a socket's local address as little-endian hex ip:port.
+      const local = `${own.address.split(".").reverse().map((o) => Number(o).toString(16).padStart(2, "0")).join("")}:${own.port.toString(16).padStart(4, "0")}`.toUpperCase()
+      const groupSockets = () => readFileSync("/proc/net/udp", "utf8").split("\n").filter((l) => l.trim().split(/\s+/)[1] === local).length
+      const all = ["g1", "g2", "g3"]
+      const members = yield* Effect.forEach(all, (name) => leavable({ name, ...at }))
+      assert.strictEqual(groupSockets(), 1)
+      // The first to join leaves: the others still hear each other on the shared socket.
+      yield* members[0]!.leave
+      assert.strictEqual(groupSockets(), 1)
+      const late = yield* leavable({ name: "g4", ...at })
+      yield* eventually(late.cluster.services, knowsAll(["g2", "g3", "g4"], "g4"))
+      yield* eventually(members[1]!.cluster.services, knowsAll(["g2", "g3", "g4"], "g2"))
+      const atG3 = yield* collect(members[2]!.cluster, 1)
+      yield* late.cluster.broadcast("hi", "from g4")
+      const [got] = yield* Fiber.join(atG3)
+      assert.strictEqual(got!.from.name, "g4")
+      for (const m of [members[1]!, members[2]!, late]) yield* m.leave
+      assert.strictEqual(groupSockets(), 0)
+    }))
+
   it.live("tags go out in a heartbeat as soon as they change", () =>
     Effect.gen(function*() {
       const tagged = yield* member({ name: "tagged", ...quiet, tags: ["blue"] })

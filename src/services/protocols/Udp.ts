@@ -53,6 +53,82 @@ const open = (options: dgram.SocketOptions) =>
       })
   )
 
+type Heard = (bytes: Buffer, from: dgram.RemoteInfo) => void
+
+/** One group socket, shared by every member of this process on that group, port and interface. */
+interface SharedGroup {
+  readonly opened: Promise<dgram.Socket | JoinError>
+  readonly members: Set<Heard>
+}
+const groups = new Map<string, SharedGroup>()
+
+/**
+ * Joins the group through this process's shared socket (opened by the first
+ * member, closed with the last). Members of one process on one socket: each
+ * datagram is received once and handed to each of them, where a socket each
+ * would have the kernel copy it to every one (at 500 members, most of the CPU).
+ */
+const joinGroup = (port: number, address: string, iface: string, heard: Heard) =>
+  Effect.acquireRelease(
+    Effect.gen(function*() {
+      const key = `${address}:${port}@${iface}`
+      const shared = groups.get(key) ?? share(key, port, address, iface)
+      const socket = yield* Effect.promise(() => shared.opened)
+      if (socket instanceof JoinError) return yield* socket
+      shared.members.add(heard)
+      return { key, shared, socket }
+    }),
+    ({ key, shared, socket }) =>
+      Effect.callback<void>((resume) => {
+        shared.members.delete(heard)
+        if (shared.members.size > 0) return resume(Effect.void)
+        if (groups.get(key) === shared) groups.delete(key)
+        try {
+          socket.close(() => resume(Effect.void))
+        } catch {
+          resume(Effect.void) // already closed
+        }
+      })
+  )
+
+const share = (key: string, port: number, address: string, iface: string): SharedGroup => {
+  const members = new Set<Heard>()
+  const opened = Effect.runPromise(
+    openGroup(port, address, iface, members).pipe(Effect.catch((e) => Effect.succeed(e)))
+  )
+  const shared: SharedGroup = { opened, members }
+  groups.set(key, shared)
+  // A failed open is not kept: the next member tries afresh.
+  void opened.then((r) => {
+    if (r instanceof JoinError && groups.get(key) === shared) groups.delete(key)
+  })
+  return shared
+}
+
+const openGroup = (port: number, address: string, iface: string, members: ReadonlySet<Heard>) =>
+  Effect.gen(function*() {
+    const socket = dgram.createSocket({ type: "udp4", reuseAddr: true, reusePort: true })
+    const closeOnFailure = <A, E>(effect: Effect.Effect<A, E>) =>
+      Effect.tapError(effect, () => Effect.sync(() => socket.close()))
+    yield* closeOnFailure(bind(socket, port, address))
+    yield* closeOnFailure(trying(`cannot join ${address} on ${iface}`, "NoMulticast", () => socket.addMembership(address, iface)))
+    receiveBuffer(socket)
+    socket.on("message", (bytes, from) => {
+      for (const heard of members) heard(bytes, from)
+    })
+    socket.on("error", () => {})
+    return socket
+  })
+
+/** A bigger receive buffer rides out bursts (many probe answers at once); the kernel caps it at net.core.rmem_max, which is fine. */
+const receiveBuffer = (socket: dgram.Socket) => {
+  try {
+    socket.setRecvBufferSize(4 * 1024 * 1024)
+  } catch {
+    // keep the default
+  }
+}
+
 const trying = <A>(what: string, reason: JoinError["reason"], f: () => A) =>
   Effect.try({ try: f, catch: (e) => new JoinError({ reason, message: `${what}: ${String(e)}`, cause: e }) })
 
@@ -72,10 +148,9 @@ export const UdpProtocol = {
         })
       }
 
-      const group = yield* open({ type: "udp4", reuseAddr: true, reusePort: true })
-      yield* bind(group, config.port, config.address)
-      yield* trying(`cannot join ${config.address} on ${iface}`, "NoMulticast", () =>
-        group.addMembership(config.address, iface))
+      const groupCache: SenderCache = {}
+      yield* joinGroup(config.port, config.address, iface, (bytes, from) =>
+        inlet.receive(bytes, "udp", from.address, groupCache, from.port))
 
       const direct = yield* open({ type: "udp4" })
       yield* bind(direct, 0, local ? "127.0.0.1" : "0.0.0.0")
@@ -85,19 +160,11 @@ export const UdpProtocol = {
         direct.setMulticastLoopback(true)
       })
 
-      for (const socket of [group, direct]) {
-        // A bigger receive buffer rides out bursts (many probe answers at once);
-        // the kernel caps it at net.core.rmem_max, which is fine.
-        try {
-          socket.setRecvBufferSize(4 * 1024 * 1024)
-        } catch {
-          // keep the default
-        }
-        const cache: SenderCache = {}
-        socket.on("message", (bytes, from) => inlet.receive(bytes, "udp", from.address, cache, from.port))
-        // Errors after bind (e.g. ICMP unreachable reported on send) must not crash the member.
-        socket.on("error", () => {})
-      }
+      receiveBuffer(direct)
+      const directCache: SenderCache = {}
+      direct.on("message", (bytes, from) => inlet.receive(bytes, "udp", from.address, directCache, from.port))
+      // Errors after bind (e.g. ICMP unreachable reported on send) must not crash the member.
+      direct.on("error", () => {})
 
       const transmit = (frame: Frame, port: number, address: string) =>
         Effect.suspend((): Effect.Effect<void, FrameTooLarge | ProtocolFailure> => {
