@@ -4,12 +4,14 @@
  *   source  sendTo the sink `count` times, `size` bytes each
  *   echo    answers every "P" with a "Q" carrying the same data
  *   pinger  sends "P" to the echo and waits for each "Q": round-trip times
+ *   responder  answers queries "R" with the data they carry
+ *   asker      queries the responder, one query at a time: round-trip times
  */
 import { Deferred, Effect, Schedule, Stream } from "effect"
 import { Cluster, ClusterLive, HookPoint } from "cluster-comm"
 
 const [role = "sink", port = "23901"] = process.argv.slice(2)
-const peerOf: Record<string, string> = { source: "sink", pinger: "echo" }
+const peerOf: Record<string, string> = { source: "sink", pinger: "echo", asker: "responder" }
 
 type Go = { readonly count: number; readonly size: number }
 const nextGo = () => new Promise<Go>((resolve) => process.once("message", (m) => resolve(m as Go)))
@@ -38,6 +40,11 @@ const main = Effect.gen(function*() {
     process.send?.({ subscribed: true })
     return yield* Effect.never
   }
+  if (role === "responder") {
+    yield* Cluster.hook(HookPoint.query("R"), (m) => Effect.succeed(m.data))
+    process.send?.({ ready: true })
+    return yield* Effect.never
+  }
   if (role === "echo") {
     yield* Cluster.hook(HookPoint.op("P", "receive"), (m) =>
       Cluster.sendTo(m.from, "Q", m.data).pipe(Effect.as(m))
@@ -60,10 +67,20 @@ const main = Effect.gen(function*() {
     process.send?.({ sent: true })
     return yield* Effect.never
   }
+  const times: Array<number> = []
+  if (role === "asker") {
+    for (let i = 0; i < go.count; i++) {
+      const t = performance.now()
+      const result = yield* Cluster.queryAll({ target, op: "R", data })
+      if (result.responses.size !== 1) return yield* Effect.die(new Error("no response"))
+      times.push(performance.now() - t)
+    }
+    process.send?.({ times })
+    return yield* Effect.never
+  }
   // pinger
   let pending = yield* Deferred.make<void>()
   yield* Cluster.hook(HookPoint.op("Q", "receive"), (m) => Deferred.succeed(pending, undefined).pipe(Effect.as(m)))
-  const times: Array<number> = []
   for (let i = 0; i < go.count; i++) {
     pending = yield* Deferred.make<void>()
     const t = performance.now()

@@ -78,6 +78,9 @@ export interface SendOptions {
  * Channels every member is on and cannot leave: 0 (broadcast), 1 (system:
  * accepted from this host only) and 2 (lan).
  */
+/** How long a query waits for answers unless it says otherwise. */
+const QUERY_TIMEOUT = Duration.seconds(5)
+
 export const FIXED_CHANNELS: ReadonlyArray<number> = [0, 1, 2]
 export const SYSTEM_CHANNEL = 1
 
@@ -266,25 +269,37 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           return PubSub.publishUnsafe(delivered, out) ? Effect.void : Effect.asVoid(PubSub.publish(delivered, out))
         }
 
+        /** Runs each point's hooks in turn, building nothing for points without hooks. */
+        const through = <A>(points: ReadonlyArray<HookPoint<A>>, value: A): Effect.Effect<A, HookRejected> => {
+          let chain: Effect.Effect<A, HookRejected> | undefined
+          for (const p of points) {
+            if (!hooks.has(p)) continue
+            chain = chain === undefined ? hooks.run(p, value) : Effect.flatMap(chain, (v) => hooks.run(p, v))
+          }
+          return chain ?? Effect.succeed(value)
+        }
+
         const receiveMessage = (frame: MessageFrame, protocol: ProtocolName, address: string) => {
           if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {
             stats.drop("filtered")
             return Effect.void
           }
           const sighting = { sender: frame.sender, address }
-          // Fast path: a known sender and no hooks anywhere: deliver at once.
-          if (!hooks.any()) {
-            const from = registry.observeNow(sighting)
-            if (from !== undefined) return deliver(new Message(frame.op, frame.data, from, protocol, frame.channel))
+          // Fast path: a known sender and no receive hooks: deliver at once.
+          const known = registry.observeNow(sighting)
+          if (known !== undefined && !hooks.anyFor("receive")) {
+            return deliver(new Message(frame.op, frame.data, known, protocol, frame.channel))
           }
-          return registry.observe(sighting).pipe(
+          return (known !== undefined ? Effect.succeed(known) : registry.observe(sighting)).pipe(
             Effect.flatMap((from) => {
               if (from === undefined) return Effect.void
               const message = new Message(frame.op, frame.data, from, protocol, frame.channel)
-              return hooks.run(Points.protocol(protocol, "receive"), message).pipe(
-                Effect.flatMap((m) => hooks.run(Points.channel(frame.channel, "receive"), m)),
-                Effect.flatMap((m) => hooks.run(Points.receive, m)),
-                Effect.flatMap((m) => hooks.run(Points.op(frame.op, "receive"), m)),
+              return through([
+                Points.protocol(protocol, "receive"),
+                Points.channel(frame.channel, "receive"),
+                Points.receive,
+                Points.op(frame.op, "receive")
+              ], message).pipe(
                 Effect.flatMap((m) => deliver(normalize(m))),
                 Effect.catchTag("HookRejected", () => Effect.sync(() => stats.drop("hook-rejected")))
               )
@@ -441,6 +456,14 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             return yield* new SendFailed({ service: peer, attempts })
           })
 
+        /** The synchronous path of `deliverTo`: true when the peer's first protocol took the frame at once. */
+        const deliverNow = (peer: Service, frameFor: (protocol: ProtocolName) => Frame): boolean => {
+          const protocol = orderFor(peer)[0]!
+          if (!transport.sendNow(protocol, peer, frameFor(protocol))) return false
+          stats.frameOut(protocol)
+          return true
+        }
+
         const sendOne = (peer: Service, op: string, data: Uint8Array, channel: number) =>
           prepared({ op, data, channel, targets: [peer], protocol: orderFor(peer)[0]! }).pipe(
             Effect.flatMap((out) => deliverTo(peer, (protocol) => outbound(out, protocol)))
@@ -451,7 +474,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
          * protocol ready to take the frame now. Undefined when the full path must run.
          */
         const sendNow = (peer: Service, op: string, data: Data): Effect.Effect<ReadonlyArray<Delivery>> | undefined => {
-          if (hooks.any()) return undefined
+          if (hooks.anyFor("send")) return undefined
           const opBytes = Buffer.byteLength(op)
           if (opBytes === 0 || opBytes > MAX_OP_BYTES) return undefined
           const protocol = orderFor(peer)[0]!
@@ -495,6 +518,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             const peers = yield* targetsOf(targets)
             const bytes = toBytes(data)
             const channel = send?.channel ?? 0
+            if (peers.length === 1) return [yield* sendOne(peers[0]!, op, bytes, channel)]
             // Every target is tried even if another fails; the first failure is reported.
             const results = yield* Effect.forEach(peers, (peer) => Effect.result(sendOne(peer, op, bytes, channel)), {
               concurrency: "unbounded"
@@ -520,17 +544,22 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         let answering = 0
         const scope = yield* Scope.Scope
 
-        const reply = (to: Service, id: number, ok: boolean, data: Uint8Array) =>
-          deliverTo(to, () => Effect.succeed<Frame>({ _tag: "Reply", sender, id, ok, data })).pipe(
+        const reply = (to: Service, id: number, ok: boolean, data: Uint8Array): Effect.Effect<void> => {
+          const frame: Frame = { _tag: "Reply", sender, id, ok, data }
+          if (deliverNow(to, () => frame)) return Effect.void
+          return deliverTo(to, () => Effect.succeed(frame)).pipe(
             Effect.catch((e) => Effect.logDebug(`reply to ${to.id} not sent: ${e.message}`))
           )
+        }
 
         const receiveQuery = (frame: QueryFrame, protocol: ProtocolName, address: string): Effect.Effect<void> => {
           if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {
             stats.drop("filtered")
             return Effect.void
           }
-          return registry.observe({ sender: frame.sender, address }).pipe(
+          const sighting = { sender: frame.sender, address }
+          const known = registry.observeNow(sighting)
+          return (known !== undefined ? Effect.succeed(known) : registry.observe(sighting)).pipe(
             Effect.flatMap((from) => {
               if (from === undefined) return Effect.void
               const point = Points.query(frame.op)
@@ -549,7 +578,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
                   onFailure: (rejected) => reply(from, frame.id, false, toBytes(rejected.reason))
                 }),
                 Effect.ensuring(Effect.sync(() => answering--)),
-                Effect.forkIn(scope),
+                // Started at once: an answer ready now goes out in this pass.
+                Effect.forkIn(scope, { startImmediately: true }),
                 Effect.asVoid
               )
             })
@@ -566,37 +596,54 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           return Effect.void
         }
 
+        /**
+         * Sends a query to its targets; `on` sees each response or error, then
+         * QueryDone once all have answered. Returns who has not answered yet
+         * (emptied as answers come) and a cancel that forgets the query.
+         */
+        const ask = (request: QueryOptions<Targets>, on: (event: QueryEvent) => void) =>
+          Effect.gen(function*() {
+            const peers = yield* targetsOf(request.target as Targets)
+            const data = toBytes(request.data)
+            const id = nextId()
+            const problem = checkFrame({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: [], data })
+            if (problem !== undefined) return yield* new InvalidMessage({ message: problem })
+            const expected = new Map(peers.map((p) => [p.id, p]))
+            const cancel = () => pending.delete(id)
+            const settle = (service: Service, event: QueryEvent) => {
+              if (!expected.delete(service.id)) return false
+              on(event)
+              if (expected.size === 0) {
+                cancel()
+                on(new QueryDone())
+              }
+              return true
+            }
+            pending.set(id, (from, ok, bytes) =>
+              settle(from, ok ? new QueryResponse({ service: from, data: bytes }) : new QueryError({ service: from, message: new TextDecoder().decode(bytes) })))
+            if (peers.length === 0) on(new QueryDone())
+            const frameFor = (peer: Service) => (protocol: ProtocolName): Frame =>
+              ({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: protocol === "udp" ? [peer.id] : [], data })
+            // Handed over at once where a connection is ready; the rest (connects, fallbacks) in a fiber.
+            const later = peers.filter((peer) => !deliverNow(peer, frameFor(peer)))
+            if (later.length > 0) {
+              yield* Effect.forEach(later, (peer) =>
+                deliverTo(peer, (protocol) => Effect.succeed(frameFor(peer)(protocol))).pipe(
+                  Effect.catch((e) => Effect.sync(() => settle(peer, new QueryError({ service: peer, message: e.message }))))
+                ), { concurrency: "unbounded", discard: true }).pipe(Effect.forkIn(scope, { startImmediately: true }))
+            }
+            return { expected, cancel }
+          })
+
         const query = (request: QueryOptions<Targets>) =>
           Stream.unwrap(
             Effect.gen(function*() {
-              const peers = yield* targetsOf(request.target as Targets)
-              const data = toBytes(request.data)
-              const id = nextId()
-              const problem = checkFrame({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: [], data })
-              if (problem !== undefined) return yield* new InvalidMessage({ message: problem })
               const events = yield* Queue.unbounded<QueryEvent>()
-              const expected = new Map(peers.map((p) => [p.id, p]))
-              const settle = (service: Service, event: QueryEvent) => {
-                if (!expected.delete(service.id)) return false
-                Queue.offerUnsafe(events, event)
-                if (expected.size === 0) {
-                  pending.delete(id)
-                  Queue.offerUnsafe(events, new QueryDone())
-                }
-                return true
-              }
-              pending.set(id, (from, ok, bytes) =>
-                settle(from, ok ? new QueryResponse({ service: from, data: bytes }) : new QueryError({ service: from, message: new TextDecoder().decode(bytes) })))
-              yield* Effect.addFinalizer(() => Effect.sync(() => pending.delete(id)))
-              if (peers.length === 0) Queue.offerUnsafe(events, new QueryDone())
-              yield* Effect.forEach(peers, (peer) =>
-                deliverTo(peer, (protocol) =>
-                  Effect.succeed<Frame>({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: protocol === "udp" ? [peer.id] : [], data })
-                ).pipe(Effect.catch((e) => Effect.sync(() => settle(peer, new QueryError({ service: peer, message: e.message }))))),
-                { concurrency: "unbounded", discard: true }).pipe(Effect.forkScoped)
-              yield* Effect.sleep(request.timeout ?? "5 seconds").pipe(
+              const { expected, cancel } = yield* ask(request, (e) => Queue.offerUnsafe(events, e))
+              yield* Effect.addFinalizer(() => Effect.sync(cancel))
+              yield* Effect.sleep(request.timeout ?? QUERY_TIMEOUT).pipe(
                 Effect.andThen(Effect.sync(() => {
-                  if (!pending.delete(id)) return
+                  if (!cancel()) return
                   Queue.offerUnsafe(events, new QueryTimeout({ missing: [...expected.values()] }))
                 })),
                 Effect.forkScoped
@@ -607,15 +654,33 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             })
           )
 
+        // The whole answer at once: no stream, no queue; one wait, bounded by the timeout.
         const queryAll = (request: QueryOptions<Targets>) =>
-          Stream.runFold(query(request), (): { responses: Map<string, QueryResponse>; errors: Map<string, QueryError>; missing: ReadonlyArray<Service>; complete: boolean } => ({ responses: new Map(), errors: new Map(), missing: [], complete: false }), (acc, e) => {
-            if (e._tag === "QueryResponse") acc.responses.set(e.service.id, e)
-            else if (e._tag === "QueryError") acc.errors.set(e.service.id, e)
-            else if (e._tag === "QueryDone") acc.complete = true
-            else acc.missing = e.missing
-            return acc
+          Effect.gen(function*() {
+            const result = { responses: new Map<string, QueryResponse>(), errors: new Map<string, QueryError>(), missing: [] as ReadonlyArray<Service>, complete: false }
+            let wake: (() => void) | undefined
+            const { expected, cancel } = yield* ask(request, (e) => {
+              if (e._tag === "QueryResponse") result.responses.set(e.service.id, e)
+              else if (e._tag === "QueryError") result.errors.set(e.service.id, e)
+              else if (e._tag === "QueryDone") {
+                result.complete = true
+                wake?.()
+              }
+            })
+            if (!result.complete) {
+              const done = yield* Effect.callback<boolean>((resume) => {
+                wake = () => resume(Effect.succeed(true))
+              }).pipe(
+                Effect.timeoutOption(request.timeout ?? QUERY_TIMEOUT),
+                Effect.onInterrupt(() => Effect.sync(cancel))
+              )
+              if (done._tag === "None") {
+                cancel()
+                result.missing = [...expected.values()]
+              }
+            }
+            return result as QueryResult
           }).pipe(
-            Effect.map((r): QueryResult => r),
             Effect.timed,
             Effect.tap(([took]) => telemetry.queried(Duration.toMillis(took) / 1000)),
             Effect.map(([, r]) => r),

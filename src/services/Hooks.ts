@@ -15,6 +15,8 @@ import type { Message, Outgoing, ProtocolName, Service } from "../schema/Service
  */
 export interface HookPoint<A, B = A> {
   readonly key: string
+  /** Message points: the direction they see (lets the hot path ask "any send hooks?"). */
+  readonly direction?: Direction
   /** Query points: the hook's value is the response to send back. */
   readonly responds?: true
   /** Phantom: the value types its hooks receive and return. */
@@ -24,21 +26,21 @@ export interface HookPoint<A, B = A> {
 export type Direction = "send" | "receive"
 type Carried<D extends Direction> = D extends "send" ? Outgoing : Message
 
-const point = <A>(key: string): HookPoint<A> => ({ key })
+const point = <A>(key: string, direction?: Direction): HookPoint<A> => direction === undefined ? { key } : { key, direction }
 
 /** The hook points of the Tcl package, in their order of use (see README). */
 export const HookPoint = {
   /** Every outgoing message, after its op and protocol hooks, before encoding. */
-  send: point<Outgoing>("send"),
+  send: point<Outgoing>("send", "send"),
   /** Every incoming message, after its protocol hook, before its op hook. */
-  receive: point<Message>("receive"),
+  receive: point<Message>("receive", "receive"),
   /** Messages carried by protocol `p`. */
   protocol: <D extends Direction>(p: ProtocolName, direction: D): HookPoint<Carried<D>> =>
-    point(`protocol ${p} ${direction}`),
+    point(`protocol ${p} ${direction}`, direction),
   /** Messages on channel `n`: runs after the op hook on send, after the protocol hook on receive. */
-  channel: <D extends Direction>(n: number, direction: D): HookPoint<Carried<D>> => point(`channel ${n} ${direction}`),
+  channel: <D extends Direction>(n: number, direction: D): HookPoint<Carried<D>> => point(`channel ${n} ${direction}`, direction),
   /** Messages with op `op`. */
-  op: <D extends Direction>(op: string, direction: D): HookPoint<Carried<D>> => point(`op ${op} ${direction}`),
+  op: <D extends Direction>(op: string, direction: D): HookPoint<Carried<D>> => point(`op ${op} ${direction}`, direction),
   /**
    * Membership: `eval` sees every sender's descriptor first, then `validate`
    * (a known service) or `found` (a new one); `lost` runs when one expires or leaves.
@@ -69,9 +71,13 @@ export class Hooks extends Context.Service<Hooks, {
   readonly has: (point: HookPoint<any>) => boolean
   /** Whether any point has hooks: none is the common case, checked once per frame. */
   readonly any: () => boolean
+  /** Whether any message point of that direction has hooks (else messages take the synchronous path). */
+  readonly anyFor: (direction: Direction) => boolean
 }>()("cluster-comm/Hooks") {
   static readonly layer = Layer.sync(Hooks, () => {
     const points = new Map<string, Array<Hook<any, unknown>>>()
+    // Points with hooks, per message direction.
+    const active = { send: 0, receive: 0 }
 
     const guarded = <A>(key: string, hook: Hook<A, unknown>, value: A): Effect.Effect<A, HookRejected> =>
       Effect.suspend(() => hook(value)).pipe(
@@ -97,13 +103,17 @@ export class Hooks extends Context.Service<Hooks, {
           Effect.flatMap((scope) => {
             const list = points.get(p.key) ?? []
             list.push(hook)
+            if (list.length === 1 && p.direction !== undefined) active[p.direction]++
             points.set(p.key, list)
             const remove = Effect.sync(() => {
               const list = points.get(p.key)
               if (list === undefined) return
               const i = list.indexOf(hook)
               if (i >= 0) list.splice(i, 1)
-              if (list.length === 0) points.delete(p.key)
+              if (list.length === 0) {
+                points.delete(p.key)
+                if (p.direction !== undefined) active[p.direction]--
+              }
             })
             return Option.isSome(scope) ? Scope.addFinalizer(scope.value, remove) : Effect.void
           })
@@ -119,7 +129,8 @@ export class Hooks extends Context.Service<Hooks, {
         return Effect.withSpan(effect, "cluster-comm.hook", { attributes: { point: p.key, hooks: chain.length }, captureStackTrace: false })
       },
       has: (p) => points.has(p.key),
-      any: () => points.size > 0
+      any: () => points.size > 0,
+      anyFor: (direction) => active[direction] > 0
     })
   })
 }

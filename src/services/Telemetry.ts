@@ -153,10 +153,12 @@ export class Telemetry extends Context.Service<Telemetry, {
           )
         }
 
+        // Tagged once: a query's hot path must not build a metric key each time.
+        const queryHistogram = tagged(querySeconds)
         return Telemetry.of({
           publish,
           prometheus,
-          queried: (seconds) => Metric.update(tagged(querySeconds), seconds)
+          queried: (seconds) => Metric.update(queryHistogram, seconds)
         })
       })
     )

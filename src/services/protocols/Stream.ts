@@ -7,7 +7,7 @@
  * reading (backpressure to the sender).
  */
 import net from "node:net"
-import { Duration, Effect, type Scope } from "effect"
+import { Duration, Effect, Schedule, type Scope } from "effect"
 import { isLocalAddress } from "../../internal/host.ts"
 import type { ClusterConfig } from "../../schema/Config.ts"
 import { FrameTooLarge, type JoinError, ProtocolFailure } from "../../schema/Errors.ts"
@@ -139,8 +139,6 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       accepted.add(socket)
       perPeer.set(address, fromPeer + 1)
       stats.connection("accepted")
-      // An idle connection is closed; a peer reconnects when it has something to say.
-      socket.setTimeout(options.limits.idleMillis, () => socket.destroy())
       const reader = new FrameReader(options.maxFrame)
       const cache: SenderCache = {}
       let slowDown = false
@@ -164,6 +162,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       socket.on("error", () => {}) // a reset peer is not our failure
       socket.on("close", () => {
         accepted.delete(socket)
+        activity.delete(socket)
         const left = (perPeer.get(address) ?? 1) - 1
         if (left === 0) perPeer.delete(address)
         else perPeer.set(address, left)
@@ -179,6 +178,27 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       Effect.callback<void>((resume) => {
         server.close(() => resume(Effect.void))
       }).pipe(Effect.andThen(options.unlisten?.(server) ?? Effect.void))
+
+    // An idle connection is closed (a peer reconnects when it has something to
+    // say). A sweep finds them: a timer per socket would be re-armed on every
+    // read and write, a cost on the hot path.
+    const activity = new Map<net.Socket, { bytes: number; since: number }>()
+    const idleMillis = options.limits.idleMillis
+    const closeIdle = Effect.sync(() => {
+      const now = Date.now()
+      const check = (socket: net.Socket) => {
+        const bytes = socket.bytesRead + socket.bytesWritten
+        const seen = activity.get(socket)
+        if (seen === undefined || seen.bytes !== bytes) activity.set(socket, { bytes, since: now })
+        else if (now - seen.since >= idleMillis) socket.destroy()
+      }
+      for (const socket of accepted) check(socket)
+      for (const conn of connections.values()) check(conn.socket)
+    })
+    yield* closeIdle.pipe(
+      Effect.repeat(Schedule.spaced(Duration.millis(Math.max(20, Math.min(idleMillis / 4, 30_000))))),
+      Effect.forkScoped
+    )
 
     let server = newServer()
     let port = yield* options.listen(server)
@@ -206,7 +226,6 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     const connect = (to: Endpoint, key: string): Connection => {
       const socket = net.connect({ ...options.connectTo(to), noDelay: true } as net.NetConnectOpts)
       stats.connection("opened")
-      socket.setTimeout(options.limits.idleMillis, () => socket.destroy())
       const conn: Connection = { socket, open: false, waiting: [], batch: [], batched: 0 }
       const settle = (error?: Error) => {
         const waiting = conn.waiting
@@ -220,6 +239,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       socket.on("drain", () => settle())
       socket.on("error", (e) => settle(e))
       socket.on("close", () => {
+        activity.delete(socket)
         conn.open = false
         if (connections.get(key) === conn) connections.delete(key)
         settle(new Error("connection closed"))
