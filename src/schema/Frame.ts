@@ -7,7 +7,7 @@
  * | ------ | ---- | --------------------------------------------- |
  * | 0      | 1    | magic `0xCC`                                  |
  * | 1      | 1    | version (1)                                   |
- * | 2      | 1    | kind: 1 heartbeat, 2 probe, 3 answer, 4 leave, 5 message |
+ * | 2      | 1    | kind: 1 heartbeat, 2 probe, 3 answer, 4 leave, 5 message, 6 query, 7 reply, 8 ping, 9 repair, 10 beat, 11 batch |
  * | 3      | 1    | flags (reserved, 0)                           |
  * | 4      | 6    | sender host id (12 hex digits as 6 bytes)     |
  * | 10     | 8    | sender instance (random per process)          |
@@ -27,6 +27,9 @@
  * A message carries `u8 op length (1..32), op, u16 channel, u8 target count T
  * (0..32)`, T targets of `6 bytes host id, u8 name length, name`, then the data
  * up to the end of the frame (the datagram, or the tcp length prefix, delimits it).
+ * A batch (kind 11, what `sendAll` sends over a connection) is many messages
+ * with one op and channel: `u8 op length, op, u16 channel, u32 count (1..65535)`,
+ * then each message as `u32 length, data`; no targets (a connection is its own target).
  * A repair lists protocols (`u8` count, `u8` ids) by which a peer could not
  * reach the recipient. A ping names a service (`6 bytes host id, u8 name length, name`) that some
  * member could not reach. A query is a message preceded by a `u32` request id; a reply carries `u32`
@@ -81,6 +84,15 @@ export const MessageFrame = Schema.TaggedStruct("Message", {
   data: Schema.Uint8Array
 })
 
+/** Many messages of one op and channel from one sender, in order: `sendAll`'s frame. */
+export const MessagesFrame = Schema.TaggedStruct("Messages", {
+  sender: Sender,
+  op: Schema.String.check(Schema.isMinLength(1)),
+  channel: Schema.Int,
+  items: Schema.Array(Schema.Uint8Array)
+})
+export const MAX_BATCH_ITEMS = 65535
+
 /** The periodic "still here": who (no name) and which descriptor version. */
 export const Beat = Schema.TaggedStruct("Beat", {
   sender: Schema.Struct({ hostId: HostId, instance: Instance, name: Schema.String }),
@@ -111,10 +123,11 @@ export const Ping = Schema.TaggedStruct("Ping", { sender: Sender, target: Schema
 /** "I could only reach you by a fallback: these listeners of yours failed me." */
 export const Repair = Schema.TaggedStruct("Repair", { sender: Sender, protocols: Schema.Array(Schema.String) })
 
-export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame, Ping, Repair, Beat])
+export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame, Ping, Repair, Beat, MessagesFrame])
 export type Frame = typeof Frame.Type
 export type Beacon = typeof Heartbeat.Type | typeof Probe.Type | typeof Answer.Type
 export type MessageFrame = typeof MessageFrame.Type
+export type MessagesFrame = typeof MessagesFrame.Type
 export type Ping = typeof Ping.Type
 export type Beat = typeof Beat.Type
 export type Repair = typeof Repair.Type
@@ -130,8 +143,8 @@ export type DecodeFailure =
   | "invalid-field"
   | "trailing-bytes"
 
-const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7, Ping: 8, Repair: 9, Beat: 10 } as const
-const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply", "Ping", "Repair", "Beat"] as const
+const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7, Ping: 8, Repair: 9, Beat: 10, Messages: 11 } as const
+const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply", "Ping", "Repair", "Beat", "Messages"] as const
 // Protocol ids on the wire. Plug-ins add theirs (16..255) when a member opens them.
 const PROTOCOL_ID = new Map<ProtocolName, number>([["tcp", 1], ["udp", 2], ["unix", 3]])
 const PROTOCOL_BY_ID: Array<ProtocolName | undefined> = [undefined, "tcp", "udp", "unix"]
@@ -174,6 +187,10 @@ export const frameSize = (frame: Frame): number => {
       return size
     case "Reply":
       return size + 5 + frame.data.byteLength
+    case "Messages":
+      size += 1 + Buffer.byteLength(frame.op) + 2 + 4 + 4 * frame.items.length
+      for (const item of frame.items) size += item.byteLength
+      return size
     case "Ping":
       return size + 6 + 1 + Buffer.byteLength(idParts(frame.target)[1])
     case "Repair":
@@ -249,6 +266,20 @@ export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
       buf[at + 4] = frame.ok ? 0 : 1
       buf.set(frame.data, at + 5)
       break
+    case "Messages": {
+      const opLen = buf.write(frame.op, at + 1, "utf8")
+      buf[at] = opLen
+      at += 1 + opLen
+      buf.writeUInt16BE(frame.channel, at)
+      buf.writeUInt32BE(frame.items.length, at + 2)
+      at += 6
+      for (const item of frame.items) {
+        buf.writeUInt32BE(item.byteLength, at)
+        buf.set(item, at + 4)
+        at += 4 + item.byteLength
+      }
+      break
+    }
     case "Query":
     case "Message": {
       if (frame._tag === "Query") {
@@ -298,7 +329,12 @@ export const checkFrame = (frame: Frame): string | undefined => {
   if (frame._tag === "Query" || frame._tag === "Reply") {
     if (!Number.isInteger(frame.id) || frame.id < 0 || frame.id > 0xffffffff) return "query id must be a u32"
   }
-  if (frame._tag === "Message" || frame._tag === "Query") {
+  if (frame._tag === "Messages") {
+    const opLen = Buffer.byteLength(frame.op)
+    if (opLen < 1 || opLen > MAX_OP_BYTES) return `op must be 1..${MAX_OP_BYTES} bytes`
+    if (!Number.isInteger(frame.channel) || frame.channel < 0 || frame.channel > 65535) return "channel must be 0..65535"
+    if (frame.items.length < 1 || frame.items.length > MAX_BATCH_ITEMS) return `a batch holds 1..${MAX_BATCH_ITEMS} messages`
+  } else if (frame._tag === "Message" || frame._tag === "Query") {
     const opLen = Buffer.byteLength(frame.op)
     if (opLen < 1 || opLen > MAX_OP_BYTES) return `op must be 1..${MAX_OP_BYTES} bytes`
     if (!Number.isInteger(frame.channel) || frame.channel < 0 || frame.channel > 65535) return "channel must be 0..65535"
@@ -352,8 +388,8 @@ export const decodeFrame = (bytes: Uint8Array, cache?: SenderCache): Frame | Dec
 }
 
 /** Messages, queries and replies: traffic, as opposed to the control frames (beacons, leave, ping, repair, beat). */
-export const isTraffic = (frame: Frame): frame is MessageFrame | QueryFrame | ReplyFrame =>
-  frame._tag === "Message" || frame._tag === "Query" || frame._tag === "Reply"
+export const isTraffic = (frame: Frame): frame is MessageFrame | MessagesFrame | QueryFrame | ReplyFrame =>
+  frame._tag === "Message" || frame._tag === "Messages" || frame._tag === "Query" || frame._tag === "Reply"
 
 export const isDecodeFailure = (r: Frame | DecodeFailure): r is DecodeFailure => typeof r === "string"
 
@@ -419,6 +455,26 @@ const decodeOrThrow = (bytes: Uint8Array, cache: SenderCache | undefined): Frame
       const status = buf[at + 4]!
       if (status > 1) throw new Malformed("invalid-field")
       return { _tag: "Reply", sender, id: buf.readUInt32BE(at), ok: status === 0, data: buf.subarray(at + 5, end) }
+    }
+    case "Messages": {
+      const op = readString(buf, at, MAX_OP_BYTES)
+      at += 1 + buf[at]!
+      need(buf, at, 6)
+      const channel = buf.readUInt16BE(at)
+      const count = buf.readUInt32BE(at + 2)
+      at += 6
+      if (count < 1 || count > MAX_BATCH_ITEMS) throw new Malformed("invalid-field")
+      need(buf, at, 4 * count) // before allocating for them
+      const items: Array<Uint8Array> = new Array(count)
+      for (let i = 0; i < count; i++) {
+        need(buf, at, 4)
+        const len = buf.readUInt32BE(at)
+        need(buf, at + 4, len)
+        items[i] = buf.subarray(at + 4, at + 4 + len)
+        at += 4 + len
+      }
+      if (at !== end) throw new Malformed("trailing-bytes")
+      return { _tag: "Messages", sender, op, channel, items }
     }
     case "Query":
     case "Message": {

@@ -25,7 +25,9 @@ import {
   type Frame,
   isTraffic,
   MAX_OP_BYTES,
+  MAX_BATCH_ITEMS,
   type MessageFrame,
+  type MessagesFrame,
   type QueryFrame,
   type ReplyFrame,
   type Sender
@@ -74,13 +76,16 @@ export interface SendOptions {
   readonly channel?: number
 }
 
+/** The most data a `sendAll` batch frame carries. */
+const BATCH_BYTES = 60 * 1024
+
+/** How long a query waits for answers unless it says otherwise. */
+const QUERY_TIMEOUT = Duration.seconds(5)
+
 /**
  * Channels every member is on and cannot leave: 0 (broadcast), 1 (system:
  * accepted from this host only) and 2 (lan).
  */
-/** How long a query waits for answers unless it says otherwise. */
-const QUERY_TIMEOUT = Duration.seconds(5)
-
 export const FIXED_CHANNELS: ReadonlyArray<number> = [0, 1, 2]
 export const SYSTEM_CHANNEL = 1
 
@@ -126,9 +131,12 @@ export interface ClusterShape {
   ) => Effect.Effect<ReadonlyArray<Delivery>, SendFailed | HookRejected | ServiceNotFound | InvalidMessage | InvalidQuery>
   /**
    * Sends many messages with one op to one service, in order: the streaming
-   * form of `sendTo` for throughput. Frames go straight into the connection's
-   * batch while it has room (no per-message Effect), and wait for it to drain
-   * when it has not. Returns how many were sent.
+   * form of `sendTo` for throughput. Over a connection they travel in batch
+   * frames (up to 60 KiB of messages each: one frame to write and to decode
+   * for many); each is still its own message to the receiver, its receive
+   * hooks included. With send hooks, or while the connection cannot take a
+   * batch, they go one `sendTo` each (which waits and falls back). Returns how
+   * many were sent.
    */
   readonly sendAll: (
     target: Service,
@@ -279,6 +287,33 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           return chain ?? Effect.succeed(value)
         }
 
+        /** A batch: its messages in order, each through the receive hooks as if it came alone. */
+        const receiveMessages = (frame: MessagesFrame, protocol: ProtocolName, address: string): Effect.Effect<void> => {
+          const sighting = { sender: frame.sender, address }
+          const known = registry.observeNow(sighting)
+          if (known !== undefined && !hooks.anyFor("receive")) {
+            for (const data of frame.items) deliver(new Message(frame.op, data, known, protocol, frame.channel))
+            return Effect.void
+          }
+          return (known !== undefined ? Effect.succeed(known) : registry.observe(sighting)).pipe(
+            Effect.flatMap((from) =>
+              from === undefined ? Effect.void : Effect.forEach(frame.items, (data) =>
+                through(receivePoints(protocol, frame.channel, frame.op), new Message(frame.op, data, from, protocol, frame.channel)).pipe(
+                  Effect.flatMap((m) => deliver(normalize(m))),
+                  Effect.catchTag("HookRejected", () => Effect.sync(() => stats.drop("hook-rejected")))
+                ), { discard: true })
+            )
+          )
+        }
+
+        /** The receive hook points a message passes, in order. */
+        const receivePoints = (protocol: ProtocolName, channel: number, op: string) => [
+          Points.protocol(protocol, "receive"),
+          Points.channel(channel, "receive"),
+          Points.receive,
+          Points.op(op, "receive")
+        ]
+
         const receiveMessage = (frame: MessageFrame, protocol: ProtocolName, address: string) => {
           if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {
             stats.drop("filtered")
@@ -294,12 +329,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             Effect.flatMap((from) => {
               if (from === undefined) return Effect.void
               const message = new Message(frame.op, frame.data, from, protocol, frame.channel)
-              return through([
-                Points.protocol(protocol, "receive"),
-                Points.channel(frame.channel, "receive"),
-                Points.receive,
-                Points.op(frame.op, "receive")
-              ], message).pipe(
+              return through(receivePoints(protocol, frame.channel, frame.op), message).pipe(
                 Effect.flatMap((m) => deliver(normalize(m))),
                 Effect.catchTag("HookRejected", () => Effect.sync(() => stats.drop("hook-rejected")))
               )
@@ -324,7 +354,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               return false
             }
           }
-          if (frame._tag === "Message" || frame._tag === "Query") {
+          if (frame._tag === "Message" || frame._tag === "Messages" || frame._tag === "Query") {
             if (!joined.has(frame.channel)) {
               stats.drop("channel")
               return false
@@ -361,6 +391,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           isTraffic(frame) ? Effect.void : discovery.handle(frame, address, port))
         yield* pump(transport.takeMessages, ({ frame, protocol, address }) =>
           frame._tag === "Message" ? receiveMessage(frame, protocol, address) :
+          frame._tag === "Messages" ? receiveMessages(frame, protocol, address) :
           frame._tag === "Query" ? receiveQuery(frame, protocol, address) :
           frame._tag === "Reply" ? receiveReply(frame, address) :
           Effect.void)
@@ -705,17 +736,49 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           sendTo,
           sendAll: (target, op, items, send) =>
             Effect.gen(function*() {
+              const channel = send?.channel ?? 0
+              const opBytes = Buffer.byteLength(op)
+              // Items go out in batch frames (one frame and one decode for many), up
+              // to 60 KiB each, or what the peer's first protocol carries in one frame.
+              const carrier = transport.protocols.get(orderFor(target)[0]!)
+              const cap = Math.min(BATCH_BYTES, (carrier?.maxFrame ?? 0) - 1024)
+              let batch: Array<Uint8Array> = []
+              let bytes = 0
               let sent = 0
+              /** True when the connection took these messages as one batch frame now. */
+              const batchNow = (out: ReadonlyArray<Uint8Array>) => {
+                // Send hooks see each message: with them, no batches.
+                if (hooks.anyFor("send") || opBytes === 0 || opBytes > MAX_OP_BYTES) return false
+                if (!deliverNow(target, () => ({ _tag: "Messages", sender, op, channel, items: out }))) return false
+                for (let i = 0; i < out.length; i++) stats.message("out", op)
+                return true
+              }
+              const flush = Effect.suspend(() => {
+                if (batch.length === 0) return Effect.void
+                const out = batch
+                batch = []
+                bytes = 0
+                sent += out.length
+                if (batchNow(out)) return Effect.void
+                // Not now (connecting, or too much unsent): the first goes by sendTo,
+                // which waits for the connection (or falls back); then the rest as a batch if it can.
+                return sendTo(target, op, out[0]!, send).pipe(
+                  Effect.andThen(Effect.suspend(() => {
+                    const rest = out.slice(1)
+                    return rest.length === 0 || batchNow(rest)
+                      ? Effect.void
+                      : Effect.forEach(rest, (data) => sendTo(target, op, data, send), { discard: true })
+                  }))
+                )
+              })
               const it = items[Symbol.iterator]()
               for (let next = it.next(); !next.done; next = it.next()) {
-                // Fast while the connection has room; the full path (which waits) when not.
-                if (send?.channel === undefined && sendNow(target, op, next.value) !== undefined) {
-                  sent++
-                  continue
-                }
-                yield* sendTo(target, op, next.value, send)
-                sent++
+                const data = toBytes(next.value)
+                if (bytes + data.byteLength + 4 > cap || batch.length === MAX_BATCH_ITEMS) yield* flush
+                batch.push(data)
+                bytes += data.byteLength + 4
               }
+              yield* flush
               return sent
             }),
           keyring: {

@@ -3,7 +3,7 @@ import dgram from "node:dgram"
 import net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Stream } from "effect"
-import type { JoinError, Service } from "cluster-comm"
+import { HookPoint, HookRejected, type JoinError, type Service } from "cluster-comm"
 import { collect, eventually, leavable, member, testCluster } from "../helpers.ts"
 
 // Real sockets, one process, host-only (remote 0): loopback multicast, TTL 0.
@@ -154,6 +154,28 @@ describe("members on real sockets (one host)", () => {
       assert.strictEqual(sent, count)
       const messages = yield* Fiber.join(got).pipe(Effect.timeout("10 seconds"))
       assert.isTrue(messages.every((m, i) => m.text === `n${i}` && m.protocol === "tcp"))
+      // Carried in batch frames: far fewer frames than messages, every message counted.
+      const stats = yield* rx.stats
+      assert.strictEqual(stats.byOp.S?.in, count)
+      assert.isBelow(stats.byProtocol.tcp!.in, count / 100)
+    }))
+
+  it.live("sendAll's batches still pass every message through the send and receive hooks", () =>
+    Effect.gen(function*() {
+      const rx = yield* member({ name: "hooked-rx", ...fast })
+      const tx = yield* member({ name: "hooked-tx", ...fast })
+      const [target] = yield* eventually(tx.resolve("hooked-rx"), (s) => s.length === 1)
+      // The receiver refuses odd numbers; the sender upper-cases what it sends once its hook is in.
+      yield* rx.hook(HookPoint.op("S", "receive"), (m) =>
+        Number(m.text.slice(1)) % 2 === 1 ? Effect.fail(new HookRejected({ point: "test", reason: "odd" })) : Effect.succeed(m))
+      const got = yield* collect(rx, 50)
+      assert.strictEqual(yield* tx.sendAll(target!, "S", Array.from({ length: 100 }, (_, i) => `n${i}`)), 100)
+      assert.deepStrictEqual((yield* Fiber.join(got).pipe(Effect.timeout("5 seconds"))).map((m) => m.text), Array.from({ length: 50 }, (_, i) => `n${2 * i}`))
+      yield* eventually(rx.stats, (s) => s.drops["hook-rejected"] === 50)
+      yield* tx.hook(HookPoint.op("S", "send"), (o) => Effect.succeed({ ...o, data: new TextEncoder().encode(new TextDecoder().decode(o.data).toUpperCase()) }))
+      const again = yield* collect(rx, 2)
+      yield* tx.sendAll(target!, "S", ["n2", "n3", "n4"])
+      assert.deepStrictEqual((yield* Fiber.join(again).pipe(Effect.timeout("5 seconds"))).map((m) => m.text), ["N2", "N4"])
     }))
 
   it.live("messages sent just before leaving still arrive", () =>

@@ -62,9 +62,17 @@ const beat = fc.record({
   sender: fc.record({ hostId: hex(6), instance: hex(8), name: fc.constant("") }),
   version: fc.integer({ min: 0, max: 65535 })
 })
-const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message, query, reply, ping, repair, beat)
+const batch = fc.record({
+  _tag: fc.constant("Messages" as const),
+  sender,
+  op: utf8Within(32),
+  channel: fc.integer({ min: 0, max: 65535 }),
+  items: fc.array(fc.uint8Array({ maxLength: 512 }), { minLength: 1, maxLength: 40 })
+})
+const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message, query, reply, ping, repair, beat, batch)
 
-const normalize = (f: Frame) => ("data" in f ? { ...f, data: Array.from(f.data) } : f)
+const normalize = (f: Frame) =>
+  "data" in f ? { ...f, data: Array.from(f.data) } : "items" in f ? { ...f, items: f.items.map((i) => Array.from(i)) } : f
 
 const sample: Frame = {
   _tag: "Message",
@@ -131,6 +139,19 @@ describe("frame codec", () => {
     badStatus[replyBytes.length - 1] = 2
     assert.strictEqual(decodeFrame(badStatus), "invalid-field")
     assert.strictEqual(decodeFrame(replyBytes.subarray(0, replyBytes.length - 1)), "truncated")
+    // A batch: its count must be 1..65535 and match what follows, to the last byte.
+    const batchBytes = encodeFrame({ _tag: "Messages", sender: sample.sender, op: "T", channel: 0, items: [new Uint8Array([1, 2])] })
+    const countAt = 19 + 11 + 2 + 2
+    const withCount = (n: number) => {
+      const b = Buffer.from(batchBytes)
+      b.writeUInt32BE(n, countAt)
+      return b
+    }
+    assert.strictEqual(decodeFrame(withCount(0)), "invalid-field")
+    assert.strictEqual(decodeFrame(withCount(70_000)), "invalid-field")
+    assert.strictEqual(decodeFrame(withCount(60_000)), "truncated")
+    assert.strictEqual(decodeFrame(Buffer.concat([batchBytes, Buffer.from([0])])), "trailing-bytes")
+    assert.strictEqual(decodeFrame(batchBytes.subarray(0, batchBytes.length - 1)), "truncated")
     assert.strictEqual(decodeFrame(patched(18, 0)), "invalid-field") // empty name
     assert.strictEqual(decodeFrame(patched(18, 200)), "invalid-field") // name over 48 bytes
     const badUtf8 = patched(19, 0xff)

@@ -24,7 +24,8 @@ const seed: ReadonlyArray<Frame> = [
   { _tag: "Heartbeat", sender, protocols: [{ protocol: "tcp", port: 1 }], tags: ["x"], version: 1 },
   { _tag: "Beat", sender, version: 1 },
   { _tag: "Query", sender, id: 1, op: "Q", channel: 0, targets: [], data: new Uint8Array(0) },
-  { _tag: "Reply", sender, id: 1, ok: true, data: new Uint8Array(0) }
+  { _tag: "Reply", sender, id: 1, ok: true, data: new Uint8Array(0) },
+  { _tag: "Messages", sender, op: "B", channel: 0, items: [new Uint8Array([1]), new Uint8Array([2, 3])] }
 ]
 
 /** 100,000 datagrams: random bytes, truncated frames and frames with random mutations. */
