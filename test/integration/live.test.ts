@@ -113,6 +113,15 @@ describe("members on real sockets (one host)", () => {
       assert.strictEqual(got!.from.name, "g4")
       for (const m of [members[1]!, members[2]!, late]) yield* m.leave
       assert.strictEqual(groupSockets(), 0)
+      // The last member leaving while another joins: the joiner still gets a working socket.
+      const last = yield* leavable({ name: "g5", ...at })
+      const [, next] = yield* Effect.all([last.leave, leavable({ name: "g6", ...at })], { concurrency: "unbounded" })
+      const other = yield* leavable({ name: "g7", ...at })
+      yield* eventually(next.cluster.services, knowsAll(["g6", "g7"], "g6"))
+      assert.strictEqual(groupSockets(), 1)
+      yield* next.leave
+      yield* other.leave
+      assert.strictEqual(groupSockets(), 0)
     }))
 
   it.live("tags go out in a heartbeat as soon as they change", () =>

@@ -72,11 +72,15 @@ const joinGroup = (port: number, address: string, iface: string, heard: Heard) =
   Effect.acquireRelease(
     Effect.gen(function*() {
       const key = `${address}:${port}@${iface}`
-      const shared = groups.get(key) ?? share(key, port, address, iface)
-      const socket = yield* Effect.promise(() => shared.opened)
-      if (socket instanceof JoinError) return yield* socket
-      shared.members.add(heard)
-      return { key, shared, socket }
+      while (true) {
+        const shared = groups.get(key) ?? share(key, port, address, iface)
+        const socket = yield* Effect.promise(() => shared.opened)
+        if (socket instanceof JoinError) return yield* socket
+        // Its last member may have closed it while we waited: then open anew.
+        if (groups.get(key) !== shared) continue
+        shared.members.add(heard)
+        return { key, shared, socket }
+      }
     }),
     ({ key, shared, socket }) =>
       Effect.callback<void>((resume) => {
