@@ -75,19 +75,22 @@ export const Probe = Schema.TaggedStruct("Probe", beaconFields)
 export const Answer = Schema.TaggedStruct("Answer", beaconFields)
 /** Sent when a member's scope closes, so peers drop it at once. */
 export const Leave = Schema.TaggedStruct("Leave", { sender: Sender })
-/** An op-coded message; non-empty `targets` (service ids) means only they accept it. */
-export const MessageFrame = Schema.TaggedStruct("Message", {
+const Op = Schema.String.check(Schema.isMinLength(1))
+const messageFields = {
   sender: Sender,
-  op: Schema.String.check(Schema.isMinLength(1)),
+  op: Op,
   channel: Schema.Int,
   targets: Schema.Array(Schema.String),
   data: Schema.Uint8Array
-})
+}
+
+/** An op-coded message; non-empty `targets` (service ids) means only they accept it. */
+export const MessageFrame = Schema.TaggedStruct("Message", messageFields)
 
 /** Many messages of one op and channel from one sender, in order: `sendAll`'s frame. */
 export const MessagesFrame = Schema.TaggedStruct("Messages", {
   sender: Sender,
-  op: Schema.String.check(Schema.isMinLength(1)),
+  op: Op,
   channel: Schema.Int,
   items: Schema.Array(Schema.Uint8Array)
 })
@@ -101,14 +104,7 @@ export const Beat = Schema.TaggedStruct("Beat", {
 export const BEAT_SIZE = 20
 
 /** A request whose targets each answer with a `Reply` carrying the same id. */
-export const QueryFrame = Schema.TaggedStruct("Query", {
-  sender: Sender,
-  id: Schema.Int,
-  op: Schema.String.check(Schema.isMinLength(1)),
-  channel: Schema.Int,
-  targets: Schema.Array(Schema.String),
-  data: Schema.Uint8Array
-})
+export const QueryFrame = Schema.TaggedStruct("Query", { ...messageFields, id: Schema.Int })
 /** The answer to a query: a response, or (ok false) an error message. */
 export const ReplyFrame = Schema.TaggedStruct("Reply", {
   sender: Sender,

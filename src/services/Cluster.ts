@@ -287,18 +287,33 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           return chain ?? Effect.succeed(value)
         }
 
-        /** A batch: its messages in order, each through the receive hooks as if it came alone. */
-        const receiveMessages = (frame: MessagesFrame, protocol: ProtocolName, address: string): Effect.Effect<void> => {
+        /**
+         * Messages of one sender, op and channel (a message, or a batch's), in
+         * order, each through the receive hooks as if it came alone. Known
+         * sender and no receive hooks: delivered at once.
+         */
+        const receiveData = (
+          frame: MessageFrame | MessagesFrame,
+          items: ReadonlyArray<Uint8Array>,
+          protocol: ProtocolName,
+          address: string
+        ): Effect.Effect<void> => {
           const sighting = { sender: frame.sender, address }
           const known = registry.observeNow(sighting)
           if (known !== undefined && !hooks.anyFor("receive")) {
-            for (const data of frame.items) deliver(new Message(frame.op, data, known, protocol, frame.channel))
+            for (const data of items) deliver(new Message(frame.op, data, known, protocol, frame.channel))
             return Effect.void
           }
+          const points = [
+            Points.protocol(protocol, "receive"),
+            Points.channel(frame.channel, "receive"),
+            Points.receive,
+            Points.op(frame.op, "receive")
+          ]
           return (known !== undefined ? Effect.succeed(known) : registry.observe(sighting)).pipe(
             Effect.flatMap((from) =>
-              from === undefined ? Effect.void : Effect.forEach(frame.items, (data) =>
-                through(receivePoints(protocol, frame.channel, frame.op), new Message(frame.op, data, from, protocol, frame.channel)).pipe(
+              from === undefined ? Effect.void : Effect.forEach(items, (data) =>
+                through(points, new Message(frame.op, data, from, protocol, frame.channel)).pipe(
                   Effect.flatMap((m) => deliver(normalize(m))),
                   Effect.catchTag("HookRejected", () => Effect.sync(() => stats.drop("hook-rejected")))
                 ), { discard: true })
@@ -306,35 +321,12 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           )
         }
 
-        /** The receive hook points a message passes, in order. */
-        const receivePoints = (protocol: ProtocolName, channel: number, op: string) => [
-          Points.protocol(protocol, "receive"),
-          Points.channel(channel, "receive"),
-          Points.receive,
-          Points.op(op, "receive")
-        ]
-
         const receiveMessage = (frame: MessageFrame, protocol: ProtocolName, address: string) => {
           if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {
             stats.drop("filtered")
             return Effect.void
           }
-          const sighting = { sender: frame.sender, address }
-          // Fast path: a known sender and no receive hooks: deliver at once.
-          const known = registry.observeNow(sighting)
-          if (known !== undefined && !hooks.anyFor("receive")) {
-            return deliver(new Message(frame.op, frame.data, known, protocol, frame.channel))
-          }
-          return (known !== undefined ? Effect.succeed(known) : registry.observe(sighting)).pipe(
-            Effect.flatMap((from) => {
-              if (from === undefined) return Effect.void
-              const message = new Message(frame.op, frame.data, from, protocol, frame.channel)
-              return through(receivePoints(protocol, frame.channel, frame.op), message).pipe(
-                Effect.flatMap((m) => deliver(normalize(m))),
-                Effect.catchTag("HookRejected", () => Effect.sync(() => stats.drop("hook-rejected")))
-              )
-            })
-          )
+          return receiveData(frame, [frame.data], protocol, address)
         }
 
         /** The drop checks every frame passes first; true when it may go on. */
@@ -391,7 +383,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           isTraffic(frame) ? Effect.void : discovery.handle(frame, address, port))
         yield* pump(transport.takeMessages, ({ frame, protocol, address }) =>
           frame._tag === "Message" ? receiveMessage(frame, protocol, address) :
-          frame._tag === "Messages" ? receiveMessages(frame, protocol, address) :
+          frame._tag === "Messages" ? receiveData(frame, frame.items, protocol, address) :
           frame._tag === "Query" ? receiveQuery(frame, protocol, address) :
           frame._tag === "Reply" ? receiveReply(frame, address) :
           Effect.void)
@@ -487,12 +479,19 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             return yield* new SendFailed({ service: peer, attempts })
           })
 
-        /** The synchronous path of `deliverTo`: true when the peer's first protocol took the frame at once. */
-        const deliverNow = (peer: Service, frameFor: (protocol: ProtocolName) => Frame): boolean => {
+        /** The synchronous path of `deliverTo`: the protocol when the peer's first one took the frame at once. */
+        const deliverNow = (peer: Service, frameFor: (protocol: ProtocolName) => Frame): ProtocolName | undefined => {
           const protocol = orderFor(peer)[0]!
-          if (!transport.sendNow(protocol, peer, frameFor(protocol))) return false
+          if (!transport.sendNow(protocol, peer, frameFor(protocol))) return undefined
           stats.frameOut(protocol)
-          return true
+          return protocol
+        }
+
+        /** Whether messages with `op` may skip the full send path: no send hooks to run, an op the wire takes. */
+        const plain = (op: string): boolean => {
+          if (hooks.anyFor("send")) return false
+          const opBytes = Buffer.byteLength(op)
+          return opBytes > 0 && opBytes <= MAX_OP_BYTES
         }
 
         const sendOne = (peer: Service, op: string, data: Uint8Array, channel: number) =>
@@ -505,12 +504,9 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
          * protocol ready to take the frame now. Undefined when the full path must run.
          */
         const sendNow = (peer: Service, op: string, data: Data): Effect.Effect<ReadonlyArray<Delivery>> | undefined => {
-          if (hooks.anyFor("send")) return undefined
-          const opBytes = Buffer.byteLength(op)
-          if (opBytes === 0 || opBytes > MAX_OP_BYTES) return undefined
-          const protocol = orderFor(peer)[0]!
-          if (!transport.sendNow(protocol, peer, frameOf(op, 0, [peer], toBytes(data), protocol))) return undefined
-          stats.frameOut(protocol)
+          if (!plain(op)) return undefined
+          const protocol = deliverNow(peer, (p) => frameOf(op, 0, [peer], toBytes(data), p))
+          if (protocol === undefined) return undefined
           stats.message("out", op)
           return Effect.succeed([{ service: peer, protocol }])
         }
@@ -577,7 +573,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
 
         const reply = (to: Service, id: number, ok: boolean, data: Uint8Array): Effect.Effect<void> => {
           const frame: Frame = { _tag: "Reply", sender, id, ok, data }
-          if (deliverNow(to, () => frame)) return Effect.void
+          if (deliverNow(to, () => frame) !== undefined) return Effect.void
           return deliverTo(to, () => Effect.succeed(frame)).pipe(
             Effect.catch((e) => Effect.logDebug(`reply to ${to.id} not sent: ${e.message}`))
           )
@@ -588,9 +584,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             stats.drop("filtered")
             return Effect.void
           }
-          const sighting = { sender: frame.sender, address }
-          const known = registry.observeNow(sighting)
-          return (known !== undefined ? Effect.succeed(known) : registry.observe(sighting)).pipe(
+          return registry.observe({ sender: frame.sender, address }).pipe(
             Effect.flatMap((from) => {
               if (from === undefined) return Effect.void
               const point = Points.query(frame.op)
@@ -656,7 +650,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             const frameFor = (peer: Service) => (protocol: ProtocolName): Frame =>
               ({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: protocol === "udp" ? [peer.id] : [], data })
             // Handed over at once where a connection is ready; the rest (connects, fallbacks) in a fiber.
-            const later = peers.filter((peer) => !deliverNow(peer, frameFor(peer)))
+            const later = peers.filter((peer) => deliverNow(peer, frameFor(peer)) === undefined)
             if (later.length > 0) {
               yield* Effect.forEach(later, (peer) =>
                 deliverTo(peer, (protocol) => Effect.succeed(frameFor(peer)(protocol))).pipe(
@@ -737,7 +731,6 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           sendAll: (target, op, items, send) =>
             Effect.gen(function*() {
               const channel = send?.channel ?? 0
-              const opBytes = Buffer.byteLength(op)
               // Items go out in batch frames (one frame and one decode for many), up
               // to 60 KiB each, or what the peer's first protocol carries in one frame.
               const carrier = transport.protocols.get(orderFor(target)[0]!)
@@ -748,8 +741,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               /** True when the connection took these messages as one batch frame now. */
               const batchNow = (out: ReadonlyArray<Uint8Array>) => {
                 // Send hooks see each message: with them, no batches.
-                if (hooks.anyFor("send") || opBytes === 0 || opBytes > MAX_OP_BYTES) return false
-                if (!deliverNow(target, () => ({ _tag: "Messages", sender, op, channel, items: out }))) return false
+                if (!plain(op) || deliverNow(target, () => ({ _tag: "Messages", sender, op, channel, items: out })) === undefined) return false
                 for (let i = 0; i < out.length; i++) stats.message("out", op)
                 return true
               }

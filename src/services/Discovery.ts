@@ -158,8 +158,7 @@ export class Discovery extends Context.Service<Discovery, {
             )
           }
           if (frame._tag === "Beat") {
-            // Nearly every beat: a known service at its version, refreshed in place.
-            if (registry.beatNow(frame.sender, frame.version, address) !== undefined) return Effect.void
+            // Beats that `beatNow` could settle never get here (see Cluster's handleNow).
             return registry.beat(frame.sender, frame.version, address).pipe(
               Effect.flatMap((known) => known === undefined ? askFor(frame.sender.instance, address, port) : Effect.void)
             )

@@ -69,8 +69,6 @@ export class Hooks extends Context.Service<Hooks, {
   readonly run: <A>(point: HookPoint<A>, value: A) => Effect.Effect<A, HookRejected>
   /** Whether a point has hooks (lets the hot path skip building an Effect). */
   readonly has: (point: HookPoint<any>) => boolean
-  /** Whether any point has hooks: none is the common case, checked once per frame. */
-  readonly any: () => boolean
   /** Whether any message point of that direction has hooks (else messages take the synchronous path). */
   readonly anyFor: (direction: Direction) => boolean
 }>()("cluster-comm/Hooks") {
@@ -129,7 +127,6 @@ export class Hooks extends Context.Service<Hooks, {
         return Effect.withSpan(effect, "cluster-comm.hook", { attributes: { point: p.key, hooks: chain.length }, captureStackTrace: false })
       },
       has: (p) => points.has(p.key),
-      any: () => points.size > 0,
       anyFor: (direction) => active[direction] > 0
     })
   })

@@ -136,12 +136,24 @@ export class Registry extends Context.Service<Registry, {
           if (
             known === undefined || known.instance !== sender.instance || known.address !== sighting.address ||
             (sighting.protocols !== undefined && !sameProtocols(known.protocols, sighting.protocols)) ||
-            (sighting.tags !== undefined && !sameTags(known.tags, sighting.tags)) ||
-            hooks.has(EVAL) || hooks.has(VALIDATE)
+            (sighting.tags !== undefined && !sameTags(known.tags, sighting.tags))
           ) return undefined
+          return refreshed(known)
+        }
+
+        /** Notes a sign of life in place; undefined when membership hooks must see it instead. */
+        const refreshed = (known: Service): Service | undefined => {
+          if (hooks.has(EVAL) || hooks.has(VALIDATE)) return undefined
           ;(known as { lastSeen: number }).lastSeen = clock.currentTimeMillisUnsafe()
           if (deadlines.size > 0) deadlines.delete(known.id)
           return known
+        }
+
+        /** The service a short beat names, when we know it at that descriptor version. */
+        const atVersion = (sender: Sender, version: number): Service | undefined => {
+          const id = byInstance.get(sender.instance)
+          const known = id === undefined ? undefined : services.get(id)
+          return known !== undefined && known.hostId === sender.hostId && versions.get(known.id) === version ? known : undefined
         }
 
         const observe = (sighting: Sighting): Effect.Effect<Service | undefined> =>
@@ -235,24 +247,15 @@ export class Registry extends Context.Service<Registry, {
             }),
           beat: (sender, version, address) =>
             Effect.suspend(() => {
-              const id = byInstance.get(sender.instance)
-              const known = id === undefined ? undefined : services.get(id)
-              if (known === undefined || known.hostId !== sender.hostId || versions.get(known.id) !== version) {
-                return Effect.succeed(undefined)
-              }
+              const known = atVersion(sender, version)
               // Known at this version: a sign of life like any other (address checks included).
-              return observe({ sender: { hostId: known.hostId, instance: known.instance, name: known.name }, address })
+              return known === undefined
+                ? Effect.succeed(undefined)
+                : observe({ sender: { hostId: known.hostId, instance: known.instance, name: known.name }, address })
             }),
           beatNow: (sender, version, address) => {
-            const id = byInstance.get(sender.instance)
-            const known = id === undefined ? undefined : services.get(id)
-            if (
-              known === undefined || known.hostId !== sender.hostId || known.address !== address ||
-              versions.get(known.id) !== version || hooks.has(EVAL) || hooks.has(VALIDATE)
-            ) return undefined
-            ;(known as { lastSeen: number }).lastSeen = clock.currentTimeMillisUnsafe()
-            if (deadlines.size > 0) deadlines.delete(known.id)
-            return known
+            const known = atVersion(sender, version)
+            return known !== undefined && known.address === address ? refreshed(known) : undefined
           },
           get: (id) => services.get(id),
           suspect: (id, window) => {
