@@ -13,7 +13,8 @@ import { Cluster, ClusterLive, HookPoint } from "cluster-comm"
 const [role = "sink", port = "23901"] = process.argv.slice(2)
 const peerOf: Record<string, string> = { source: "sink", pinger: "echo", asker: "responder" }
 
-type Go = { readonly count: number; readonly size: number }
+/** `warmup`: round trips made first and not timed (the JIT's warm-up), then `count` timed. */
+type Go = { readonly count: number; readonly size: number; readonly warmup?: number }
 const nextGo = () => new Promise<Go>((resolve) => process.once("message", (m) => resolve(m as Go)))
 
 const waitFor = (name: string) =>
@@ -68,27 +69,35 @@ const main = Effect.gen(function*() {
     return yield* Effect.never
   }
   const times: Array<number> = []
+  // The first thousand warm-up trips are kept too: the cold figure.
+  const cold: Array<number> = []
+  const warmup = go.warmup ?? 0
+  const timed = (i: number, t: number) => {
+    if (i >= warmup) times.push(performance.now() - t)
+    else if (i < 1000) cold.push(performance.now() - t)
+    if (i === warmup - 1) process.send?.({ warm: true })
+  }
   if (role === "asker") {
-    for (let i = 0; i < go.count; i++) {
+    for (let i = 0; i < warmup + go.count; i++) {
       const t = performance.now()
       const result = yield* Cluster.queryAll({ target, op: "R", data })
       if (result.responses.size !== 1) return yield* Effect.die(new Error("no response"))
-      times.push(performance.now() - t)
+      timed(i, t)
     }
-    process.send?.({ times })
+    process.send?.({ times, cold })
     return yield* Effect.never
   }
   // pinger
   let pending = yield* Deferred.make<void>()
   yield* Cluster.hook(HookPoint.op("Q", "receive"), (m) => Deferred.succeed(pending, undefined).pipe(Effect.as(m)))
-  for (let i = 0; i < go.count; i++) {
+  for (let i = 0; i < warmup + go.count; i++) {
     pending = yield* Deferred.make<void>()
     const t = performance.now()
     yield* Cluster.sendTo(target, "P", data)
     yield* Deferred.await(pending)
-    times.push(performance.now() - t)
+    timed(i, t)
   }
-  process.send?.({ times })
+  process.send?.({ times, cold })
   return yield* Effect.never
 })
 

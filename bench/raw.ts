@@ -5,7 +5,7 @@
 import net from "node:net"
 
 const [role = "sink", portArg = "0"] = process.argv.slice(2)
-type Go = { readonly count: number; readonly size: number; readonly batched?: boolean }
+type Go = { readonly count: number; readonly size: number; readonly batched?: boolean; readonly warmup?: number }
 const nextGo = () => new Promise<Go>((resolve) => process.once("message", (m) => resolve(m as Go)))
 
 /** Calls `frame` with each complete frame in the stream. */
@@ -62,17 +62,22 @@ if (role === "sink" || role === "echo") {
       process.send?.({ sent: true })
     } else {
       const times: Array<number> = []
+      const cold: Array<number> = []
       let resolveOne: () => void = () => {}
       frames(socket, () => resolveOne())
-      for (let i = 0; i < go.count; i++) {
+      // As in peer.ts: `warmup` trips first, untimed.
+      const warmup = go.warmup ?? 0
+      for (let i = 0; i < warmup + go.count; i++) {
         const t = performance.now()
         await new Promise<void>((r) => {
           resolveOne = r
           socket.write(frame)
         })
-        times.push(performance.now() - t)
+        if (i >= warmup) times.push(performance.now() - t)
+        else if (i < 1000) cold.push(performance.now() - t)
+        if (i === warmup - 1) process.send?.({ warm: true })
       }
-      process.send?.({ times })
+      process.send?.({ times, cold })
     }
   })
 }

@@ -112,6 +112,22 @@ const bareNode = async () => {
   return (cpu.user + cpu.system) / 1000
 }
 
+/**
+ * The raw reference for discovery: N bare Node processes started at once
+ * (each loads nothing and says so over IPC): from the first spawn until the
+ * last has reported. Start-up alone, on the same cores.
+ */
+const bareStarts = async (n: number) => {
+  const t0 = Date.now()
+  const children = Array.from({ length: n }, () =>
+    spawnProcess(process.execPath, ["-e", "process.send({ up: Date.now() }, () => process.exit(0))"], {
+      stdio: ["ignore", "ignore", "inherit", "ipc"]
+    }))
+  const ups = await Promise.all(children.map((c) => new Promise<number>((resolve) => c.once("message", (m: any) => resolve(m.up)))))
+  await Promise.all(children.map((c) => c.exitCode !== null ? undefined : new Promise((r) => c.once("exit", r))))
+  return Math.max(...ups) - t0
+}
+
 /** A member with no traffic: its CPU over a few seconds, as a share of one core. */
 const idle = async (port: number, seconds: number) => {
   const members = [spawn("member.ts", ["idle-a", "1", String(port)]), spawn("member.ts", ["idle-b", "1", String(port)])]
@@ -206,13 +222,18 @@ const throughput = async (impl: "cluster" | "raw", count: number, size: number, 
   return { msgPerSec: count / seconds, bytesPerSec: (count * size) / seconds }
 }
 
+/**
+ * `count` timed round trips after as many untimed ones (the JIT's warm-up:
+ * the library's code takes a few thousand trips to be optimised, raw
+ * node:net far fewer); the first thousand warm-up trips are reported apart
+ * as the cold figure.
+ */
 const roundTrip = async (impl: "cluster" | "raw", count: number, size: number, port: number, query = false) => {
   const [echo, pinger] = await pair(impl, query ? ["responder", "asker"] : ["echo", "pinger"], port)
-  pinger.send({ count, size })
-  const { times } = await pinger.next("times", 120_000)
+  pinger.send({ count, size, warmup: count })
+  const { times, cold } = await pinger.next("times", 120_000)
   await stop([echo, pinger])
-  const warm = (times as Array<number>).slice(Math.floor(times.length / 10)) // drop the warm-up tenth
-  return { p50: percentile(warm, 50), p99: percentile(warm, 99) }
+  return { p50: percentile(times, 50), p99: percentile(times, 99), coldP50: percentile(cold, 50), coldP99: percentile(cold, 99) }
 }
 
 const results: Record<string, unknown> = { quick, runs: RUNS, date: new Date().toISOString() }
@@ -224,11 +245,13 @@ try {
   const sizes = !runs("discovery") ? [] : quick ? [2, 5] : [2, 10, 30]
   for (const [k, n] of sizes.entries()) {
     const allKnown: Array<number> = []
+    const bare: Array<number> = []
     const afterLastJoin: Array<number> = []
     const joins: Array<number> = []
     const cpus: Array<number> = []
     for (let run = 0; run < RUNS; run++) {
       const port = PORT + 40 + k
+      bare.push(await bareStarts(n))
       const { members, allKnown: t, afterLastJoin: j } = await discovery(n, port)
       allKnown.push(t)
       afterLastJoin.push(j)
@@ -242,6 +265,7 @@ try {
     }
     results[`discovery_${n}`] = {
       allKnownMs: median(allKnown),
+      bareStartsMs: median(bare),
       afterLastJoinMs: median(afterLastJoin),
       runs: allKnown,
       runsAfterLastJoin: afterLastJoin
@@ -249,8 +273,8 @@ try {
     rows.push([
       `discovery, ${n} processes started at once`,
       `all know all ${fmt(median(allKnown), 0)} ms after the first spawn, ${fmt(median(afterLastJoin), 0)} ms after the last join`,
-      "-",
-      n === 30 ? "target: 1.0 s from the first spawn" : "-"
+      `${n} bare node processes all up ${fmt(median(bare), 0)} ms after the first spawn`,
+      `${fmt(median(allKnown) / median(bare), 2)}x raw${n === 30 ? " (target: 1.0 s from the first spawn)" : ""}`
     ])
     if (joins.length > 0) {
       results[`join_running_${n}`] = { joinToAllMs: median(joins), runs: joins }
@@ -354,14 +378,14 @@ try {
   // Round trips, each kind next to the raw echo of the same run: a query and
   // its response (the issue's measure), and a sendTo answered by a sendTo.
   const rtCount = quick ? 500 : 10_000
-  type Trip = { p50: number; p99: number }
+  type Trip = { p50: number; p99: number; coldP50: number; coldP99: number }
   const rt = { raw: [] as Array<Trip>, query: [] as Array<Trip>, sendTo: [] as Array<Trip> }
   for (let run = 0; run < (runs("rtt") ? RUNS : 0); run++) {
     rt.raw.push(await roundTrip("raw", rtCount, 100, PORT))
     rt.query.push(await roundTrip("cluster", rtCount, 100, PORT, true))
     rt.sendTo.push(await roundTrip("cluster", rtCount, 100, PORT))
   }
-  const m = (xs: Array<Trip>, k: "p50" | "p99") => median(xs.map((x) => x[k]))
+  const m = (xs: Array<Trip>, k: keyof Trip) => median(xs.map((x) => x[k]))
   if (rt.raw.length > 0) {
     results.round_trip_100B = {
       queryP50Ms: m(rt.query, "p50"),
@@ -370,6 +394,10 @@ try {
       sendToP99Ms: m(rt.sendTo, "p99"),
       rawP50Ms: m(rt.raw, "p50"),
       rawP99Ms: m(rt.raw, "p99"),
+      coldQueryP50Ms: m(rt.query, "coldP50"),
+      coldQueryP99Ms: m(rt.query, "coldP99"),
+      coldRawP50Ms: m(rt.raw, "coldP50"),
+      coldRawP99Ms: m(rt.raw, "coldP99"),
       runs: rt
     }
     for (const [label, trips] of [["query + response", rt.query], ["sendTo + sendTo back", rt.sendTo]] as const) {
@@ -380,6 +408,12 @@ try {
         `${fmt(m(trips, "p50") / m(rt.raw, "p50"), 2)}x / ${fmt(m(trips, "p99") / m(rt.raw, "p99"), 2)}x raw (target 1.5x / 2x)`
       ])
     }
+    rows.push([
+      "round trip 100 B (query + response), cold: the first 1,000",
+      `p50 ${fmt(m(rt.query, "coldP50"), 3)} ms, p99 ${fmt(m(rt.query, "coldP99"), 3)} ms`,
+      `raw echo p50 ${fmt(m(rt.raw, "coldP50"), 3)} ms, p99 ${fmt(m(rt.raw, "coldP99"), 3)} ms`,
+      `${fmt(m(rt.query, "coldP50") / m(rt.raw, "coldP50"), 2)}x / ${fmt(m(rt.query, "coldP99") / m(rt.raw, "coldP99"), 2)}x raw`
+    ])
   }
 } finally {
   await stop([...children].map((child) => ({ child })))

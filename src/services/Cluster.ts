@@ -374,18 +374,12 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             }
           }).pipe(Effect.forkScoped)
 
-        // Beats from known services at their version (nearly all traffic of
-        // an idle cluster) are handled on the socket's callback; drops counted.
-        transport.handleNow((frame, address) =>
-          frame._tag === "Beat" &&
-          (!admitted(frame, address) || registry.beatNow(frame.sender, frame.version, address) !== undefined))
         yield* pump(transport.takeBeacons, ({ frame, address, port }) =>
           isTraffic(frame) ? Effect.void : discovery.handle(frame, address, port))
         yield* pump(transport.takeMessages, ({ frame, protocol, address }) =>
           frame._tag === "Message" ? receiveMessage(frame, protocol, address) :
           frame._tag === "Messages" ? receiveData(frame, frame.items, protocol, address) :
           frame._tag === "Query" ? receiveQuery(frame, protocol, address) :
-          frame._tag === "Reply" ? receiveReply(frame, address) :
           Effect.void)
 
         // ---- send ----
@@ -516,8 +510,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         const resolve = (...terms: ReadonlyArray<string>) =>
           Effect.map(services, (all) => all.filter((s) => terms.every((t) => matches(s, t))))
 
-        const targetsOf = (targets: Targets) =>
-          Effect.gen(function*() {
+        const targetsOf = (targets: Targets): Effect.Effect<ReadonlyArray<Service>, ServiceNotFound | InvalidQuery> =>
+          isOneService(targets) ? Effect.succeed([targets]) : Effect.gen(function*() {
             if (typeof targets === "object" && "where" in targets) {
               const test = compileQuery(targets.where)
               if (test instanceof InvalidQuery) return yield* test
@@ -539,8 +533,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           })
 
         const sendTo = (targets: Targets, op: string, data: Data, send?: SendOptions) =>
-          (send?.channel === undefined && typeof targets === "object" && !Array.isArray(targets) &&
-            !("where" in targets) && sendNow(targets as Service, op, data)) ||
+          (send?.channel === undefined && isOneService(targets) && sendNow(targets, op, data)) ||
           Effect.gen(function*() {
             const peers = yield* targetsOf(targets)
             const bytes = toBytes(data)
@@ -570,6 +563,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         }
         let answering = 0
         const scope = yield* Scope.Scope
+        // The member's own services (its clock among them), for timers started from plain code.
+        const context = yield* Effect.context<never>()
 
         const reply = (to: Service, id: number, ok: boolean, data: Uint8Array): Effect.Effect<void> => {
           const frame: Frame = { _tag: "Reply", sender, id, ok, data }
@@ -584,7 +579,9 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             stats.drop("filtered")
             return Effect.void
           }
-          return registry.observe({ sender: frame.sender, address }).pipe(
+          const sighting = { sender: frame.sender, address }
+          const known = registry.observeNow(sighting)
+          return (known !== undefined ? Effect.succeed(known) : registry.observe(sighting)).pipe(
             Effect.flatMap((from) => {
               if (from === undefined) return Effect.void
               const point = Points.query(frame.op)
@@ -611,53 +608,59 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           )
         }
 
-        const receiveReply = (frame: ReplyFrame, address: string): Effect.Effect<void> => {
+        /** Hands a reply to the query awaiting it (on the socket's callback). */
+        const receiveReply = (frame: ReplyFrame, address: string): void => {
           const waiting = pending.get(frame.id)
           const from = registry.observeNow({ sender: frame.sender, address }) ??
             registry.get(serviceId(frame.sender.hostId, frame.sender.name))
           if (waiting === undefined || from === undefined || !waiting(from, frame.ok, frame.data)) {
             stats.drop("unexpected-reply")
           }
-          return Effect.void
         }
 
         /**
-         * Sends a query to its targets; `on` sees each response or error, then
-         * QueryDone once all have answered. Returns who has not answered yet
-         * (emptied as answers come) and a cancel that forgets the query.
+         * Sends a query to these peers; `on` sees each response or error, then
+         * QueryDone once all have answered. Plain code (the round trip's hot
+         * path): the query, or why it cannot go. `expected` is who has not
+         * answered yet (emptied as answers come), `cancel` forgets the query,
+         * and `sending` (when set) hands the rest to a fiber: peers whose
+         * connection was not ready at once (connects, fallbacks).
          */
+        const askPeers = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>, on: (event: QueryEvent) => void) => {
+          const data = toBytes(request.data)
+          const id = nextId()
+          const problem = checkFrame({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: [], data })
+          if (problem !== undefined) return new InvalidMessage({ message: problem })
+          const expected = new Map(peers.map((p) => [p.id, p]))
+          const cancel = () => pending.delete(id)
+          const settle = (service: Service, event: QueryEvent) => {
+            if (!expected.delete(service.id)) return false
+            on(event)
+            if (expected.size === 0) {
+              cancel()
+              on(new QueryDone())
+            }
+            return true
+          }
+          pending.set(id, (from, ok, bytes) =>
+            settle(from, ok ? new QueryResponse({ service: from, data: bytes }) : new QueryError({ service: from, message: new TextDecoder().decode(bytes) })))
+          if (peers.length === 0) on(new QueryDone())
+          const frameFor = (peer: Service) => (protocol: ProtocolName): Frame =>
+            ({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: protocol === "udp" ? [peer.id] : [], data })
+          const later = peers.filter((peer) => deliverNow(peer, frameFor(peer)) === undefined)
+          const sending = later.length === 0 ? undefined : Effect.forEach(later, (peer) =>
+            deliverTo(peer, (protocol) => Effect.succeed(frameFor(peer)(protocol))).pipe(
+              Effect.catch((e) => Effect.sync(() => settle(peer, new QueryError({ service: peer, message: e.message }))))
+            ), { concurrency: "unbounded", discard: true }).pipe(Effect.forkIn(scope, { startImmediately: true }), Effect.asVoid)
+          return { expected, cancel, sending }
+        }
+
+        /** `askPeers` for targets to resolve first. */
         const ask = (request: QueryOptions<Targets>, on: (event: QueryEvent) => void) =>
-          Effect.gen(function*() {
-            const peers = yield* targetsOf(request.target as Targets)
-            const data = toBytes(request.data)
-            const id = nextId()
-            const problem = checkFrame({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: [], data })
-            if (problem !== undefined) return yield* new InvalidMessage({ message: problem })
-            const expected = new Map(peers.map((p) => [p.id, p]))
-            const cancel = () => pending.delete(id)
-            const settle = (service: Service, event: QueryEvent) => {
-              if (!expected.delete(service.id)) return false
-              on(event)
-              if (expected.size === 0) {
-                cancel()
-                on(new QueryDone())
-              }
-              return true
-            }
-            pending.set(id, (from, ok, bytes) =>
-              settle(from, ok ? new QueryResponse({ service: from, data: bytes }) : new QueryError({ service: from, message: new TextDecoder().decode(bytes) })))
-            if (peers.length === 0) on(new QueryDone())
-            const frameFor = (peer: Service) => (protocol: ProtocolName): Frame =>
-              ({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: protocol === "udp" ? [peer.id] : [], data })
-            // Handed over at once where a connection is ready; the rest (connects, fallbacks) in a fiber.
-            const later = peers.filter((peer) => deliverNow(peer, frameFor(peer)) === undefined)
-            if (later.length > 0) {
-              yield* Effect.forEach(later, (peer) =>
-                deliverTo(peer, (protocol) => Effect.succeed(frameFor(peer)(protocol))).pipe(
-                  Effect.catch((e) => Effect.sync(() => settle(peer, new QueryError({ service: peer, message: e.message }))))
-                ), { concurrency: "unbounded", discard: true }).pipe(Effect.forkIn(scope, { startImmediately: true }))
-            }
-            return { expected, cancel }
+          Effect.flatMap(targetsOf(request.target as Targets), (peers) => {
+            const asked = askPeers(peers, request, on)
+            if (asked instanceof InvalidMessage) return Effect.fail(asked)
+            return asked.sending === undefined ? Effect.succeed(asked) : Effect.as(asked.sending, asked)
           })
 
         const query = (request: QueryOptions<Targets>) =>
@@ -679,38 +682,55 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             })
           )
 
-        // The whole answer at once: no stream, no queue; one wait, bounded by the timeout.
+        // The whole answer at once: no stream, no queue, no generator; one wait,
+        // bounded by a timer on the member's clock (a fiber that only sleeps).
         const queryAll = (request: QueryOptions<Targets>) =>
-          Effect.gen(function*() {
-            const result = { responses: new Map<string, QueryResponse>(), errors: new Map<string, QueryError>(), missing: [] as ReadonlyArray<Service>, complete: false }
-            let wake: (() => void) | undefined
-            const { expected, cancel } = yield* ask(request, (e) => {
-              if (e._tag === "QueryResponse") result.responses.set(e.service.id, e)
-              else if (e._tag === "QueryError") result.errors.set(e.service.id, e)
-              else if (e._tag === "QueryDone") {
-                result.complete = true
-                wake?.()
-              }
-            })
-            if (!result.complete) {
-              const done = yield* Effect.callback<boolean>((resume) => {
-                wake = () => resume(Effect.succeed(true))
-              }).pipe(
-                Effect.timeoutOption(request.timeout ?? QUERY_TIMEOUT),
-                Effect.onInterrupt(() => Effect.sync(cancel))
-              )
-              if (done._tag === "None") {
-                cancel()
-                result.missing = [...expected.values()]
-              }
-            }
-            return result as QueryResult
-          }).pipe(
-            Effect.timed,
-            Effect.tap(([took]) => telemetry.queried(Duration.toMillis(took) / 1000)),
-            Effect.map(([, r]) => r),
-            Effect.withSpan("cluster-comm.query", { attributes: { op: request.op } }, { captureStackTrace: false })
-          )
+          Effect.flatMap(targetsOf(request.target as Targets), (peers) =>
+            Effect.suspend(() => {
+              const started = performance.now()
+              const result = { responses: new Map<string, QueryResponse>(), errors: new Map<string, QueryError>(), missing: [] as ReadonlyArray<Service>, complete: false }
+              let wake: (() => void) | undefined
+              const asked = askPeers(peers, request, (e) => {
+                if (e._tag === "QueryResponse") result.responses.set(e.service.id, e)
+                else if (e._tag === "QueryError") result.errors.set(e.service.id, e)
+                else if (e._tag === "QueryDone") {
+                  result.complete = true
+                  wake?.()
+                }
+              })
+              if (asked instanceof InvalidMessage) return Effect.fail(asked)
+              const done = Effect.suspend(() => Effect.as(telemetry.queried((performance.now() - started) / 1000), result as QueryResult))
+              const answers = Effect.callback<QueryResult>((resume) => {
+                if (result.complete) return resume(done)
+                const timer = Effect.runForkWith(context)(Effect.sleep(request.timeout ?? QUERY_TIMEOUT))
+                timer.addObserver((exit) => {
+                  if (exit._tag !== "Success" || result.complete) return
+                  asked.cancel()
+                  result.missing = [...asked.expected.values()]
+                  resume(done)
+                })
+                wake = () => {
+                  timer.interruptUnsafe()
+                  resume(done)
+                }
+                return Effect.sync(() => {
+                  timer.interruptUnsafe()
+                  asked.cancel()
+                })
+              })
+              return asked.sending === undefined ? answers : Effect.andThen(asked.sending, answers)
+            })).pipe(Effect.withSpan("cluster-comm.query", { attributes: { op: request.op } }, { captureStackTrace: false }))
+
+        // Handled on the socket's callback (drops counted): beats from known
+        // services at their version (nearly all traffic of an idle cluster),
+        // and replies to our queries (the asker wakes without a pass through
+        // the message queue; a reply is no message, so it need not wait behind them).
+        transport.handleNow((frame, address) =>
+          frame._tag === "Beat"
+            ? !admitted(frame, address) || registry.beatNow(frame.sender, frame.version, address) !== undefined
+            : frame._tag === "Reply"
+            ? (admitted(frame, address) && receiveReply(frame, address), true)
+            : false)
 
         return Cluster.of({
           self: Effect.sync(discovery.self),
@@ -815,6 +835,10 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
       })
     )
 }
+
+/** One service given as itself (the common case: no resolving to do). */
+const isOneService = (targets: Targets): targets is Service =>
+  typeof targets === "object" && !Array.isArray(targets) && !("where" in targets)
 
 /** A hook may hand back a plain object built from a message: make it a Message again. */
 const normalize = (m: Message): Message => {

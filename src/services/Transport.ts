@@ -11,6 +11,7 @@ import { Context, Effect, Layer, Queue, type Scope } from "effect"
 import type { ClusterConfig } from "../schema/Config.ts"
 import { type FrameTooLarge, JoinError, ProtocolFailure } from "../schema/Errors.ts"
 import {
+  type DecodeFailure,
   decodeFrame,
   encodeFrame,
   type Frame,
@@ -107,8 +108,18 @@ export type Receive = (
   protocol: ProtocolName,
   address: string,
   cache?: SenderCache,
-  port?: number
+  port?: number,
+  once?: DecodedOnce
 ) => boolean
+
+/**
+ * One datagram that several members of a process receive (their shared group
+ * socket): a plain frame is decoded by the first and reused by the rest
+ * (frames are immutable values). Sealed frames are opened by each member's own keyring.
+ */
+export interface DecodedOnce {
+  frame?: Frame | DecodeFailure
+}
 
 /** What protocols deliver into: `receive`, and `whenDrained` to resume a paused reader. */
 export interface Inlet {
@@ -151,9 +162,10 @@ export class Transport extends Context.Service<Transport, {
    */
   readonly takeMessages: Effect.Effect<ReadonlyArray<Inbound>>
   /**
-   * Installs the synchronous path for control frames, tried on the socket's
-   * callback before a frame is queued: true when it handled the frame (most
-   * beats), false to queue it. Spares a fiber wake-up per beat.
+   * Installs the synchronous path, tried on the socket's callback before a
+   * frame is queued: true when it handled the frame (most beats, query
+   * replies), false to queue it. Spares a fiber wake-up per beat, and a
+   * round trip's answer a pass through the message queue.
    */
   readonly handleNow: (handler: ControlNow) => void
 }>()("cluster-comm/Transport") {
@@ -213,7 +225,7 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
     const messages = yield* Effect.acquireRelease(Queue.unbounded<Inbound>(), Queue.shutdown)
     let paused: Array<() => void> = []
     let controlNow: ControlNow = () => false
-    const receive: Receive = (bytes, protocol, address, cache, port = 0) => {
+    const receive: Receive = (bytes, protocol, address, cache, port = 0, once) => {
       stats.frameIn(protocol, bytes.byteLength)
       // Without keys, plain frames go straight to decoding (nothing to open or
       // check for replays); a sealed one is still opened, to be refused as such.
@@ -223,7 +235,9 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         stats.drop(opened)
         return true
       }
-      const frame = decodeFrame(opened?.frame ?? bytes, cache)
+      const frame = opened !== undefined ? decodeFrame(opened.frame, cache)
+        : once !== undefined ? (once.frame ??= decodeFrame(bytes, cache))
+        : decodeFrame(bytes, cache)
       if (isDecodeFailure(frame)) {
         stats.drop(frame)
         return true
@@ -232,8 +246,8 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         stats.drop("replayed")
         return true
       }
+      if (controlNow(frame, address)) return true
       if (!isTraffic(frame)) {
-        if (controlNow(frame, address)) return true
         if (!Queue.offerUnsafe(beacons, { frame, protocol, address, port })) stats.drop("queue-full")
         return true
       }

@@ -54,6 +54,44 @@ describe("queries", () => {
       assert.deepStrictEqual(last._tag === "QueryTimeout" && last.missing.map((s) => s.name), ["slow"])
     }))
 
+  it.effect("queryAll on a timeout: the answers so far, who is missing, and a late answer is not taken", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make({ delay: "1 millis" })
+      const asker = yield* memberOn(network, "asker")
+      const quick = yield* memberOn(network, "quick")
+      const slow = yield* memberOn(network, "slow")
+      yield* quick.hook(HookPoint.query("Q"), () => Effect.succeed("fast"))
+      yield* slow.hook(HookPoint.query("Q"), () => Effect.sleep("3 seconds").pipe(Effect.as("late")))
+      yield* TestClock.adjust("10 millis")
+      const run = yield* asker.queryAll({ target: { where: [{ some: ["quick", "slow"] }] }, op: "Q", data: "?", timeout: "1 second" }).pipe(
+        Effect.forkChild
+      )
+      yield* TestClock.adjust("999 millis")
+      assert.isUndefined(run.pollUnsafe(), "still waiting before the timeout")
+      yield* TestClock.adjust("2 millis")
+      const result = yield* Fiber.join(run)
+      assert.isFalse(result.complete)
+      assert.deepStrictEqual([...result.responses.values()].map((r) => r.text), ["fast"])
+      assert.deepStrictEqual(result.missing.map((s) => s.name), ["slow"])
+      // The slow answer comes after the query was forgotten: counted, not delivered.
+      yield* TestClock.adjust("3 seconds")
+      assert.strictEqual((yield* asker.stats).drops["unexpected-reply"], 1)
+    }))
+
+  it.effect("an interrupted queryAll forgets its query: the answer that comes later is unexpected", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make({ delay: "1 millis" })
+      const asker = yield* memberOn(network, "asker")
+      const slow = yield* memberOn(network, "slow")
+      yield* slow.hook(HookPoint.query("Q"), () => Effect.sleep("1 second").pipe(Effect.as("late")))
+      yield* TestClock.adjust("10 millis")
+      const run = yield* asker.queryAll({ target: "slow", op: "Q", data: "?" }).pipe(Effect.forkChild)
+      yield* TestClock.adjust("10 millis")
+      yield* Fiber.interrupt(run)
+      yield* TestClock.adjust("2 seconds")
+      assert.strictEqual((yield* asker.stats).drops["unexpected-reply"], 1)
+    }))
+
   it.effect("bad requests are typed errors", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()

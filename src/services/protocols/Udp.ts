@@ -16,7 +16,7 @@ import type { ClusterConfig } from "../../schema/Config.ts"
 import { FrameTooLarge, JoinError, ProtocolFailure } from "../../schema/Errors.ts"
 import type { Frame, SenderCache } from "../../schema/Frame.ts"
 import { Stats } from "../Stats.ts"
-import type { Endpoint, Inlet, Protocol } from "../Transport.ts"
+import type { DecodedOnce, Endpoint, Inlet, Protocol } from "../Transport.ts"
 
 /** The largest IPv4 udp payload. */
 export const MAX_DATAGRAM = 65507
@@ -53,7 +53,7 @@ const open = (options: dgram.SocketOptions) =>
       })
   )
 
-type Heard = (bytes: Buffer, from: dgram.RemoteInfo) => void
+type Heard = (bytes: Buffer, from: dgram.RemoteInfo, once: DecodedOnce) => void
 
 /** One group socket, shared by every member of this process on that group, port and interface. */
 interface SharedGroup {
@@ -118,7 +118,9 @@ const openGroup = (port: number, address: string, iface: string, members: Readon
     yield* closeOnFailure(trying(`cannot join ${address} on ${iface}`, "NoMulticast", () => socket.addMembership(address, iface)))
     receiveBuffer(socket)
     socket.on("message", (bytes, from) => {
-      for (const heard of members) heard(bytes, from)
+      // Every member here hears this datagram: the first to decode it decodes it for all.
+      const once: DecodedOnce = {}
+      for (const heard of members) heard(bytes, from, once)
     })
     socket.on("error", () => {})
     return socket
@@ -153,8 +155,8 @@ export const UdpProtocol = {
       }
 
       const groupCache: SenderCache = {}
-      yield* joinGroup(config.port, config.address, iface, (bytes, from) =>
-        inlet.receive(bytes, "udp", from.address, groupCache, from.port))
+      yield* joinGroup(config.port, config.address, iface, (bytes, from, once) =>
+        inlet.receive(bytes, "udp", from.address, groupCache, from.port, once))
 
       const direct = yield* open({ type: "udp4" })
       yield* bind(direct, 0, local ? "127.0.0.1" : "0.0.0.0")
