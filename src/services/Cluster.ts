@@ -10,6 +10,7 @@
  */
 import { Context, Duration, Effect, Layer, PubSub, Queue, Scope, Stream } from "effect"
 import { inNetworks, isLocalAddress, parseCidr } from "../internal/host.ts"
+import { traced } from "../internal/trace.ts"
 import {
   ChannelError,
   type FrameTooLarge,
@@ -549,7 +550,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               deliveries.push(r.success)
             }
             return deliveries
-          }).pipe(Effect.withSpan("cluster-comm.sendTo", { attributes: { op } }, { captureStackTrace: false }))
+          }).pipe((send) => traced(send, "cluster-comm.sendTo", { op }))
 
         // ---- queries ----
 
@@ -719,7 +720,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
                 })
               })
               return asked.sending === undefined ? answers : Effect.andThen(asked.sending, answers)
-            })).pipe(Effect.withSpan("cluster-comm.query", { attributes: { op: request.op } }, { captureStackTrace: false }))
+            })).pipe((query) => traced(query, "cluster-comm.query", { op: request.op }))
 
         // Handled on the socket's callback (drops counted): beats from known
         // services at their version (nearly all traffic of an idle cluster),

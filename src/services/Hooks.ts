@@ -5,6 +5,7 @@
  * logged and counts as a rejection: it never takes the member down.
  */
 import { Cause, Context, Effect, Layer, Option, Scope } from "effect"
+import { traced } from "../internal/trace.ts"
 import { HookRejected } from "../schema/Errors.ts"
 import type { Message, Outgoing, ProtocolName, Service } from "../schema/Service.ts"
 
@@ -124,7 +125,7 @@ export class Hooks extends Context.Service<Hooks, {
         let effect: Effect.Effect<A, HookRejected> = Effect.succeed(value)
         for (const hook of chain) effect = Effect.flatMap(effect, (v) => guarded(p.key, hook, v))
         // Only points with hooks get here: the span costs nothing when none are registered.
-        return Effect.withSpan(effect, "cluster-comm.hook", { attributes: { point: p.key, hooks: chain.length }, captureStackTrace: false })
+        return traced(effect, "cluster-comm.hook", { point: p.key, hooks: chain.length })
       },
       has: (p) => points.has(p.key),
       anyFor: (direction) => active[direction] > 0

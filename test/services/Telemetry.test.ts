@@ -1,9 +1,10 @@
 import http from "node:http"
 import net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
-import { HookPoint } from "cluster-comm"
-import { collect, eventually, member, rawMulticast, testCluster } from "../helpers.ts"
+import { Effect, Fiber, Tracer } from "effect"
+import { TestClock } from "effect/testing"
+import { type ClusterShape, HookPoint, MemoryNetwork } from "cluster-comm"
+import { collect, eventually, member, memberOn, rawMulticast, testCluster } from "../helpers.ts"
 
 const where = { ...testCluster(15), heartbeat: "200 millis", ttl: "2 seconds" } as const
 
@@ -71,5 +72,46 @@ describe("metrics", () => {
       assert.strictEqual(served.status, 200)
       assert.strictEqual(value(served.body, "cluster_comm_drops_total", `reason="bad-magic"`), 1)
       assert.strictEqual((yield* get(`http://127.0.0.1:${port}/other`)).status, 404)
+    }))
+})
+
+describe("tracing", () => {
+  it.effect("with a tracing backend installed: spans for query, sendTo and hooks; with Effect's native tracer, none on the message paths", () =>
+    Effect.gen(function*() {
+      const names: Array<string> = []
+      const recording = Tracer.make({
+        span(options) {
+          names.push(options.name)
+          return Tracer.nativeTracer.span(options)
+        }
+      })
+      // Each responder notes the span its hook runs in.
+      const seen: Record<string, string> = {}
+      const responder = (name: string) => (member: ClusterShape) =>
+        member.hook(HookPoint.query("Q"), () =>
+          Effect.option(Effect.currentSpan).pipe(Effect.map((span) => {
+            seen[name] = span._tag === "Some" ? span.value.name : "none"
+            return "a"
+          })))
+      const network = MemoryNetwork.make()
+      const asker = yield* memberOn(network, "asker").pipe(Effect.withTracer(recording))
+      yield* memberOn(network, "backed").pipe(Effect.withTracer(recording), Effect.tap(responder("backed")))
+      yield* memberOn(network, "plain").pipe(Effect.tap(responder("plain")))
+      yield* TestClock.adjust("10 millis")
+      const ask = (name: string) =>
+        asker.resolve(name).pipe(
+          Effect.flatMap(([target]) => asker.queryAll({ target: target!, op: "Q", data: "" })),
+          Effect.forkChild,
+          Effect.tap(() => TestClock.adjust("10 millis")),
+          Effect.flatMap(Fiber.join)
+        )
+      assert.strictEqual((yield* ask("backed").pipe(Effect.withTracer(recording))).responses.size, 1)
+      // A send that takes the full path: one that names its target by resolve terms.
+      yield* asker.sendTo("backed", "C", "x").pipe(Effect.withTracer(recording))
+      assert.includeMembers(names, ["cluster-comm.query", "cluster-comm.hook", "cluster-comm.sendTo"])
+      assert.strictEqual(seen.backed, "cluster-comm.hook")
+
+      assert.strictEqual((yield* ask("plain")).responses.size, 1)
+      assert.strictEqual(seen.plain, "none")
     }))
 })

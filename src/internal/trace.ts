@@ -1,0 +1,19 @@
+/**
+ * Spans on the per-message paths (hooks, sendTo, query). A span costs a few
+ * microseconds, more than the rest of a small message's handling, and Effect's
+ * native tracer keeps spans in memory and exports them nowhere; so they are
+ * made only when a tracing backend is installed (Effect's own advice: compare
+ * the active tracer with `Tracer.nativeTracer`).
+ */
+import { Effect, Tracer } from "effect"
+
+export const traced = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  name: string,
+  attributes: Record<string, unknown>
+): Effect.Effect<A, E, R> =>
+  Effect.withFiber((fiber) =>
+    fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer
+      ? effect
+      : Effect.withSpan(effect, name, { attributes, captureStackTrace: false })
+  )
