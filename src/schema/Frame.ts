@@ -226,9 +226,19 @@ const headerOf = (sender: Sender): Buffer => {
  * Callers pass frames they built themselves; limits are checked by `checkFrame`.
  */
 export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
+  const size = frameSize(frame)
+  const buf = Buffer.allocUnsafe(headroom + size)
+  encodeFrameInto(frame, buf, headroom)
+  return buf
+}
+
+/**
+ * Encodes a frame into `buf` at `start`, which must have room for its
+ * `frameSize`: stream protocols write frames back to back into buffers they reuse.
+ */
+export const encodeFrameInto = (frame: Frame, buf: Buffer, start: number): void => {
   if (frame._tag === "Beat") {
-    const buf = Buffer.allocUnsafe(headroom + BEAT_SIZE)
-    let at = headroom
+    let at = start
     buf[at++] = MAGIC
     buf[at++] = VERSION
     buf[at++] = KIND.Beat
@@ -236,14 +246,12 @@ export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
     writeHostId(buf, at, frame.sender.hostId)
     buf.write(frame.sender.instance, at + 6, 8, "hex")
     buf.writeUInt16BE(frame.version, at + 14)
-    return buf
+    return
   }
   const head = headerOf(frame.sender)
-  const size = frameSize(frame)
-  const buf = Buffer.allocUnsafe(headroom + size)
-  head.copy(buf, headroom)
-  buf[headroom + 2] = KIND[frame._tag]
-  let at = headroom + head.length
+  head.copy(buf, start)
+  buf[start + 2] = KIND[frame._tag]
+  let at = start + head.length
   switch (frame._tag) {
     case "Leave":
       break
@@ -314,7 +322,6 @@ export const encodeFrame = (frame: Frame, headroom = 0): Buffer => {
       }
       buf.writeUInt16BE(frame.version, at)
   }
-  return buf
 }
 
 /** Why a frame we are about to send is not valid on the wire, or undefined when it is. */

@@ -609,14 +609,16 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           )
         }
 
-        /** Hands a reply to the query awaiting it (on the socket's callback). */
-        const receiveReply = (frame: ReplyFrame, address: string): void => {
+        /** Hands a reply to the query awaiting it (on the socket's callback); true: handled, dropped or not. */
+        const receiveReply = (frame: ReplyFrame, address: string): true => {
+          if (!admitted(frame, address)) return true
           const waiting = pending.get(frame.id)
           const from = registry.observeNow({ sender: frame.sender, address }) ??
             registry.get(serviceId(frame.sender.hostId, frame.sender.name))
           if (waiting === undefined || from === undefined || !waiting(from, frame.ok, frame.data)) {
             stats.drop("unexpected-reply")
           }
+          return true
         }
 
         /**
@@ -730,7 +732,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           frame._tag === "Beat"
             ? !admitted(frame, address) || registry.beatNow(frame.sender, frame.version, address) !== undefined
             : frame._tag === "Reply"
-            ? (admitted(frame, address) && receiveReply(frame, address), true)
+            ? receiveReply(frame, address)
             : false)
 
         return Cluster.of({

@@ -14,6 +14,8 @@ import {
   type DecodeFailure,
   decodeFrame,
   encodeFrame,
+  encodeFrameInto,
+  frameSize,
   type Frame,
   isDecodeFailure,
   isTraffic,
@@ -25,7 +27,7 @@ import type { Advertised, ProtocolName, Service } from "../schema/Service.ts"
 import { TcpProtocol } from "./protocols/Tcp.ts"
 import { UdpProtocol } from "./protocols/Udp.ts"
 import { UnixProtocol } from "./protocols/Unix.ts"
-import { Keyring, SEALED_MAGIC } from "./Keyring.ts"
+import { Keyring, SEAL_OVERHEAD, SEALED_MAGIC } from "./Keyring.ts"
 import { Stats } from "./Stats.ts"
 
 /** A decoded frame and where it came from. */
@@ -130,6 +132,10 @@ export interface Inlet {
    * `headroom` free bytes in front (for a length prefix).
    */
   readonly encode: (frame: Frame, headroom?: number) => Buffer
+  /** How many bytes `encodeInto` writes for this frame (sealed or not). */
+  readonly encodedSize: (frame: Frame) => number
+  /** `encode`, into `buf` at `at` (room for `encodedSize` bytes): for protocols that reuse their write buffers. */
+  readonly encodeInto: (frame: Frame, buf: Buffer, at: number) => void
 }
 
 export class Transport extends Context.Service<Transport, {
@@ -270,7 +276,12 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         receive,
         whenDrained: (r) => void paused.push(r),
         encode: (frame, headroom = 0) =>
-          keyring.enabled() ? keyring.seal(encodeFrame(frame), headroom) : encodeFrame(frame, headroom)
+          keyring.enabled() ? keyring.seal(encodeFrame(frame), headroom) : encodeFrame(frame, headroom),
+        encodedSize: (frame) => frameSize(frame) + (keyring.enabled() ? SEAL_OVERHEAD : 0),
+        encodeInto: (frame, buf, at) => {
+          if (keyring.enabled()) keyring.seal(encodeFrame(frame), 0).copy(buf, at)
+          else encodeFrameInto(frame, buf, at)
+        }
       },
       takeBeacons: Queue.takeAll(beacons),
       takeMessages: Effect.tap(Queue.takeAll(messages), () => resume),

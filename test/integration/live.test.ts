@@ -397,4 +397,25 @@ describe("members on real sockets (one host)", () => {
       const bigOne = messages.find((m) => m.data.length === big.length)
       assert.strictEqual(bigOne?.protocol, "tcp")
     }))
+
+  it.live("messages of every size over one tcp connection arrive whole and in order, sealed or not", () =>
+    Effect.gen(function*() {
+      // Small ones share a write; 100 KiB fills most of a write buffer; 300 KiB
+      // and 2 MiB are larger than one (a buffer of their own); a burst of 64 KiB
+      // ones cycles the buffers while earlier writes are still pending.
+      const sizes = [10, 100_000, 10, 300_000, 2 * 1024 * 1024, 10, ...Array.from({ length: 40 }, () => 65_536), 10]
+      for (const secret of [undefined, "size-test-secret"]) {
+        const receiver = yield* member({ name: `sizes-rx-${secret === undefined}`, ...fast, protocols: ["tcp"], secret })
+        const sender = yield* member({ name: `sizes-tx-${secret === undefined}`, ...fast, protocols: ["tcp"], secret })
+        const [target] = yield* eventually(sender.resolve(`sizes-rx-${secret === undefined}`), (s) => s.length === 1)
+        const got = yield* collect(receiver, sizes.length)
+        // Each message is filled with its own index, so a mix-up or a torn frame shows.
+        const sent = sizes.map((n, i) => new Uint8Array(n).fill(i))
+        for (const data of sent) yield* sender.sendTo(target!, "S", data)
+        const messages = yield* Fiber.join(got).pipe(Effect.timeout("10 seconds"))
+        assert.deepStrictEqual(messages.map((m) => m.data.length), sizes)
+        messages.forEach((m, i) => assert.isTrue(m.data.every((b) => b === i), `message ${i} intact`))
+        assert.isTrue(messages.every((m) => m.protocol === "tcp"))
+      }
+    }))
 })
