@@ -167,8 +167,9 @@ const scale = async (n: number, perProcess: number, port: number, heartbeatMs: n
   await new Promise((r) => setTimeout(r, seconds * 1000))
   const b = await sample()
   await stop(hosts)
-  const cpuMs = b.reduce((sum, s, i) => sum + (s.cpu.user + s.cpu.system - a[i]!.cpu.user - a[i]!.cpu.system) / 1000, 0)
-  const wallMs = median(b.map((s, i) => s.at - a[i]!.at))
+  // From the end of the first sample's own work to the start of the second's.
+  const cpuMs = b.reduce((sum, s, i) => sum + (s.cpu.user + s.cpu.system - a[i]!.cpuAfter.user - a[i]!.cpuAfter.system) / 1000, 0)
+  const wallMs = median(b.map((s, i) => s.at - a[i]!.atAfter))
   const sum = (xs: ReadonlyArray<Msg>, k: string) => xs.reduce((t, s) => t + s[k], 0)
   return {
     members: n,

@@ -44,14 +44,19 @@ process.on("message", (m: { sample?: boolean }) => {
   } else if (profiler !== undefined) {
     profiler.post("Profiler.stop", (_, { profile }) => writeFileSync(`${process.env.SCALE_PROFILE}-${prefix}.cpuprofile`, JSON.stringify(profile)))
   }
-  const cpu = process.cpuUsage() // before the GC below, which is the bench's own work
+  // The GC and the reading below are the bench's own work: the CPU between
+  // two samples is counted from the end of one to the start of the next.
+  const cpu = process.cpuUsage()
+  const at = performance.now()
   ;(globalThis as { gc?: () => void }).gc?.()
   Promise.all(clusters.map((c) => Effect.runPromise(Effect.all([c.services, c.stats])))).then((lists) => {
     const memory = process.memoryUsage()
     process.send?.({
       sampled: true,
-      at: performance.now(),
+      at,
       cpu,
+      cpuAfter: process.cpuUsage(),
+      atAfter: performance.now(),
       heapUsed: memory.heapUsed,
       external: memory.external + memory.arrayBuffers,
       rss: memory.rss,

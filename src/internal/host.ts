@@ -2,9 +2,13 @@
  * What this host is: its id (first non-loopback MAC, else a stable machine id),
  * its own addresses, and the interface used for multicast.
  */
-import { createHash, randomBytes } from "node:crypto"
-import { readFileSync } from "node:fs"
 import { hostname, networkInterfaces } from "node:os"
+
+// Node's built-ins that have lazy getters (fs.promises and streams,
+// crypto.webcrypto) are taken with getBuiltinModule: an ESM import's facade
+// runs every getter, milliseconds of start-up for modules never used.
+const { createHash, randomBytes } = process.getBuiltinModule("node:crypto")
+const { readFileSync } = process.getBuiltinModule("node:fs")
 
 const ZERO_MAC = "00:00:00:00:00:00"
 

@@ -77,6 +77,9 @@ export interface SendOptions {
   readonly channel?: number
 }
 
+/** Receive hook point sets kept made (per protocol, channel and op). */
+const MAX_POINT_SETS = 1024
+
 /** The most data a `sendAll` batch frame carries. */
 const BATCH_BYTES = 60 * 1024
 
@@ -288,6 +291,25 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           return chain ?? Effect.succeed(value)
         }
 
+        // The receive hook points of a protocol, channel and op, made once: their
+        // keys are strings to build and hash. Bounded: ops come from the network.
+        const pointsMade = new Map<string, ReadonlyArray<HookPoint<Message>>>()
+        const receivePoints = (protocol: ProtocolName, channel: number, op: string) => {
+          const key = `${protocol} ${channel} ${op}`
+          let points = pointsMade.get(key)
+          if (points === undefined) {
+            if (pointsMade.size >= MAX_POINT_SETS) pointsMade.clear()
+            points = [
+              Points.protocol(protocol, "receive"),
+              Points.channel(channel, "receive"),
+              Points.receive,
+              Points.op(op, "receive")
+            ]
+            pointsMade.set(key, points)
+          }
+          return points
+        }
+
         /**
          * Messages of one sender, op and channel (a message, or a batch's), in
          * order, each through the receive hooks as if it came alone. Known
@@ -305,12 +327,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             for (const data of items) deliver(new Message(frame.op, data, known, protocol, frame.channel))
             return Effect.void
           }
-          const points = [
-            Points.protocol(protocol, "receive"),
-            Points.channel(frame.channel, "receive"),
-            Points.receive,
-            Points.op(frame.op, "receive")
-          ]
+          const points = receivePoints(protocol, frame.channel, frame.op)
           return (known !== undefined ? Effect.succeed(known) : registry.observe(sighting)).pipe(
             Effect.flatMap((from) =>
               from === undefined ? Effect.void : Effect.forEach(items, (data) =>

@@ -25,8 +25,10 @@
  * later even to a member that never heard its sender (clocks must agree
  * within that much).
  */
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from "node:crypto"
 import { Context, Data, Effect, Layer } from "effect"
+
+// As in host.ts: taken without an ESM facade, which would run crypto.webcrypto's getter at start-up.
+const { createCipheriv, createDecipheriv, hkdfSync, randomBytes } = process.getBuiltinModule("node:crypto")
 
 export const SEALED_MAGIC = 0xce
 const VERSION = 1

@@ -10,7 +10,6 @@
  * member starts (nothing listens on them any more), and a member removes its own
  * file when it leaves.
  */
-import { lstatSync, mkdirSync, readdirSync, unlinkSync } from "node:fs"
 import net from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -18,6 +17,9 @@ import { Effect, Random } from "effect"
 import { JoinError } from "../../schema/Errors.ts"
 import type { ProtocolPlugin } from "../Transport.ts"
 import { makeStreamProtocol, streamLimits } from "./Stream.ts"
+
+// As in host.ts: taken without an ESM facade, which would load fs.promises and streams at start-up.
+const { lstatSync, mkdirSync, readdirSync, unlinkSync } = process.getBuiltinModule("node:fs")
 
 /** The directory of this user's member sockets. */
 export const socketDir = (): string => join(tmpdir(), `cluster-comm-${process.getuid?.() ?? "user"}`)
