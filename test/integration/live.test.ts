@@ -400,10 +400,10 @@ describe("members on real sockets (one host)", () => {
 
   it.live("messages of every size over one tcp connection arrive whole and in order, sealed or not", () =>
     Effect.gen(function*() {
-      // Small ones share a write; 100 KiB fills most of a write buffer; 300 KiB
-      // and 2 MiB are larger than one (a buffer of their own); a burst of 64 KiB
-      // ones cycles the buffers while earlier writes are still pending.
-      const sizes = [10, 100_000, 10, 300_000, 2 * 1024 * 1024, 10, ...Array.from({ length: 40 }, () => 65_536), 10]
+      // Small ones share a write buffer; from 64 KiB up a frame is a write of
+      // its own; a burst of 40 kB ones cycles the write buffers while earlier
+      // writes are still pending.
+      const sizes = [10, 100_000, 10, 300_000, 2 * 1024 * 1024, 10, 65_536, ...Array.from({ length: 60 }, () => 40_000), 10]
       for (const secret of [undefined, "size-test-secret"]) {
         const receiver = yield* member({ name: `sizes-rx-${secret === undefined}`, ...fast, protocols: ["tcp"], secret })
         const sender = yield* member({ name: `sizes-tx-${secret === undefined}`, ...fast, protocols: ["tcp"], secret })

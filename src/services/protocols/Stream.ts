@@ -326,8 +326,12 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         flush(conn)
         retire(conn)
       }
-      if (need > CHUNK_BYTES) {
-        // Larger than a write buffer: a buffer of its own, after what is queued.
+      if (need >= BATCH_BYTES) {
+        // A frame that is a write by itself gets a buffer of its own, after
+        // what is queued: under backpressure many such writes wait at once,
+        // more than the free write buffers, and a fresh 64 KiB costs less than
+        // a fresh write buffer.
+        flush(conn)
         const bytes = Buffer.allocUnsafe(need)
         bytes.writeUInt32BE(size, 0)
         inlet.encodeInto(frame, bytes, PREFIX)
