@@ -3,7 +3,7 @@
  * (`service eval`, then `validate` or `found`; `lost`), expires services
  * unheard for `ttl`, tells restarts from conflicts, and publishes events.
  */
-import { Clock, Context, Duration, Effect, Layer, PubSub, Schedule, Stream } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Layer, PubSub, Stream } from "effect"
 import { isLocalAddress } from "../internal/host.ts"
 import type { Sender } from "../schema/Frame.ts"
 import {
@@ -218,24 +218,44 @@ export class Registry extends Context.Service<Registry, {
           })
 
         // One plain pass over the services (no copy, no effect per service):
-        // only the expired ones go on to `lose`.
+        // only the expired ones go on to `lose`. It notes when the next one
+        // could expire: the oldest sign of life plus the ttl, or the nearest
+        // suspicion deadline.
+        let nextSweep = 0
         const sweep = Effect.suspend(() => {
           const now = clock.currentTimeMillisUnsafe()
           let expired: Array<Service> | undefined
+          let next = now + ttlMillis
           for (const service of services.values()) {
-            if (now - service.lastSeen > ttlMillis) (expired ??= []).push(service)
+            const at = service.lastSeen + ttlMillis
+            if (now > at) (expired ??= []).push(service)
+            else if (at < next) next = at
           }
           if (deadlines.size > 0) {
             for (const [id, deadline] of deadlines) {
               const service = services.get(id)
-              if (now > deadline && service !== undefined && !expired?.includes(service)) (expired ??= []).push(service)
+              if (service === undefined) continue
+              if (now > deadline) {
+                if (!expired?.includes(service)) (expired ??= []).push(service)
+              } else if (deadline < next) next = deadline
             }
           }
+          nextSweep = next
           return expired === undefined ? Effect.void : Effect.forEach(expired, (s) => lose(s, "expired"), { discard: true })
         })
-        // Often enough to honour suspicion windows (a couple of heartbeats) closely.
-        const every = Duration.millis(Math.min(250, Math.max(20, ttlMillis / 8)))
-        yield* sweep.pipe(Effect.repeat(Schedule.spaced(every)), Effect.forkScoped)
+        // The sweep sleeps until then, not on a fixed beat (an idle member
+        // wakes about once a ttl, not four times a second); a new suspicion
+        // that falls earlier wakes it at once (`nudge`).
+        let nudge = Deferred.makeUnsafe<void>()
+        yield* Effect.gen(function*() {
+          while (true) {
+            yield* sweep
+            const wait = Math.max(MIN_SWEEP_MILLIS, nextSweep - clock.currentTimeMillisUnsafe() + 1)
+            const signal = nudge
+            yield* Effect.raceFirst(Effect.sleep(Duration.millis(wait)), Deferred.await(signal))
+            if (Deferred.isDoneUnsafe(signal)) nudge = Deferred.makeUnsafe<void>()
+          }
+        }).pipe(Effect.forkScoped)
 
         return Registry.of({
           observe,
@@ -263,6 +283,7 @@ export class Registry extends Context.Service<Registry, {
             const deadline = clock.currentTimeMillisUnsafe() + Duration.toMillis(window)
             const current = deadlines.get(id)
             if (current === undefined || deadline < current) deadlines.set(id, deadline)
+            if (deadline < nextSweep) Deferred.doneUnsafe(nudge, Effect.void)
           },
           list: Effect.sync(() => [...services.values()].map((s) => ({ ...s }))),
           // Subscribe first, then snapshot: nothing falls in between. A service
@@ -293,6 +314,9 @@ export class Registry extends Context.Service<Registry, {
 }
 
 // The membership hook points, made once: they are checked for every frame.
+/** The sweep wakes at most this often, however close the next expiry. */
+const MIN_SWEEP_MILLIS = 20
+
 const EVAL = HookPoint.service("eval")
 const VALIDATE = HookPoint.service("validate")
 const FOUND = HookPoint.service("found")

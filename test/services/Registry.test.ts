@@ -42,6 +42,22 @@ describe("Registry", () => {
       assert.strictEqual((seen[1] as Extract<ClusterEvent, { _tag: "ServiceLost" }>).why, "expired")
     }).pipe(Effect.provide(registry)))
 
+  it.effect("a suspected service is lost at its deadline, long before its ttl; heard from, it is not", () =>
+    Effect.gen(function*() {
+      const r = yield* Registry
+      yield* r.observe(sighting("one"))
+      yield* r.observe(sighting("two", "0000000000000002"))
+      yield* TestClock.adjust("100 millis")
+      // The sweep sleeps towards the ttl (3 s); a suspicion must wake it.
+      const [one, two] = yield* r.list
+      r.suspect(one!.id, Duration.millis(500))
+      r.suspect(two!.id, Duration.millis(500))
+      yield* TestClock.adjust("300 millis")
+      yield* r.observe(sighting("two", "0000000000000002")) // two answers in time
+      yield* TestClock.adjust("300 millis")
+      assert.deepStrictEqual((yield* r.list).map((s) => s.name), ["two"])
+    }).pipe(Effect.provide(registry)))
+
   it.effect("drops a service that leaves, but only for the instance that left", () =>
     Effect.gen(function*() {
       const r = yield* Registry
