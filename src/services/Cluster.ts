@@ -8,7 +8,7 @@
  * - send: op <op> send -> protocol <p> send -> send -> encode (Transport),
  *   per protocol in the peer's order until one carries the frame
  */
-import { Context, Duration, Effect, Layer, PubSub, Queue, Scope, Stream } from "effect"
+import { Context, Duration, Effect, FiberSet, Layer, PubSub, Queue, Scope, Stream } from "effect"
 import { inNetworks, isLocalAddress, parseCidr } from "../internal/host.ts"
 import { traced } from "../internal/trace.ts"
 import {
@@ -378,10 +378,16 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         }
 
         /** Takes batches from a queue forever, handling each admitted frame in order. */
-        const pump = (take: Effect.Effect<ReadonlyArray<Inbound>>, handle: (inbound: Inbound) => Effect.Effect<void>) =>
+        const pump = (
+          take: Effect.Effect<ReadonlyArray<Inbound>>,
+          handle: (inbound: Inbound) => Effect.Effect<void>,
+          line: { busy: boolean } = { busy: false }
+        ) =>
           Effect.gen(function*() {
             while (true) {
-              for (const inbound of yield* take) {
+              const taken = yield* take
+              line.busy = true
+              for (const inbound of taken) {
                 if (!admitted(inbound.frame, inbound.address)) continue
                 const handled = handle(inbound)
                 // Most frames are handled synchronously: skip the yield.
@@ -389,8 +395,11 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               }
               const published = publish()
               if (published !== Effect.void) yield* published
+              line.busy = false
             }
           }).pipe(Effect.forkScoped)
+        /** The message pump, busy while it handles what it took: traffic then waits its turn. */
+        const messageLine = { busy: false }
 
         yield* pump(transport.takeBeacons, ({ frame, address, port }) =>
           isTraffic(frame) ? Effect.void : discovery.handle(frame, address, port))
@@ -398,7 +407,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           frame._tag === "Message" ? receiveMessage(frame, protocol, address) :
           frame._tag === "Messages" ? receiveData(frame, frame.items, protocol, address) :
           frame._tag === "Query" ? receiveQuery(frame, protocol, address) :
-          Effect.void)
+          frame._tag === "Reply" ? Effect.sync(() => receiveReply(frame, address)) :
+          Effect.void, messageLine)
 
         // ---- send ----
 
@@ -592,38 +602,65 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           )
         }
 
-        const receiveQuery = (frame: QueryFrame, protocol: ProtocolName, address: string): Effect.Effect<void> => {
+        /**
+         * Answers a query from a known service: a refusal at once, or the
+         * responder's hooks as an effect to run in a fiber of its own (a slow
+         * responder must not hold up other traffic).
+         */
+        const answer = (from: Service, frame: QueryFrame, protocol: ProtocolName): Effect.Effect<void> => {
+          const point = Points.query(frame.op)
+          if (!hooks.has(point)) return reply(from, frame.id, false, toBytes(`no responder for op ${frame.op}`))
+          // Bounded: past this many answers in progress, say so rather than queue.
+          if (answering >= MAX_ANSWERING) {
+            stats.drop("busy")
+            return reply(from, frame.id, false, toBytes("busy"))
+          }
+          answering++
+          const query = new Message(frame.op, frame.data, from, protocol, frame.channel)
+          return hooks.run(point as unknown as HookPoint<Message>, query).pipe(
+            Effect.matchEffect({
+              onSuccess: (answered) => reply(from, frame.id, true, answered.data),
+              onFailure: (rejected) => reply(from, frame.id, false, toBytes(rejected.reason))
+            }),
+            Effect.ensuring(Effect.sync(() => answering--))
+          )
+        }
+        const forTarget = (frame: QueryFrame) => {
           if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {
             stats.drop("filtered")
-            return Effect.void
+            return false
           }
+          return true
+        }
+
+        const receiveQuery = (frame: QueryFrame, protocol: ProtocolName, address: string): Effect.Effect<void> => {
+          if (!forTarget(frame)) return Effect.void
           const sighting = { sender: frame.sender, address }
           const known = registry.observeNow(sighting)
           return (known !== undefined ? Effect.succeed(known) : registry.observe(sighting)).pipe(
             Effect.flatMap((from) => {
               if (from === undefined) return Effect.void
-              const point = Points.query(frame.op)
-              if (!hooks.has(point)) return reply(from, frame.id, false, toBytes(`no responder for op ${frame.op}`))
-              // Bounded: past this many answers in progress, say so rather than queue.
-              if (answering >= MAX_ANSWERING) {
-                stats.drop("busy")
-                return reply(from, frame.id, false, toBytes("busy"))
-              }
-              answering++
-              const query = new Message(frame.op, frame.data, from, protocol, frame.channel)
-              // Answered in a fiber of its own: a slow responder must not hold up other traffic.
-              return hooks.run(point as unknown as HookPoint<Message>, query).pipe(
-                Effect.matchEffect({
-                  onSuccess: (answer) => reply(from, frame.id, true, answer.data),
-                  onFailure: (rejected) => reply(from, frame.id, false, toBytes(rejected.reason))
-                }),
-                Effect.ensuring(Effect.sync(() => answering--)),
-                // Started at once: an answer ready now goes out in this pass.
-                Effect.forkIn(scope, { startImmediately: true }),
-                Effect.asVoid
-              )
+              const answering = answer(from, frame, protocol)
+              // Started at once: an answer ready now goes out in this pass.
+              return answering === Effect.void ? answering : Effect.asVoid(Effect.forkIn(answering, scope, { startImmediately: true }))
             })
           )
+        }
+
+        // Answers started from the socket's callback, in fibers the member owns.
+        const answerNow = yield* FiberSet.makeRuntime<never, void, never>()
+        /**
+         * A query on the socket's callback, when no traffic waits before it and
+         * its sender is known without membership hooks; false: the queue's path.
+         */
+        const queryNow = (frame: QueryFrame, protocol: ProtocolName, address: string): boolean => {
+          if (!admitted(frame, address)) return true
+          if (!forTarget(frame)) return true
+          const from = registry.observeNow({ sender: frame.sender, address })
+          if (from === undefined) return false
+          const answering = answer(from, frame, protocol)
+          if (answering !== Effect.void) answerNow(answering)
+          return true
         }
 
         /** Hands a reply to the query awaiting it (on the socket's callback); true: handled, dropped or not. */
@@ -742,14 +779,19 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             })).pipe((query) => traced(query, "cluster-comm.query", { op: request.op }))
 
         // Handled on the socket's callback (drops counted): beats from known
-        // services at their version (nearly all traffic of an idle cluster),
-        // and replies to our queries (the asker wakes without a pass through
-        // the message queue; a reply is no message, so it need not wait behind them).
-        transport.handleNow((frame, address) =>
+        // services at their version (nearly all traffic of an idle cluster);
+        // and, when no traffic waits before them (none queued, the message
+        // pump idle), queries and replies: a round trip without a pass through
+        // the message queue on either side.
+        transport.handleNow((frame, address, protocol) =>
           frame._tag === "Beat"
             ? !admitted(frame, address) || registry.beatNow(frame.sender, frame.version, address) !== undefined
+            : messageLine.busy
+            ? false
             : frame._tag === "Reply"
             ? receiveReply(frame, address)
+            : frame._tag === "Query"
+            ? queryNow(frame, protocol, address)
             : false)
 
         return Cluster.of({

@@ -207,7 +207,7 @@ export class Transport extends Context.Service<Transport, {
 }
 
 /** Handles a control frame on the spot; false when it must be queued instead. */
-export type ControlNow = (frame: Frame, address: string) => boolean
+export type ControlNow = (frame: Frame, address: string, protocol: ProtocolName) => boolean
 
 /** The queues between the sockets and the pipelines. */
 export interface InboundQueues {
@@ -252,7 +252,9 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         stats.drop("replayed")
         return true
       }
-      if (controlNow(frame, address)) return true
+      // Traffic takes the synchronous path only when no message waits before
+      // it: nothing overtakes what a peer sent earlier.
+      if ((!isTraffic(frame) || Queue.sizeUnsafe(messages) === 0) && controlNow(frame, address, protocol)) return true
       if (!isTraffic(frame)) {
         if (!Queue.offerUnsafe(beacons, { frame, protocol, address, port })) stats.drop("queue-full")
         return true

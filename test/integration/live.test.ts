@@ -398,6 +398,38 @@ describe("members on real sockets (one host)", () => {
       assert.strictEqual(bigOne?.protocol, "tcp")
     }))
 
+  it.live("a query does not overtake the messages sent before it, nor a reply the messages its responder sent first", () =>
+    Effect.gen(function*() {
+      const responder = yield* member({ name: "order-rx", ...fast, protocols: ["tcp"] })
+      const asker = yield* member({ name: "order-tx", ...fast, protocols: ["tcp"] })
+      const [target] = yield* eventually(asker.resolve("order-rx"), (s) => s.length === 1)
+      const [back] = yield* eventually(responder.resolve("order-tx"), (s) => s.length === 1)
+      // The responder counts the messages it has handled, and answers with that count.
+      let handled = 0
+      yield* responder.hook(HookPoint.op("C", "receive"), (m) =>
+        Effect.sync(() => {
+          handled++
+          return m
+        }))
+      yield* responder.hook(HookPoint.query("COUNT"), () =>
+        // ... and sends 500 messages of its own before it answers.
+        Effect.forEach(Array.from({ length: 500 }), () => responder.sendTo(back!, "D", "d"), { discard: true }).pipe(
+          Effect.as(String(handled))
+        ))
+      let delivered = 0
+      yield* asker.hook(HookPoint.op("D", "receive"), (m) =>
+        Effect.sync(() => {
+          delivered++
+          return m
+        }))
+      for (let round = 1; round <= 3; round++) {
+        for (let i = 0; i < 2000; i++) yield* asker.sendTo(target!, "C", "c")
+        const result = yield* asker.queryAll({ target: target!, op: "COUNT", data: "" })
+        assert.strictEqual([...result.responses.values()][0]?.text, String(2000 * round), "the query came after every message")
+        assert.strictEqual(delivered, 500 * round, "the reply came after the responder's messages")
+      }
+    }))
+
   it.live("messages of every size over one tcp connection arrive whole and in order, sealed or not", () =>
     Effect.gen(function*() {
       // Small ones share a write buffer; from 64 KiB up a frame is a write of
