@@ -8,7 +8,7 @@
  * - send: op <op> send -> protocol <p> send -> send -> encode (Transport),
  *   per protocol in the peer's order until one carries the frame
  */
-import { Context, Duration, Effect, FiberSet, Layer, PubSub, Queue, Scope, Stream } from "effect"
+import { Context, Duration, Effect, Fiber, FiberSet, Layer, PubSub, Queue, Scope, Stream } from "effect"
 import { inNetworks, isLocalAddress, parseCidr } from "../internal/host.ts"
 import { traced } from "../internal/trace.ts"
 import {
@@ -387,6 +387,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             while (true) {
               const taken = yield* take
               line.busy = true
+              // Traffic handled from the socket's callback comes first: it arrived first.
+              if (line === messageLine && onCallback !== undefined) yield* Fiber.await(onCallback)
               for (const inbound of taken) {
                 if (!admitted(inbound.frame, inbound.address)) continue
                 const handled = handle(inbound)
@@ -400,6 +402,43 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           }).pipe(Effect.forkScoped)
         /** The message pump, busy while it handles what it took: traffic then waits its turn. */
         const messageLine = { busy: false }
+        /** Traffic handled from the socket's callback, still running (hooks that wait): the pump waits for it. */
+        let onCallback: Fiber.Fiber<void> | undefined
+        // Fibers the member owns, for what starts on a socket's callback.
+        const runNow = yield* FiberSet.makeRuntime<never, void, never>()
+        /** Runs traffic from the callback; until it is done, later traffic queues behind it. */
+        const holdLine = (handling: Effect.Effect<void>) => {
+          const fiber = runNow(handling)
+          if (fiber.pollUnsafe() !== undefined) return
+          onCallback = fiber
+          fiber.addObserver(() => {
+            if (onCallback === fiber) onCallback = undefined
+          })
+        }
+        /**
+         * A message (or a batch) on the socket's callback: delivered at once
+         * when it has no receive hooks to run (published with the rest of the
+         * chunk's), else its hooks start in a fiber that holds the line.
+         * Publishing to a full subscriber waits in such a fiber too.
+         */
+        const messageNow = (frame: MessageFrame | MessagesFrame, protocol: ProtocolName, address: string): true => {
+          if (!admitted(frame, address)) return true
+          const handling = frame._tag === "Message"
+            ? receiveMessage(frame, protocol, address)
+            : receiveData(frame, frame.items, protocol, address)
+          if (handling !== Effect.void) holdLine(Effect.andThen(handling, Effect.suspend(publish)))
+          else if (!publishing) {
+            // Published once the socket's chunk is done: its messages go out as one batch.
+            publishing = true
+            queueMicrotask(() => {
+              publishing = false
+              const published = publish()
+              if (published !== Effect.void) holdLine(published)
+            })
+          }
+          return true
+        }
+        let publishing = false
 
         yield* pump(transport.takeBeacons, ({ frame, address, port }) =>
           isTraffic(frame) ? Effect.void : discovery.handle(frame, address, port))
@@ -648,7 +687,6 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         }
 
         // Answers started from the socket's callback, in fibers the member owns.
-        const answerNow = yield* FiberSet.makeRuntime<never, void, never>()
         /**
          * A query on the socket's callback, when no traffic waits before it and
          * its sender is known without membership hooks; false: the queue's path.
@@ -659,7 +697,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           const from = registry.observeNow({ sender: frame.sender, address })
           if (from === undefined) return false
           const answering = answer(from, frame, protocol)
-          if (answering !== Effect.void) answerNow(answering)
+          if (answering !== Effect.void) runNow(answering)
           return true
         }
 
@@ -786,12 +824,14 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         transport.handleNow((frame, address, protocol) =>
           frame._tag === "Beat"
             ? !admitted(frame, address) || registry.beatNow(frame.sender, frame.version, address) !== undefined
-            : messageLine.busy
+            : messageLine.busy || onCallback !== undefined
             ? false
             : frame._tag === "Reply"
             ? receiveReply(frame, address)
             : frame._tag === "Query"
             ? queryNow(frame, protocol, address)
+            : frame._tag === "Message" || frame._tag === "Messages"
+            ? messageNow(frame, protocol, address)
             : false)
 
         return Cluster.of({

@@ -430,6 +430,23 @@ describe("members on real sockets (one host)", () => {
       }
     }))
 
+  it.live("messages whose receive hooks take their time still arrive in the order sent", () =>
+    Effect.gen(function*() {
+      const receiver = yield* member({ name: "slow-hook-rx", ...fast, protocols: ["tcp"] })
+      const sender = yield* member({ name: "slow-hook-tx", ...fast, protocols: ["tcp"] })
+      const [target] = yield* eventually(sender.resolve("slow-hook-rx"), (s) => s.length === 1)
+      // Every 25th message makes its hook wait, while the next ones arrive.
+      yield* receiver.hook(HookPoint.op("N", "receive"), (m) =>
+        Number(m.text) % 25 === 0 ? Effect.sleep("5 millis").pipe(Effect.as(m)) : Effect.succeed(m))
+      const got = yield* collect(receiver, 300)
+      for (let i = 0; i < 300; i++) {
+        yield* sender.sendTo(target!, "N", String(i))
+        if (i % 10 === 0) yield* Effect.sleep("1 millis") // let some arrive alone, on an idle line
+      }
+      const messages = yield* Fiber.join(got).pipe(Effect.timeout("10 seconds"))
+      assert.deepStrictEqual(messages.map((m) => Number(m.text)), Array.from({ length: 300 }, (_, i) => i))
+    }))
+
   it.live("messages of every size over one tcp connection arrive whole and in order, sealed or not", () =>
     Effect.gen(function*() {
       // Small ones share a write buffer; from 64 KiB up a frame is a write of
