@@ -377,18 +377,28 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           return true
         }
 
-        /** Takes batches from a queue forever, handling each admitted frame in order. */
+        /** The message pump, busy while it handles what it took: traffic then waits its turn. */
+        const messageLine = { busy: false }
+        /** Traffic handled from the socket's callback, still running (hooks that wait): the pump waits for it. */
+        let onCallback: Fiber.Fiber<void> | undefined
+
+        /**
+         * Takes batches from a queue forever, handling each admitted frame in
+         * order; `line` (the message pump's) marks it busy meanwhile.
+         */
         const pump = (
           take: Effect.Effect<ReadonlyArray<Inbound>>,
           handle: (inbound: Inbound) => Effect.Effect<void>,
-          line: { busy: boolean } = { busy: false }
+          line?: { busy: boolean }
         ) =>
           Effect.gen(function*() {
             while (true) {
               const taken = yield* take
-              line.busy = true
-              // Traffic handled from the socket's callback comes first: it arrived first.
-              if (line === messageLine && onCallback !== undefined) yield* Fiber.await(onCallback)
+              if (line !== undefined) {
+                line.busy = true
+                // Traffic handled from the socket's callback comes first: it arrived first.
+                if (onCallback !== undefined) yield* Fiber.await(onCallback)
+              }
               for (const inbound of taken) {
                 if (!admitted(inbound.frame, inbound.address)) continue
                 const handled = handle(inbound)
@@ -397,14 +407,12 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               }
               const published = publish()
               if (published !== Effect.void) yield* published
-              line.busy = false
+              if (line !== undefined) line.busy = false
             }
           }).pipe(Effect.forkScoped)
-        /** The message pump, busy while it handles what it took: traffic then waits its turn. */
-        const messageLine = { busy: false }
-        /** Traffic handled from the socket's callback, still running (hooks that wait): the pump waits for it. */
-        let onCallback: Fiber.Fiber<void> | undefined
-        // Fibers the member owns, for what starts on a socket's callback.
+
+        // Fibers the member owns (with its services, its clock among them), for
+        // what starts in plain code: on a socket's callback, a query's timer.
         const runNow = yield* FiberSet.makeRuntime<never, void, never>()
         /** Runs traffic from the callback; until it is done, later traffic queues behind it. */
         const holdLine = (handling: Effect.Effect<void>) => {
@@ -630,8 +638,6 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         }
         let answering = 0
         const scope = yield* Scope.Scope
-        // The member's own services (its clock among them), for timers started from plain code.
-        const context = yield* Effect.context<never>()
 
         const reply = (to: Service, id: number, ok: boolean, data: Uint8Array): Effect.Effect<void> => {
           const frame: Frame = { _tag: "Reply", sender, id, ok, data }
@@ -797,7 +803,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               const done = Effect.suspend(() => Effect.as(telemetry.queried((performance.now() - started) / 1000), result as QueryResult))
               const answers = Effect.callback<QueryResult>((resume) => {
                 if (result.complete) return resume(done)
-                const timer = Effect.runForkWith(context)(Effect.sleep(request.timeout ?? QUERY_TIMEOUT))
+                const timer = runNow(Effect.sleep(request.timeout ?? QUERY_TIMEOUT))
                 timer.addObserver((exit) => {
                   if (exit._tag !== "Success" || result.complete) return
                   asked.cancel()
