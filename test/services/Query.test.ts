@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Stream } from "effect"
+import { type Duration, Effect, Fiber, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import {
   encodeFrame,
@@ -8,6 +8,20 @@ import {
   MemoryNetwork
 } from "cluster-comm"
 import { eventually, member, memberOn, testCluster } from "../helpers.ts"
+
+/** An asker and two responders to op Q: "quick" answers at once, "slow" after `slowFor`. */
+const quickAndSlow = (slowFor: Duration.Input) =>
+  Effect.gen(function*() {
+    const network = MemoryNetwork.make({ delay: "1 millis" })
+    const asker = yield* memberOn(network, "asker")
+    const quick = yield* memberOn(network, "quick")
+    const slow = yield* memberOn(network, "slow")
+    yield* quick.hook(HookPoint.query("Q"), () => Effect.succeed("fast"))
+    yield* slow.hook(HookPoint.query("Q"), () => Effect.sleep(slowFor).pipe(Effect.as("late")))
+    yield* TestClock.adjust("10 millis")
+    return asker
+  })
+const bothAsked = { target: { where: [{ some: ["quick", "slow"] }] }, op: "Q", data: "?" } as const
 
 describe("queries", () => {
   it.effect("gather every target's response, errors included, then done", () =>
@@ -36,14 +50,8 @@ describe("queries", () => {
 
   it.effect("stream the answers as they come, ending with a timeout that names who did not answer", () =>
     Effect.gen(function*() {
-      const network = MemoryNetwork.make({ delay: "1 millis" })
-      const asker = yield* memberOn(network, "asker")
-      const quick = yield* memberOn(network, "quick")
-      const slow = yield* memberOn(network, "slow")
-      yield* quick.hook(HookPoint.query("Q"), () => Effect.succeed("fast"))
-      yield* slow.hook(HookPoint.query("Q"), () => Effect.sleep("10 seconds").pipe(Effect.as("late")))
-      yield* TestClock.adjust("10 millis")
-      const run = yield* asker.query({ target: { where: [{ some: ["quick", "slow"] }] }, op: "Q", data: "?", timeout: "1 second" }).pipe(
+      const asker = yield* quickAndSlow("10 seconds")
+      const run = yield* asker.query({ ...bothAsked, timeout: "1 second" }).pipe(
         Stream.runCollect,
         Effect.forkChild
       )
@@ -56,14 +64,8 @@ describe("queries", () => {
 
   it.effect("queryAll on a timeout: the answers so far, who is missing, and a late answer is not taken", () =>
     Effect.gen(function*() {
-      const network = MemoryNetwork.make({ delay: "1 millis" })
-      const asker = yield* memberOn(network, "asker")
-      const quick = yield* memberOn(network, "quick")
-      const slow = yield* memberOn(network, "slow")
-      yield* quick.hook(HookPoint.query("Q"), () => Effect.succeed("fast"))
-      yield* slow.hook(HookPoint.query("Q"), () => Effect.sleep("3 seconds").pipe(Effect.as("late")))
-      yield* TestClock.adjust("10 millis")
-      const run = yield* asker.queryAll({ target: { where: [{ some: ["quick", "slow"] }] }, op: "Q", data: "?", timeout: "1 second" }).pipe(
+      const asker = yield* quickAndSlow("3 seconds")
+      const run = yield* asker.queryAll({ ...bothAsked, timeout: "1 second" }).pipe(
         Effect.forkChild
       )
       yield* TestClock.adjust("999 millis")
