@@ -13,8 +13,10 @@ const bootedAt = performance.timeOrigin
 const joinStartedAt = Date.now()
 
 const main = Effect.gen(function*() {
+  // The layer is built (sockets open, first heartbeat and probe out) when this runs.
+  const joinedAt = Date.now()
   yield* knowsOthers(Number(expect)).pipe(Effect.timeout("20 seconds"))
-  process.send?.({ name, bootedAt, joinStartedAt, knowsAllAt: Date.now(), cpu: process.cpuUsage() })
+  process.send?.({ name, bootedAt, joinStartedAt, joinedAt, knowsAllAt: Date.now(), cpu: process.cpuUsage() })
   yield* Effect.never
 })
 
