@@ -75,7 +75,6 @@ const main = Effect.gen(function*() {
   const timed = (i: number, t: number) => {
     if (i >= warmup) times.push(performance.now() - t)
     else if (i < 1000) cold.push(performance.now() - t)
-    if (i === warmup - 1) process.send?.({ warm: true })
   }
   if (role === "asker") {
     for (let i = 0; i < warmup + go.count; i++) {

@@ -75,7 +75,6 @@ if (role === "sink" || role === "echo") {
         })
         if (i >= warmup) times.push(performance.now() - t)
         else if (i < 1000) cold.push(performance.now() - t)
-        if (i === warmup - 1) process.send?.({ warm: true })
       }
       process.send?.({ times, cold })
     }

@@ -8,7 +8,7 @@
  * - send: op <op> send -> protocol <p> send -> send -> encode (Transport),
  *   per protocol in the peer's order until one carries the frame
  */
-import { Context, Duration, Effect, Fiber, FiberSet, Layer, PubSub, Queue, Scope, Stream } from "effect"
+import { Context, Duration, Effect, Fiber, FiberSet, Layer, PubSub, Queue, Stream } from "effect"
 import { inNetworks, isLocalAddress, parseCidr } from "../internal/host.ts"
 import { traced } from "../internal/trace.ts"
 import {
@@ -637,7 +637,6 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           return lastId
         }
         let answering = 0
-        const scope = yield* Scope.Scope
 
         const reply = (to: Service, id: number, ok: boolean, data: Uint8Array): Effect.Effect<void> => {
           const frame: Frame = { _tag: "Reply", sender, id, ok, data }
@@ -670,6 +669,11 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             Effect.ensuring(Effect.sync(() => answering--))
           )
         }
+        /** Starts the answer at once (one ready now goes out in this pass), in a fiber the member owns. */
+        const startAnswer = (from: Service, frame: QueryFrame, protocol: ProtocolName) => {
+          const answering = answer(from, frame, protocol)
+          if (answering !== Effect.void) runNow(answering)
+        }
         const forTarget = (frame: QueryFrame) => {
           if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {
             stats.drop("filtered")
@@ -682,17 +686,15 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           if (!forTarget(frame)) return Effect.void
           const sighting = { sender: frame.sender, address }
           const known = registry.observeNow(sighting)
-          return (known !== undefined ? Effect.succeed(known) : registry.observe(sighting)).pipe(
-            Effect.flatMap((from) => {
-              if (from === undefined) return Effect.void
-              const answering = answer(from, frame, protocol)
-              // Started at once: an answer ready now goes out in this pass.
-              return answering === Effect.void ? answering : Effect.asVoid(Effect.forkIn(answering, scope, { startImmediately: true }))
-            })
-          )
+          if (known !== undefined) {
+            startAnswer(known, frame, protocol)
+            return Effect.void
+          }
+          return Effect.map(registry.observe(sighting), (from) => {
+            if (from !== undefined) startAnswer(from, frame, protocol)
+          })
         }
 
-        // Answers started from the socket's callback, in fibers the member owns.
         /**
          * A query on the socket's callback, when no traffic waits before it and
          * its sender is known without membership hooks; false: the queue's path.
@@ -702,8 +704,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           if (!forTarget(frame)) return true
           const from = registry.observeNow({ sender: frame.sender, address })
           if (from === undefined) return false
-          const answering = answer(from, frame, protocol)
-          if (answering !== Effect.void) runNow(answering)
+          startAnswer(from, frame, protocol)
           return true
         }
 
@@ -723,9 +724,9 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
          * Sends a query to these peers; `on` sees each response or error, then
          * QueryDone once all have answered. Plain code (the round trip's hot
          * path): the query, or why it cannot go. `expected` is who has not
-         * answered yet (emptied as answers come), `cancel` forgets the query,
-         * and `sending` (when set) hands the rest to a fiber: peers whose
-         * connection was not ready at once (connects, fallbacks).
+         * answered yet (emptied as answers come), `cancel` forgets the query.
+         * Peers whose connection was not ready at once (connects, fallbacks)
+         * are sent to from a fiber the member owns.
          */
         const askPeers = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>, on: (event: QueryEvent) => void) => {
           const data = toBytes(request.data)
@@ -749,19 +750,20 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           const frameFor = (peer: Service) => (protocol: ProtocolName): Frame =>
             ({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: protocol === "udp" ? [peer.id] : [], data })
           const later = peers.filter((peer) => deliverNow(peer, frameFor(peer)) === undefined)
-          const sending = later.length === 0 ? undefined : Effect.forEach(later, (peer) =>
-            deliverTo(peer, (protocol) => Effect.succeed(frameFor(peer)(protocol))).pipe(
-              Effect.catch((e) => Effect.sync(() => settle(peer, new QueryError({ service: peer, message: e.message }))))
-            ), { concurrency: "unbounded", discard: true }).pipe(Effect.forkIn(scope, { startImmediately: true }), Effect.asVoid)
-          return { expected, cancel, sending }
+          if (later.length > 0) {
+            runNow(Effect.forEach(later, (peer) =>
+              deliverTo(peer, (protocol) => Effect.succeed(frameFor(peer)(protocol))).pipe(
+                Effect.catch((e) => Effect.sync(() => settle(peer, new QueryError({ service: peer, message: e.message }))))
+              ), { concurrency: "unbounded", discard: true }))
+          }
+          return { expected, cancel }
         }
 
         /** `askPeers` for targets to resolve first. */
         const ask = (request: QueryOptions<Targets>, on: (event: QueryEvent) => void) =>
           Effect.flatMap(targetsOf(request.target as Targets), (peers) => {
             const asked = askPeers(peers, request, on)
-            if (asked instanceof InvalidMessage) return Effect.fail(asked)
-            return asked.sending === undefined ? Effect.succeed(asked) : Effect.as(asked.sending, asked)
+            return asked instanceof InvalidMessage ? Effect.fail(asked) : Effect.succeed(asked)
           })
 
         const query = (request: QueryOptions<Targets>) =>
@@ -819,7 +821,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
                   asked.cancel()
                 })
               })
-              return asked.sending === undefined ? answers : Effect.andThen(asked.sending, answers)
+              return answers
             })).pipe((query) => traced(query, "cluster-comm.query", { op: request.op }))
 
         // Handled on the socket's callback (drops counted): beats from known

@@ -169,9 +169,10 @@ export class Transport extends Context.Service<Transport, {
   readonly takeMessages: Effect.Effect<ReadonlyArray<Inbound>>
   /**
    * Installs the synchronous path, tried on the socket's callback before a
-   * frame is queued: true when it handled the frame (most beats, query
-   * replies), false to queue it. Spares a fiber wake-up per beat, and a
-   * round trip's answer a pass through the message queue.
+   * frame is queued: true when it handled the frame, false to queue it.
+   * Traffic (messages, queries, replies) is offered only while no message
+   * waits in the queue, so it never overtakes what came before. Spares a
+   * fiber wake-up per beat, and a quiet link's traffic a pass through the queue.
    */
   readonly handleNow: (handler: ControlNow) => void
 }>()("cluster-comm/Transport") {

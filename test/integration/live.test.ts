@@ -463,7 +463,7 @@ describe("members on real sockets (one host)", () => {
         for (const data of sent) yield* sender.sendTo(target!, "S", data)
         const messages = yield* Fiber.join(got).pipe(Effect.timeout("10 seconds"))
         assert.deepStrictEqual(messages.map((m) => m.data.length), sizes)
-        messages.forEach((m, i) => assert.isTrue(m.data.every((b) => b === i), `message ${i} intact`))
+        for (const [i, m] of messages.entries()) assert.isTrue(m.data.every((b) => b === i), `message ${i} intact`)
         assert.isTrue(messages.every((m) => m.protocol === "tcp"))
       }
     }))

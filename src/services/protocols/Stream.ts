@@ -278,6 +278,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     }
 
     const failure = (message: string, cause?: unknown) => new ProtocolFailure({ protocol: name, message, cause })
+    const tooLarge = (frame: Frame) => new FrameTooLarge({ protocol: name, size: frameSize(frame), limit: options.maxFrame })
 
     const free: Array<Chunk> = []
     let freeUsed = false
@@ -301,6 +302,17 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       if (chunk.writes === 0) release(chunk)
     }
 
+    /** Hands bytes to the socket (true), or counts their frames unsent when it is gone. */
+    const writeOut = (socket: net.Socket, bytes: Buffer, frames: number, done?: () => void): boolean => {
+      if (socket.destroyed) {
+        for (let i = 0; i < frames; i++) stats.drop("unsent")
+        return false
+      }
+      stats.wrote(bytes.length)
+      socket.write(bytes, done)
+      return true
+    }
+
     // Frames written in one tick go out in one write: far fewer syscalls
     // under load, and no added latency (the flush runs when the tick ends).
     const flush = (conn: Connection) => {
@@ -309,23 +321,15 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       const { start, used, frames } = conn
       conn.start = used
       conn.frames = 0
-      if (conn.socket.destroyed) {
-        for (let i = 0; i < frames; i++) stats.drop("unsent")
-        return
-      }
-      stats.wrote(used - start)
-      chunk.writes++
-      conn.socket.write(chunk.buf.subarray(start, used), () => {
+      // The write's callback never runs before this returns: the count is in place.
+      const written = writeOut(conn.socket, chunk.buf.subarray(start, used), frames, () => {
         if (--chunk.writes === 0 && chunk.retired) release(chunk)
       })
+      if (written) chunk.writes++
     }
     /** Encodes a frame of `size` bytes (its `encodedSize`, at most `maxFrame`) for this tick's write. */
     const enqueue = (conn: Connection, frame: Frame, size: number) => {
       const need = PREFIX + size
-      if (conn.chunk !== undefined && CHUNK_BYTES - conn.used < need) {
-        flush(conn)
-        retire(conn)
-      }
       if (need >= BATCH_BYTES) {
         // A frame that is a write by itself gets a buffer of its own, after
         // what is queued: under backpressure many such writes wait at once,
@@ -335,12 +339,12 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         const bytes = Buffer.allocUnsafe(need)
         bytes.writeUInt32BE(size, 0)
         inlet.encodeInto(frame, bytes, PREFIX)
-        if (conn.socket.destroyed) stats.drop("unsent")
-        else {
-          stats.wrote(need)
-          conn.socket.write(bytes)
-        }
+        writeOut(conn.socket, bytes, 1)
         return
+      }
+      if (conn.chunk !== undefined && CHUNK_BYTES - conn.used < need) {
+        flush(conn)
+        retire(conn)
       }
       conn.chunk ??= takeChunk()
       if (conn.used === conn.start) queueMicrotask(() => flush(conn))
@@ -376,7 +380,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       Effect.suspend((): Effect.Effect<void, FrameTooLarge | ProtocolFailure> => {
         const size = inlet.encodedSize(frame)
         if (size > options.maxFrame) {
-          return Effect.fail(new FrameTooLarge({ protocol: name, size: frameSize(frame), limit: options.maxFrame }))
+          return Effect.fail(tooLarge(frame))
         }
         const key = keyOf(to)
         const conn = connections.get(key) ?? connect(to, key)
@@ -397,7 +401,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
             // Sized again: a key installed meanwhile changes it.
             const now = inlet.encodedSize(frame)
             if (now > options.maxFrame) {
-              resume(Effect.fail(new FrameTooLarge({ protocol: name, size: frameSize(frame), limit: options.maxFrame })))
+              resume(Effect.fail(tooLarge(frame)))
               return
             }
             enqueue(conn, frame, now)
