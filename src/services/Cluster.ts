@@ -8,7 +8,7 @@
  * - send: op <op> send -> protocol <p> send -> send -> encode (Transport),
  *   per protocol in the peer's order until one carries the frame
  */
-import { Context, Duration, Effect, Fiber, FiberSet, Layer, PubSub, Queue, Stream } from "effect"
+import { Array as Arr, Context, Duration, Effect, Fiber, FiberSet, Layer, PubSub, Queue, Stream } from "effect"
 import { inNetworks, isLocalAddress, parseCidr } from "../internal/host.ts"
 import { traced } from "../internal/trace.ts"
 import {
@@ -261,7 +261,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         // one wake-up of each subscriber per batch, not per message. Bounded with
         // backpressure: a slow subscriber slows the pipeline (and, through paused
         // tcp reads, the senders) instead of losing messages.
-        const delivered = yield* PubSub.bounded<ReadonlyArray<Message>>(Math.max(4, Math.ceil(options.bufferSize / 256)))
+        const delivered = yield* PubSub.bounded<Arr.NonEmptyReadonlyArray<Message>>(Math.max(4, Math.ceil(options.bufferSize / 256)))
         yield* Effect.addFinalizer(() => PubSub.shutdown(delivered))
 
         // ---- receive ----
@@ -275,7 +275,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         }
         /** Publishes the batch: at once when there is room, else waiting for it. */
         const publish = (): Effect.Effect<void> => {
-          if (batch.length === 0) return Effect.void
+          if (!Arr.isArrayNonEmpty(batch)) return Effect.void
           const out = batch
           batch = []
           return PubSub.publishUnsafe(delivered, out) ? Effect.void : Effect.asVoid(PubSub.publish(delivered, out))
@@ -938,7 +938,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
                   Effect.provide(hook(value), context) as unknown as Effect.Effect<A, E>)
             ),
           events: registry.events,
-          messages: Stream.fromPubSub(delivered).pipe(Stream.flattenIterable),
+          // Each batch is a chunk of the stream (flattenIterable would build a stream per batch).
+          messages: Stream.fromPubSub(delivered).pipe(Stream.flattenArray),
           stats: stats.snapshot,
           metrics: telemetry.prometheus
         })

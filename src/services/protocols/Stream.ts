@@ -36,6 +36,14 @@ const CHUNK_BYTES = 256 * 1024
  * lets go of those unused since its last pass.
  */
 const MAX_FREE_CHUNKS = 16
+/**
+ * Frames of BATCH_BYTES and up are a write each, in a buffer of their own;
+ * those buffers are kept for reuse by size (rounded up to this step) while
+ * the kept ones total at most LARGE_POOL_BYTES: enough for what a sender may
+ * have unsent (HIGH_WATER) and the frames being filled.
+ */
+const LARGE_STEP = 16 * 1024
+const LARGE_POOL_BYTES = 2 * HIGH_WATER
 
 /** What one member accepts: connections in all, from one address, and how long one may idle. */
 export interface StreamLimits {
@@ -223,7 +231,11 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         // A connection that wrote nothing since the last pass lets go of its write buffer.
         if (conn.chunk !== undefined && conn.used === conn.start && activity.get(conn.socket)?.since !== now) retire(conn)
       }
-      if (!freeUsed) free.length = 0
+      if (!freeUsed) {
+        free.length = 0
+        freeLarge.clear()
+        freeLargeBytes = 0
+      }
       freeUsed = false
     })
 
@@ -292,6 +304,24 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     const release = (chunk: Chunk) => {
       if (free.length < MAX_FREE_CHUNKS) free.push(chunk)
     }
+    // Large frames' own buffers, free for reuse, by capacity.
+    const freeLarge = new Map<number, Array<Buffer>>()
+    let freeLargeBytes = 0
+    const takeLarge = (need: number): Buffer => {
+      const capacity = Math.ceil(need / LARGE_STEP) * LARGE_STEP
+      const reused = freeLarge.get(capacity)?.pop()
+      if (reused === undefined) return Buffer.allocUnsafeSlow(capacity)
+      freeUsed = true
+      freeLargeBytes -= capacity
+      return reused
+    }
+    const releaseLarge = (buf: Buffer) => {
+      if (freeLargeBytes + buf.length > LARGE_POOL_BYTES) return
+      freeLargeBytes += buf.length
+      const kept = freeLarge.get(buf.length)
+      if (kept === undefined) freeLarge.set(buf.length, [buf])
+      else kept.push(buf)
+    }
     /** The connection stops filling its chunk, which is reused once its writes are done. */
     const retire = (conn: Connection) => {
       const chunk = conn.chunk
@@ -302,15 +332,29 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       if (chunk.writes === 0) release(chunk)
     }
 
-    /** Hands bytes to the socket (true), or counts their frames unsent when it is gone. */
-    const writeOut = (socket: net.Socket, bytes: Buffer, frames: number, done?: () => void): boolean => {
+    /**
+     * Hands bytes to the socket, or counts their frames unsent when it is
+     * gone; `done` runs once the socket is through with them (at once then).
+     * A write the kernel took whole is done as soon as `write` returns (the
+     * socket then has nothing pending): its callback comes only when the
+     * tick ends, and a sender that writes on in the same tick would otherwise
+     * find every buffer still in use.
+     */
+    const writeOut = (socket: net.Socket, bytes: Buffer, frames: number, done: () => void): void => {
       if (socket.destroyed) {
         for (let i = 0; i < frames; i++) stats.drop("unsent")
-        return false
+        done()
+        return
       }
       stats.wrote(bytes.length)
-      socket.write(bytes, done)
-      return true
+      let settled = false
+      const settle = () => {
+        if (settled) return
+        settled = true
+        done()
+      }
+      socket.write(bytes, settle)
+      if (socket.writableLength === 0) settle()
     }
 
     // Frames written in one tick go out in one write: far fewer syscalls
@@ -321,25 +365,25 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       const { start, used, frames } = conn
       conn.start = used
       conn.frames = 0
-      // The write's callback never runs before this returns: the count is in place.
-      const written = writeOut(conn.socket, chunk.buf.subarray(start, used), frames, () => {
+      chunk.writes++
+      writeOut(conn.socket, chunk.buf.subarray(start, used), frames, () => {
         if (--chunk.writes === 0 && chunk.retired) release(chunk)
       })
-      if (written) chunk.writes++
+      // All of it is the kernel's already: the next frames start at the top again, in warm memory.
+      if (chunk.writes === 0 && conn.chunk === chunk) conn.start = conn.used = 0
     }
     /** Encodes a frame of `size` bytes (its `encodedSize`, at most `maxFrame`) for this tick's write. */
     const enqueue = (conn: Connection, frame: Frame, size: number) => {
       const need = PREFIX + size
       if (need >= BATCH_BYTES) {
-        // A frame that is a write by itself gets a buffer of its own, after
-        // what is queued: under backpressure many such writes wait at once,
-        // more than the free write buffers, and a fresh 64 KiB costs less than
-        // a fresh write buffer.
+        // A frame that is a write by itself gets a buffer of its own (kept
+        // for reuse by size), after what is queued: it would cut a write
+        // buffer short, and under backpressure many such writes wait at once.
         flush(conn)
-        const bytes = Buffer.allocUnsafe(need)
-        bytes.writeUInt32BE(size, 0)
-        inlet.encodeInto(frame, bytes, PREFIX)
-        writeOut(conn.socket, bytes, 1)
+        const own = takeLarge(need)
+        own.writeUInt32BE(size, 0)
+        inlet.encodeInto(frame, own, PREFIX)
+        writeOut(conn.socket, own.subarray(0, need), 1, () => releaseLarge(own))
         return
       }
       if (conn.chunk !== undefined && CHUNK_BYTES - conn.used < need) {
