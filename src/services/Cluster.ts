@@ -8,8 +8,9 @@
  * - send: op <op> send -> protocol <p> send -> send -> encode (Transport),
  *   per protocol in the peer's order until one carries the frame
  */
-import { Array as Arr, Context, Duration, Effect, Fiber, FiberSet, Layer, PubSub, Queue, Stream } from "effect"
+import { Array as Arr, Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, PubSub, Queue, Stream } from "effect"
 import { inNetworks, isLocalAddress, parseCidr } from "../internal/host.ts"
+import { makeAlarm } from "../internal/alarm.ts"
 import { traced } from "../internal/trace.ts"
 import {
   ChannelError,
@@ -85,6 +86,16 @@ const BATCH_BYTES = 60 * 1024
 
 /** How long a query waits for answers unless it says otherwise. */
 const QUERY_TIMEOUT = Duration.seconds(5)
+
+/** A query of ours awaiting answers. */
+interface Waiting {
+  /** When it times out (the member's clock, in milliseconds). */
+  readonly at: number
+  /** Takes a reply from `from`; false when none was expected from it. */
+  readonly reply: (from: Service, ok: boolean, data: Uint8Array) => boolean
+  /** The deadline came first. */
+  readonly expire: () => void
+}
 
 /**
  * Channels every member is on and cannot leave: 0 (broadcast), 1 (system:
@@ -628,8 +639,21 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
 
         // ---- queries ----
 
-        /** Queries of ours awaiting answers, by request id. */
-        const pending = new Map<number, (from: Service, ok: boolean, data: Uint8Array) => boolean>()
+        /** Queries of ours awaiting answers, by request id: a reply's handler, and the deadline. */
+        const pending = new Map<number, Waiting>()
+        // One alarm for all their timeouts: a query arms and clears no timer of its own.
+        const clock = yield* Clock.Clock
+        const queryAlarm = yield* makeAlarm((now) =>
+          Effect.sync(() => {
+            let next = Infinity
+            for (const [id, waiting] of pending) {
+              if (waiting.at <= now) {
+                pending.delete(id)
+                waiting.expire()
+              } else if (waiting.at < next) next = waiting.at
+            }
+            return next
+          }), 0)
         let lastId = 0
         const nextId = () => {
           do lastId = (lastId + 1) >>> 0
@@ -714,7 +738,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           const waiting = pending.get(frame.id)
           const from = registry.observeNow({ sender: frame.sender, address }) ??
             registry.get(serviceId(frame.sender.hostId, frame.sender.name))
-          if (waiting === undefined || from === undefined || !waiting(from, frame.ok, frame.data)) {
+          if (waiting === undefined || from === undefined || !waiting.reply(from, frame.ok, frame.data)) {
             stats.drop("unexpected-reply")
           }
           return true
@@ -735,6 +759,10 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           if (problem !== undefined) return new InvalidMessage({ message: problem })
           const expected = new Map(peers.map((p) => [p.id, p]))
           const cancel = () => pending.delete(id)
+          if (peers.length === 0) {
+            on(new QueryDone())
+            return { expected, cancel }
+          }
           const settle = (service: Service, event: QueryEvent) => {
             if (!expected.delete(service.id)) return false
             on(event)
@@ -744,9 +772,14 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
             }
             return true
           }
-          pending.set(id, (from, ok, bytes) =>
-            settle(from, ok ? new QueryResponse({ service: from, data: bytes }) : new QueryError({ service: from, message: new TextDecoder().decode(bytes) })))
-          if (peers.length === 0) on(new QueryDone())
+          const at = clock.currentTimeMillisUnsafe() + Duration.toMillis(request.timeout ?? QUERY_TIMEOUT)
+          pending.set(id, {
+            at,
+            reply: (from, ok, bytes) =>
+              settle(from, ok ? new QueryResponse({ service: from, data: bytes }) : new QueryError({ service: from, message: new TextDecoder().decode(bytes) })),
+            expire: () => on(new QueryTimeout({ missing: [...expected.values()] }))
+          })
+          queryAlarm.wakeBy(at)
           const frameFor = (peer: Service) => (protocol: ProtocolName): Frame =>
             ({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: protocol === "udp" ? [peer.id] : [], data })
           const later = peers.filter((peer) => deliverNow(peer, frameFor(peer)) === undefined)
@@ -770,58 +803,40 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           Stream.unwrap(
             Effect.gen(function*() {
               const events = yield* Queue.unbounded<QueryEvent>()
-              const { expected, cancel } = yield* ask(request, (e) => Queue.offerUnsafe(events, e))
+              const { cancel } = yield* ask(request, (e) => Queue.offerUnsafe(events, e))
               yield* Effect.addFinalizer(() => Effect.sync(cancel))
-              yield* Effect.sleep(request.timeout ?? QUERY_TIMEOUT).pipe(
-                Effect.andThen(Effect.sync(() => {
-                  if (!cancel()) return
-                  Queue.offerUnsafe(events, new QueryTimeout({ missing: [...expected.values()] }))
-                })),
-                Effect.forkScoped
-              )
               return Stream.fromQueue(events).pipe(
                 Stream.takeUntil((e) => e._tag === "QueryDone" || e._tag === "QueryTimeout")
               )
             })
           )
 
-        // The whole answer at once: no stream, no queue, no generator; one wait,
-        // bounded by a timer on the member's clock (a fiber that only sleeps).
+        // The whole answer at once: no stream, no queue, no generator; one
+        // wait, ended by the last answer or the query alarm.
         const queryAll = (request: QueryOptions<Targets>) =>
           Effect.flatMap(targetsOf(request.target as Targets), (peers) =>
             Effect.suspend(() => {
               const started = performance.now()
               const result = { responses: new Map<string, QueryResponse>(), errors: new Map<string, QueryError>(), missing: [] as ReadonlyArray<Service>, complete: false }
               let wake: (() => void) | undefined
+              let ended = false
               const asked = askPeers(peers, request, (e) => {
                 if (e._tag === "QueryResponse") result.responses.set(e.service.id, e)
                 else if (e._tag === "QueryError") result.errors.set(e.service.id, e)
-                else if (e._tag === "QueryDone") {
-                  result.complete = true
+                else {
+                  if (e._tag === "QueryDone") result.complete = true
+                  else result.missing = e.missing
+                  ended = true
                   wake?.()
                 }
               })
               if (asked instanceof InvalidMessage) return Effect.fail(asked)
               const done = Effect.suspend(() => Effect.as(telemetry.queried((performance.now() - started) / 1000), result as QueryResult))
-              const answers = Effect.callback<QueryResult>((resume) => {
-                if (result.complete) return resume(done)
-                const timer = runNow(Effect.sleep(request.timeout ?? QUERY_TIMEOUT))
-                timer.addObserver((exit) => {
-                  if (exit._tag !== "Success" || result.complete) return
-                  asked.cancel()
-                  result.missing = [...asked.expected.values()]
-                  resume(done)
-                })
-                wake = () => {
-                  timer.interruptUnsafe()
-                  resume(done)
-                }
-                return Effect.sync(() => {
-                  timer.interruptUnsafe()
-                  asked.cancel()
-                })
+              return Effect.callback<QueryResult>((resume) => {
+                if (ended) return resume(done)
+                wake = () => resume(done)
+                return Effect.sync(asked.cancel)
               })
-              return answers
             })).pipe((query) => traced(query, "cluster-comm.query", { op: request.op }))
 
         // Handled on the socket's callback (drops counted): beats from known

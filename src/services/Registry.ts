@@ -3,7 +3,8 @@
  * (`service eval`, then `validate` or `found`; `lost`), expires services
  * unheard for `ttl`, tells restarts from conflicts, and publishes events.
  */
-import { Clock, Context, Deferred, Duration, Effect, Layer, PubSub, Stream } from "effect"
+import { Clock, Context, Duration, Effect, Layer, PubSub, Stream } from "effect"
+import { makeAlarm } from "../internal/alarm.ts"
 import { isLocalAddress } from "../internal/host.ts"
 import type { Sender } from "../schema/Frame.ts"
 import {
@@ -218,12 +219,10 @@ export class Registry extends Context.Service<Registry, {
           })
 
         // One plain pass over the services (no copy, no effect per service):
-        // only the expired ones go on to `lose`. It notes when the next one
+        // only the expired ones go on to `lose`. It returns when the next one
         // could expire: the oldest sign of life plus the ttl, or the nearest
         // suspicion deadline.
-        let nextSweep = 0
-        const sweep = Effect.suspend(() => {
-          const now = clock.currentTimeMillisUnsafe()
+        const sweep = (now: number) => {
           let expired: Array<Service> | undefined
           let next = now + ttlMillis
           for (const service of services.values()) {
@@ -240,22 +239,12 @@ export class Registry extends Context.Service<Registry, {
               } else if (deadline < next) next = deadline
             }
           }
-          nextSweep = next
-          return expired === undefined ? Effect.void : Effect.forEach(expired, (s) => lose(s, "expired"), { discard: true })
-        })
+          return expired === undefined ? Effect.succeed(next) : Effect.as(Effect.forEach(expired, (s) => lose(s, "expired"), { discard: true }), next)
+        }
         // The sweep sleeps until then, not on a fixed beat (an idle member
         // wakes about once a ttl, not four times a second); a new suspicion
-        // that falls earlier wakes it at once (`nudge`).
-        let nudge = Deferred.makeUnsafe<void>()
-        yield* Effect.gen(function*() {
-          while (true) {
-            yield* sweep
-            const wait = Math.max(MIN_SWEEP_MILLIS, nextSweep - clock.currentTimeMillisUnsafe() + 1)
-            const signal = nudge
-            yield* Effect.raceFirst(Effect.sleep(Duration.millis(wait)), Deferred.await(signal))
-            if (Deferred.isDoneUnsafe(signal)) nudge = Deferred.makeUnsafe<void>()
-          }
-        }).pipe(Effect.forkScoped)
+        // that falls earlier wakes it at once.
+        const alarm = yield* makeAlarm(sweep, MIN_SWEEP_MILLIS)
 
         return Registry.of({
           observe,
@@ -283,7 +272,7 @@ export class Registry extends Context.Service<Registry, {
             const deadline = clock.currentTimeMillisUnsafe() + Duration.toMillis(window)
             const current = deadlines.get(id)
             if (current === undefined || deadline < current) deadlines.set(id, deadline)
-            if (deadline < nextSweep) Deferred.doneUnsafe(nudge, Effect.void)
+            alarm.wakeBy(deadline)
           },
           list: Effect.sync(() => [...services.values()].map((s) => ({ ...s }))),
           // Subscribe first, then snapshot: nothing falls in between. A service

@@ -62,6 +62,23 @@ describe("queries", () => {
       assert.deepStrictEqual(last._tag === "QueryTimeout" && last.missing.map((s) => s.name), ["slow"])
     }))
 
+  it.effect("each query times out at its own deadline, a later and shorter one first", () =>
+    Effect.gen(function*() {
+      const asker = yield* quickAndSlow("10 seconds")
+      const long = yield* asker.queryAll({ ...bothAsked, timeout: "5 seconds" }).pipe(Effect.forkChild)
+      yield* TestClock.adjust("100 millis")
+      const short = yield* asker.queryAll({ ...bothAsked, timeout: "1 second" }).pipe(Effect.forkChild)
+      yield* TestClock.adjust("999 millis")
+      assert.isUndefined(short.pollUnsafe(), "the short one waits until its deadline")
+      yield* TestClock.adjust("2 millis")
+      assert.deepStrictEqual((yield* Fiber.join(short)).missing.map((s) => s.name), ["slow"])
+      assert.isUndefined(long.pollUnsafe(), "the long one still waits")
+      yield* TestClock.adjust("3898 millis")
+      assert.isUndefined(long.pollUnsafe(), "until its own deadline")
+      yield* TestClock.adjust("2 millis")
+      assert.deepStrictEqual((yield* Fiber.join(long)).missing.map((s) => s.name), ["slow"])
+    }))
+
   it.effect("queryAll on a timeout: the answers so far, who is missing, and a late answer is not taken", () =>
     Effect.gen(function*() {
       const asker = yield* quickAndSlow("3 seconds")

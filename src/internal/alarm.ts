@@ -1,0 +1,45 @@
+/**
+ * One timer for many deadlines (expiries, query timeouts): a fiber runs a
+ * pass, which handles what is due and says when the next thing falls due,
+ * and sleeps until then on the member's clock. Nothing is armed or cleared
+ * per deadline; a deadline earlier than the planned wake-up wakes it at once.
+ */
+import { Clock, Deferred, Duration, Effect, type Scope } from "effect"
+
+export interface Alarm {
+  /** A deadline at `at` (the clock's milliseconds) was added: a pass runs by then. */
+  readonly wakeBy: (at: number) => void
+}
+
+/**
+ * Starts the alarm's fiber in the current scope. `pass(now)` returns the time
+ * of the next deadline, or Infinity when there is none (then only `wakeBy`
+ * wakes it). Passes are at least `minMillis` apart.
+ */
+export const makeAlarm = (pass: (now: number) => Effect.Effect<number>, minMillis: number): Effect.Effect<Alarm, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const clock = yield* Clock.Clock
+    // A deadline added while a pass runs may come after its scan: it wakes the alarm too.
+    let passing = true
+    let nextPass = Infinity
+    let nudge = Deferred.makeUnsafe<void>()
+    yield* Effect.gen(function*() {
+      while (true) {
+        passing = true
+        nextPass = yield* pass(clock.currentTimeMillisUnsafe())
+        passing = false
+        const signal = nudge
+        if (nextPass === Infinity) yield* Deferred.await(signal)
+        else {
+          const wait = Math.max(minMillis, nextPass - clock.currentTimeMillisUnsafe() + 1)
+          yield* Effect.raceFirst(Effect.sleep(Duration.millis(wait)), Deferred.await(signal))
+        }
+        if (Deferred.isDoneUnsafe(signal)) nudge = Deferred.makeUnsafe<void>()
+      }
+    }).pipe(Effect.forkScoped)
+    return {
+      wakeBy: (at) => {
+        if (passing || at < nextPass) Deferred.doneUnsafe(nudge, Effect.void)
+      }
+    }
+  })
