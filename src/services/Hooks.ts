@@ -78,14 +78,14 @@ export class Hooks extends Context.Service<Hooks, {
     // Points with hooks, per message direction.
     const active = { send: 0, receive: 0 }
 
+    // One step per hook: its verdict and its failures are sorted in one match.
     const guarded = <A>(key: string, hook: Hook<A, unknown>, value: A): Effect.Effect<A, HookRejected> =>
-      Effect.suspend(() => hook(value)).pipe(
-        Effect.flatMap((next) =>
+      Effect.matchCauseEffect(Effect.suspend(() => hook(value)), {
+        onSuccess: (next) =>
           next === undefined || next === null
             ? Effect.fail(new HookRejected({ point: key, reason: "hook returned no value" }))
-            : Effect.succeed(next)
-        ),
-        Effect.catchCause((cause) => {
+            : Effect.succeed(next),
+        onFailure: (cause) => {
           // Interruption is not a verdict on the frame: pass it on.
           if (Cause.hasInterrupts(cause)) return Effect.failCause(cause as Cause.Cause<never>)
           const error = Cause.findError(cause)
@@ -93,8 +93,8 @@ export class Hooks extends Context.Service<Hooks, {
           return Effect.logWarning(`hook at "${key}" failed; the frame is rejected`, Cause.pretty(cause)).pipe(
             Effect.andThen(Effect.fail(new HookRejected({ point: key, reason: "hook failed", cause: Cause.squash(cause) })))
           )
-        })
-      )
+        }
+      })
 
     return Hooks.of({
       register: (p, hook) =>
@@ -122,8 +122,8 @@ export class Hooks extends Context.Service<Hooks, {
         if (list === undefined) return Effect.succeed(value)
         // Copy: a hook may register or remove hooks while the chain runs.
         const chain = list.slice()
-        let effect: Effect.Effect<A, HookRejected> = Effect.succeed(value)
-        for (const hook of chain) effect = Effect.flatMap(effect, (v) => guarded(p.key, hook, v))
+        let effect = guarded(p.key, chain[0]!, value)
+        for (const hook of chain.slice(1)) effect = Effect.flatMap(effect, (v) => guarded(p.key, hook, v))
         // Only points with hooks get here: the span costs nothing when none are registered.
         return traced(effect, "cluster-comm.hook", { point: p.key, hooks: chain.length })
       },
