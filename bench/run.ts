@@ -187,7 +187,7 @@ const scale = async (n: number, perProcess: number, port: number, heartbeatMs: n
     fewestKnown: Math.min(...b.map((s) => s.fewestKnown)),
 
     // Frames in and out a second in steady state, and every drop by reason (over the whole run).
-    framesInPerSec: (1000 * (sum(b, "framesIn") - sum(a, "framesIn"))) / wallMs,
+    framesInPerSec: (1000 * (sum(b, "framesInAt") - sum(a, "framesIn"))) / wallMs,
     framesOutPerSec: (1000 * (sum(b, "framesOut") - sum(a, "framesOut"))) / wallMs,
     drops: b.reduce((by: Record<string, number>, s) => {
       for (const [k, v] of Object.entries(s.dropsByReason as Record<string, number>)) by[k] = (by[k] ?? 0) + v

@@ -48,6 +48,9 @@ process.on("message", (m: { sample?: boolean }) => {
   // two samples is counted from the end of one to the start of the next.
   const cpu = process.cpuUsage()
   const at = performance.now()
+  // Frames counted here and again after the sample's own work: the window
+  // between two samples runs from the end of one to the start of the next.
+  const framesInAt = clusters.reduce((n, c) => n + Effect.runSync(c.stats).framesIn, 0)
   ;(globalThis as { gc?: () => void }).gc?.()
   Promise.all(clusters.map((c) => Effect.runPromise(Effect.all([c.services, c.stats])))).then((lists) => {
     const memory = process.memoryUsage()
@@ -61,6 +64,7 @@ process.on("message", (m: { sample?: boolean }) => {
       external: memory.external + memory.arrayBuffers,
       rss: memory.rss,
       fewestKnown: Math.min(...lists.map(([l]) => l.length)),
+      framesInAt,
       framesIn: lists.reduce((n, [, s]) => n + s.framesIn, 0),
       framesOut: lists.reduce((n, [, s]) => n + s.framesOut, 0),
       drops: lists.reduce((n, [, s]) => n + Object.values(s.drops).reduce((a, b) => a + (b ?? 0), 0), 0),
