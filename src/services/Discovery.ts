@@ -112,7 +112,8 @@ export class Discovery extends Context.Service<Discovery, {
           Effect.catch((e) => Effect.logDebug(`beat not sent: ${e.message}`))
         )
 
-        yield* announce
+        // The probe carries our full descriptor: it announces us and asks
+        // everyone at once (one multicast, which on one host wakes every member).
         yield* beacon("Probe")
 
         const interval = Duration.toMillis(options.heartbeat)

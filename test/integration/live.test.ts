@@ -42,7 +42,7 @@ describe("members on real sockets (one host)", () => {
       const joiner = yield* member({ name: "q4", ...quiet })
       // Heartbeats come every 30 s: knowing all within 2 s means the probe was answered.
       yield* eventually(joiner.services, knowsAll(running, "q4"), "2 seconds")
-      // And they know the joiner from its join heartbeat.
+      // And they know the joiner from its probe.
       yield* eventually(members[0]!.services, (s) => s.some((x) => x.name === "q4"), "2 seconds")
     }))
 
