@@ -450,9 +450,13 @@ describe("members on real sockets (one host)", () => {
   it.live("messages of every size over one tcp connection arrive whole and in order, sealed or not", () =>
     Effect.gen(function*() {
       // Small ones share a write buffer; from 64 KiB up a frame is a write of
-      // its own; a burst of 40 kB ones cycles the write buffers while earlier
-      // writes are still pending.
-      const sizes = [10, 100_000, 10, 300_000, 2 * 1024 * 1024, 10, 65_536, ...Array.from({ length: 60 }, () => 40_000), 10]
+      // its own, in a buffer reused by size; bursts of 40 kB and of 70 kB
+      // ones cycle both kinds of buffer while earlier writes are still pending.
+      const sizes = [
+        10, 100_000, 10, 300_000, 2 * 1024 * 1024, 10, 65_536,
+        ...Array.from({ length: 60 }, () => 40_000), 10,
+        ...Array.from({ length: 120 }, () => 70_000), 10
+      ]
       for (const secret of [undefined, "size-test-secret"]) {
         const receiver = yield* member({ name: `sizes-rx-${secret === undefined}`, ...fast, protocols: ["tcp"], secret })
         const sender = yield* member({ name: `sizes-tx-${secret === undefined}`, ...fast, protocols: ["tcp"], secret })
