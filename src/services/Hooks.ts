@@ -123,7 +123,7 @@ export class Hooks extends Context.Service<Hooks, {
         // Copy: a hook may register or remove hooks while the chain runs.
         const chain = list.slice()
         let effect = guarded(p.key, chain[0]!, value)
-        for (const hook of chain.slice(1)) effect = Effect.flatMap(effect, (v) => guarded(p.key, hook, v))
+        for (let i = 1; i < chain.length; i++) effect = Effect.flatMap(effect, (v) => guarded(p.key, chain[i]!, v))
         // Only points with hooks get here: the span costs nothing when none are registered.
         return traced(effect, "cluster-comm.hook", { point: p.key, hooks: chain.length })
       },

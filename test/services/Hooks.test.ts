@@ -87,6 +87,27 @@ describe("hooks", () => {
       )
     }))
 
+  it.effect("several hooks at one point run in the order added, each seeing the last one's change; a rejection stops the rest", () =>
+    Effect.gen(function*() {
+      const { receiver, sender, target } = yield* pair
+      const ran: Array<string> = []
+      yield* receiver.hook(Points.op("C", "receive"), marking("first", ran))
+      yield* receiver.hook(Points.op("C", "receive"), marking("second", ran))
+      yield* receiver.hook(Points.op("C", "receive"), marking("third", ran))
+      const got = yield* collect(receiver, 1)
+      yield* sender.sendTo(target, "C", "x")
+      yield* TestClock.adjust("10 millis")
+      const [message] = yield* Fiber.join(got)
+      assert.strictEqual(message?.text, "x|first|second|third")
+      assert.deepStrictEqual(ran, ["first", "second", "third"])
+
+      ran.length = 0
+      const outcome = yield* withHook(sender, Points.op("D", "send"), rejecting("op D send"),
+        withHook(sender, Points.op("D", "send"), marking("after the rejection", ran), sender.sendTo(target, "D", "y")))
+      assert.isTrue(Exit.isSuccess(outcome) && Exit.isFailure(outcome.value))
+      assert.deepStrictEqual(ran, [])
+    }))
+
   it.effect("a rejection at any receive point cancels that message only", () =>
     Effect.gen(function*() {
       const { receiver, sender, target } = yield* pair
