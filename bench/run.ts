@@ -5,7 +5,7 @@
  * bench/results/latest.json. `--quick` runs small counts (the CI smoke run).
  */
 import { type ChildProcess, fork, spawn as spawnProcess } from "node:child_process"
-import { mkdirSync, writeFileSync } from "node:fs"
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -149,6 +149,20 @@ const idle = async (port: number, seconds: number) => {
 // ---- scale ----
 
 /**
+ * Datagrams the kernel dropped for full receive buffers, host-wide (Linux's
+ * /proc/net/snmp; undefined elsewhere): a member cannot count these itself.
+ */
+const kernelUdpDrops = (): number | undefined => {
+  try {
+    const rows = readFileSync("/proc/net/snmp", "utf8").split("\n").filter((l) => l.startsWith("Udp:"))
+    const names = rows[0]!.split(/\s+/)
+    return Number(rows[1]!.split(/\s+/)[names.indexOf("RcvbufErrors")])
+  } catch {
+    return undefined
+  }
+}
+
+/**
  * N members on one host, `perProcess` to a process on real sockets: time
  * until every member knows all others, then over `seconds` of steady state
  * the CPU each member spends per heartbeat interval, and memory per member.
@@ -166,7 +180,9 @@ const scale = async (n: number, perProcess: number, port: number, heartbeatMs: n
       return h.next("sampled")
     }))
   const a = await sample()
+  const dropsBefore = kernelUdpDrops()
   await new Promise((r) => setTimeout(r, seconds * 1000))
+  const dropsAfter = kernelUdpDrops()
   const b = await sample()
   await stop(hosts)
   // From the end of the first sample's own work to the start of the second's.
@@ -185,6 +201,8 @@ const scale = async (n: number, perProcess: number, port: number, heartbeatMs: n
     rssPerMemberKiB: sum(b, "rss") / n / 1024,
     // Nobody may be lost in steady state: the fewest services any member knew at the end.
     fewestKnown: Math.min(...b.map((s) => s.fewestKnown)),
+    // Datagrams the kernel dropped in steady state (host-wide), if it says.
+    kernelUdpDrops: dropsBefore === undefined || dropsAfter === undefined ? undefined : dropsAfter - dropsBefore,
 
     // Frames in and out a second in steady state, and every drop by reason (over the whole run).
     framesInPerSec: (1000 * (sum(b, "framesInAt") - sum(a, "framesIn"))) / wallMs,
@@ -332,7 +350,7 @@ try {
       rows.push([
         `scale: ${c.members} members on one host (${c.processes} processes)`,
         `all know all in ${fmt(c.convergedMs / 1000, 2)} s; ${fmt(c.cpuMsPerMemberPerBeat, 3)} ms CPU a member a heartbeat; heap ${fmt(c.heapPerMemberKiB, 0)} KiB a member`,
-        `${fmt(c.cpuCoresUsed, 2)} cores busy in all; fewest known ${c.fewestKnown} of ${c.members - 1}`,
+        `${fmt(c.cpuCoresUsed, 2)} cores busy in all; fewest known ${c.fewestKnown} of ${c.members - 1}${c.kernelUdpDrops === undefined ? "" : `; kernel dropped ${fmt(c.kernelUdpDrops, 0)} datagrams`}`,
         `${fmt((c.cpuMsPerMemberPerBeat * 1000) / c.members, 2)} µs a member a beat heard`
       ])
     }
