@@ -90,9 +90,9 @@ export class Registry extends Context.Service<Registry, {
         const clock = yield* Clock.Clock
         const ttlMillis = Duration.toMillis(options.ttl)
         const services = new Map<string, Service>()
-        // For short beats, which name an instance and a descriptor version only.
-        const byInstance = new Map<string, string>()
-        const versions = new Map<string, number>()
+        // For short beats, which name an instance and a descriptor version
+        // only: one lookup a beat (every member of a process hears every beat).
+        const byInstance = new Map<string, { readonly service: Service; readonly version: number | undefined }>()
         // Suspected services: the time by which they must be heard from again.
         const deadlines = new Map<string, number>()
         // Instances replaced by a newer one under the same id: heard again, they are in conflict.
@@ -121,7 +121,6 @@ export class Registry extends Context.Service<Registry, {
           services.delete(service.id)
           deadlines.delete(service.id)
           retired.delete(service.id)
-          versions.delete(service.id)
           byInstance.delete(service.instance)
           publish(new ServiceLost({ service, why }))
           // A loss cannot be cancelled: the hook sees it, its verdict is moot.
@@ -152,9 +151,8 @@ export class Registry extends Context.Service<Registry, {
 
         /** The service a short beat names, when we know it at that descriptor version. */
         const atVersion = (sender: Sender, version: number): Service | undefined => {
-          const id = byInstance.get(sender.instance)
-          const known = id === undefined ? undefined : services.get(id)
-          return known !== undefined && known.hostId === sender.hostId && versions.get(known.id) === version ? known : undefined
+          const known = byInstance.get(sender.instance)
+          return known !== undefined && known.version === version && known.service.hostId === sender.hostId ? known.service : undefined
         }
 
         const observe = (sighting: Sighting): Effect.Effect<Service | undefined> =>
@@ -201,9 +199,10 @@ export class Registry extends Context.Service<Registry, {
                 const current = services.get(id)
                 services.set(id, service)
                 deadlines.delete(id)
+                // The version last heard for this id, unless this sighting brings one.
+                const version = sighting.version ?? (current === undefined ? undefined : byInstance.get(current.instance)?.version)
                 if (current !== undefined && current.instance !== service.instance) byInstance.delete(current.instance)
-                byInstance.set(service.instance, id)
-                if (sighting.version !== undefined) versions.set(id, sighting.version)
+                byInstance.set(service.instance, { service, version })
                 if (current === undefined) publish(new ServiceFound({ service }))
                 else if (changed(current, service)) {
                   if (current.instance !== service.instance) retired.set(id, current.instance)

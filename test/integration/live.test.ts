@@ -3,8 +3,8 @@ import dgram from "node:dgram"
 import net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Stream } from "effect"
-import { HookPoint, HookRejected, type JoinError, type Service } from "cluster-comm"
-import { collect, eventually, leavable, member, testCluster } from "../helpers.ts"
+import { decodeFrame, encodeFrame, type Frame, HookPoint, HookRejected, type JoinError, type Service } from "cluster-comm"
+import { collect, eventually, leavable, member, rawMulticast, testCluster } from "../helpers.ts"
 
 // Real sockets, one process, host-only (remote 0): loopback multicast, TTL 0.
 const net1 = testCluster(1)
@@ -122,6 +122,32 @@ describe("members on real sockets (one host)", () => {
       yield* next.leave
       yield* other.leave
       assert.strictEqual(groupSockets(), 0)
+    }))
+
+  it.live("a beat at the descriptor version known refreshes its sender; at another, the member asks that sender for its descriptor", () =>
+    Effect.gen(function*() {
+      const watcher = yield* member({ name: "watcher", ...quiet })
+      // A service of our own making, on a plain socket that sees only what is sent to it.
+      const raw = yield* rawMulticast
+      const port = (raw.address() as net.AddressInfo).port
+      const probes: Array<Frame> = []
+      raw.on("message", (bytes) => {
+        const frame = decodeFrame(bytes)
+        if (typeof frame !== "string" && frame._tag === "Probe") probes.push(frame)
+      })
+      const send = (frame: Frame) =>
+        Effect.callback<void>((resume) => {
+          raw.send(encodeFrame(frame), net1.port, net1.address, () => resume(Effect.void))
+        })
+      const ghost = { hostId: "0000000000dd", instance: "00000000000000dd", name: "ghost" }
+      yield* send({ _tag: "Heartbeat", sender: ghost, protocols: [{ protocol: "udp", port }], tags: [], version: 1 })
+      yield* eventually(watcher.services, (s) => s.some((x) => x.name === "ghost"))
+      yield* send({ _tag: "Beat", sender: { ...ghost, name: "" }, version: 1 })
+      yield* Effect.sleep("200 millis")
+      assert.strictEqual(probes.length, 0, "a beat at the known version asks nothing")
+      yield* send({ _tag: "Beat", sender: { ...ghost, name: "" }, version: 2 })
+      yield* eventually(Effect.sync(() => probes.length), (n) => n >= 1)
+      assert.strictEqual(probes[0]!.sender.name, "watcher")
     }))
 
   it.live("tags go out in a heartbeat as soon as they change", () =>
