@@ -185,7 +185,15 @@ export class Registry extends Context.Service<Registry, {
             const protocols = sighting.protocols ?? (sameInstance ? known.protocols : [])
             const tags = sighting.tags ?? (sameInstance ? known.tags : [])
             const seen = observeNow(sighting)
-            if (seen !== undefined) return Effect.succeed(seen)
+            if (seen !== undefined) {
+              // Same details at another descriptor version (a change and its undo,
+              // both missed): note it, or every beat would ask again.
+              const beating = byInstance.get(seen.instance)
+              if (sighting.version !== undefined && beating !== undefined && beating.version !== sighting.version) {
+                byInstance.set(seen.instance, { service: beating.service, version: sighting.version })
+              }
+              return Effect.succeed(seen)
+            }
             // Bounded: past `maxServices`, strangers wait until someone leaves or expires.
             if (known === undefined && services.size >= options.maxServices) {
               stats.drop("registry-full")

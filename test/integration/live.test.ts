@@ -148,6 +148,18 @@ describe("members on real sockets (one host)", () => {
       yield* send({ _tag: "Beat", sender: { ...ghost, name: "" }, version: 2 })
       yield* eventually(Effect.sync(() => probes.length), (n) => n >= 1)
       assert.strictEqual(probes[0]!.sender.name, "watcher")
+
+      // A descriptor at a new version with the same details (a change and its
+      // undo in between) is taken as that version: its beats ask nothing.
+      const twin = { hostId: "0000000000dd", instance: "00000000000000ee", name: "twin" }
+      const twinAt = (version: number): Frame => ({ _tag: "Heartbeat", sender: twin, protocols: [{ protocol: "udp", port }], tags: [], version })
+      yield* send(twinAt(1))
+      yield* eventually(watcher.services, (s) => s.some((x) => x.name === "twin"))
+      yield* send(twinAt(3))
+      yield* Effect.sleep("100 millis")
+      yield* send({ _tag: "Beat", sender: { ...twin, name: "" }, version: 3 })
+      yield* Effect.sleep("200 millis")
+      assert.strictEqual(probes.length, 1, "no probe for the twin's beat")
     }))
 
   it.live("tags go out in a heartbeat as soon as they change", () =>
