@@ -423,7 +423,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           }).pipe(Effect.forkScoped)
 
         // Fibers the member owns (with its services, its clock among them), for
-        // what starts in plain code: on a socket's callback, a query's timer.
+        // what starts in plain code: on a socket's callback, a query's later sends.
         const runNow = yield* FiberSet.makeRuntime<never, void, never>()
         /** Runs traffic from the callback; until it is done, later traffic queues behind it. */
         const holdLine = (handling: Effect.Effect<void>) => {
@@ -441,7 +441,6 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
          * Publishing to a full subscriber waits in such a fiber too.
          */
         const messageNow = (frame: MessageFrame | MessagesFrame, protocol: ProtocolName, address: string): true => {
-          if (!admitted(frame, address)) return true
           const handling = frame._tag === "Message"
             ? receiveMessage(frame, protocol, address)
             : receiveData(frame, frame.items, protocol, address)
@@ -724,7 +723,6 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
          * its sender is known without membership hooks; false: the queue's path.
          */
         const queryNow = (frame: QueryFrame, protocol: ProtocolName, address: string): boolean => {
-          if (!admitted(frame, address)) return true
           if (!forTarget(frame)) return true
           const from = registry.observeNow({ sender: frame.sender, address })
           if (from === undefined) return false
@@ -732,9 +730,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           return true
         }
 
-        /** Hands a reply to the query awaiting it (on the socket's callback); true: handled, dropped or not. */
+        /** Hands an admitted reply to the query awaiting it (from the socket's callback or the pump); true: handled, dropped or not. */
         const receiveReply = (frame: ReplyFrame, address: string): true => {
-          if (!admitted(frame, address)) return true
           const waiting = pending.get(frame.id)
           const from = registry.observeNow({ sender: frame.sender, address }) ??
             registry.get(serviceId(frame.sender.hostId, frame.sender.name))
@@ -844,18 +841,19 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         // and, when no traffic waits before them (none queued, the message
         // pump idle), queries and replies: a round trip without a pass through
         // the message queue on either side.
+        // Admission is checked here once, as the pump checks what it takes.
         transport.handleNow((frame, address, protocol) =>
           frame._tag === "Beat"
             ? !admitted(frame, address) || registry.beatNow(frame.sender, frame.version, address) !== undefined
-            : messageLine.busy || onCallback !== undefined
+            : !isTraffic(frame) || messageLine.busy || onCallback !== undefined
             ? false
+            : !admitted(frame, address)
+            ? true
             : frame._tag === "Reply"
             ? receiveReply(frame, address)
             : frame._tag === "Query"
             ? queryNow(frame, protocol, address)
-            : frame._tag === "Message" || frame._tag === "Messages"
-            ? messageNow(frame, protocol, address)
-            : false)
+            : messageNow(frame, protocol, address))
 
         return Cluster.of({
           self: Effect.sync(discovery.self),
