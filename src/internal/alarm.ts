@@ -4,7 +4,11 @@
  * and sleeps until then on the member's clock. Nothing is armed or cleared
  * per deadline; a deadline earlier than the planned wake-up wakes it at once.
  */
-import { Clock, Deferred, Duration, Effect, type Scope } from "effect"
+import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
 
 export interface Alarm {
   /** A deadline at `at` (the clock's milliseconds) was added: a pass runs by then. */

@@ -5,7 +5,8 @@
  * made only when a tracing backend is installed (Effect's own advice: compare
  * the active tracer with `Tracer.nativeTracer`).
  */
-import { Effect, Tracer } from "effect"
+import * as Effect from "effect/Effect"
+import * as Tracer from "effect/Tracer"
 
 export const traced = <A, E, R>(
   effect: Effect.Effect<A, E, R>,

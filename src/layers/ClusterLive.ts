@@ -2,7 +2,8 @@
  * `ClusterLive`: a member on real sockets. Building the layer joins the
  * cluster; closing its scope leaves it.
  */
-import { Effect, Layer } from "effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { detectHostId, interfaceAddress, newInstance } from "../internal/host.ts"
 import { type ClusterConfigInput, makeConfig } from "../schema/Config.ts"
 import type { JoinError } from "../schema/Errors.ts"

@@ -4,7 +4,10 @@
  * go through the codec, and delay (on the Effect clock, so `TestClock` drives
  * it), loss and refused tcp can be set per network.
  */
-import { Duration, Effect, Layer, Random } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Random from "effect/Random"
 import { newInstance } from "../internal/host.ts"
 import { type ClusterConfigInput, makeConfig } from "../schema/Config.ts"
 import { FrameTooLarge, type JoinError, ProtocolFailure } from "../schema/Errors.ts"

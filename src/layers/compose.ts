@@ -3,7 +3,7 @@
  * first, then the Transport given, Registry, Discovery, and the Cluster facade.
  * Closing the stack runs it backwards, so the leave goes out before the sockets close.
  */
-import { Layer } from "effect"
+import * as Layer from "effect/Layer"
 import type { ClusterConfig } from "../schema/Config.ts"
 import type { JoinError } from "../schema/Errors.ts"
 import type { Sender } from "../schema/Frame.ts"

@@ -2,7 +2,11 @@
  * The configuration of a member: one Schema, documented defaults, and named
  * profiles instead of scattered constants.
  */
-import { Duration, Option, Result, Schema, SchemaIssue } from "effect"
+import * as Duration from "effect/Duration"
+import * as Option from "effect/Option"
+import * as Result from "effect/Result"
+import * as Schema from "effect/Schema"
+import * as SchemaIssue from "effect/SchemaIssue"
 import { JoinError } from "./Errors.ts"
 import { MAX_NAME_BYTES, MAX_TAG_BYTES, MAX_TAGS } from "./Frame.ts"
 import { parseCidr } from "../internal/host.ts"

@@ -2,7 +2,7 @@
  * The failures a caller can act on. Each is a tagged class, matched with
  * `Effect.catchTag`.
  */
-import { Data } from "effect"
+import * as Data from "effect/Data"
 import type { ProtocolName, Service } from "./Service.ts"
 
 /**

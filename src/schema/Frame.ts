@@ -39,7 +39,10 @@
  * All integers are big-endian. The codec below is plain synchronous code (it
  * runs once per frame); `FrameFromBytes` exposes it as a Schema transformation.
  */
-import { Effect, Schema, SchemaIssue, SchemaTransformation } from "effect"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
+import * as SchemaIssue from "effect/SchemaIssue"
+import * as SchemaTransformation from "effect/SchemaTransformation"
 import { Advertised, type ProtocolName } from "./Service.ts"
 
 export const MAGIC = 0xcc

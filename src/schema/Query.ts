@@ -2,7 +2,8 @@
  * Queries: a request to some services, each answering with a response or an
  * error, gathered under one request id.
  */
-import { Data, type Duration } from "effect"
+import * as Data from "effect/Data"
+import type * as Duration from "effect/Duration"
 import type { Clause } from "./Resolver.ts"
 import type { Service } from "./Service.ts"
 

@@ -9,7 +9,7 @@
  * when it is on this host. Patterns match as `equal` (default), `glob`
  * (`*`, `?`, `[...]`) or `regex` (JavaScript syntax, whole term).
  */
-import { Data } from "effect"
+import * as Data from "effect/Data"
 import type { Service } from "./Service.ts"
 
 export type Matching = "equal" | "glob" | "regex"

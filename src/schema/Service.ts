@@ -2,7 +2,8 @@
  * Member descriptors: what a member knows of a service, the messages it
  * delivers and the membership events it publishes.
  */
-import { Data, Schema } from "effect"
+import * as Data from "effect/Data"
+import * as Schema from "effect/Schema"
 
 /**
  * A protocol's name: the built-in `udp` (multicast and unicast datagrams),

@@ -2,7 +2,7 @@
  * Tags: free-form labels a member advertises in its beacons, changed with the
  * Tcl package's modifiers, applied in order.
  */
-import { Data } from "effect"
+import * as Data from "effect/Data"
 import { MAX_TAG_BYTES, MAX_TAGS } from "./Frame.ts"
 
 /**

@@ -8,7 +8,17 @@
  * - send: op <op> send -> protocol <p> send -> send -> encode (Transport),
  *   per protocol in the peer's order until one carries the frame
  */
-import { Array as Arr, Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, PubSub, Queue, Stream } from "effect"
+import * as Arr from "effect/Array"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as FiberSet from "effect/FiberSet"
+import * as Layer from "effect/Layer"
+import * as PubSub from "effect/PubSub"
+import * as Queue from "effect/Queue"
+import * as Stream from "effect/Stream"
 import { inNetworks, isLocalAddress, parseCidr } from "../internal/host.ts"
 import { makeAlarm } from "../internal/alarm.ts"
 import { traced } from "../internal/trace.ts"

@@ -5,7 +5,12 @@
  * jitter, so members started together do not beat in step), and a leave when
  * the scope closes, so peers drop us at once instead of waiting for the ttl.
  */
-import { Context, Duration, Effect, Layer, Random, Scope } from "effect"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Random from "effect/Random"
+import * as Scope from "effect/Scope"
 import type { Beacon, Frame, Sender } from "../schema/Frame.ts"
 import { type Service, serviceId } from "../schema/Service.ts"
 import { applyTagChanges, type TagChange, TagError } from "../schema/Tags.ts"

@@ -4,7 +4,12 @@
  * result. A hook that fails with anything but `HookRejected`, or dies, is
  * logged and counts as a rejection: it never takes the member down.
  */
-import { Cause, Context, Effect, Layer, Option, Scope } from "effect"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Scope from "effect/Scope"
 import { traced } from "../internal/trace.ts"
 import { HookRejected } from "../schema/Errors.ts"
 import type { Message, Outgoing, ProtocolName, Service } from "../schema/Service.ts"

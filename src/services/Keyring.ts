@@ -25,10 +25,11 @@
  * later even to a member that never heard its sender (clocks must agree
  * within that much).
  */
-import { Context, Data, Effect, Layer } from "effect"
-
-// As in host.ts: taken without an ESM facade, which would run crypto.webcrypto's getter at start-up.
-const { createCipheriv, createDecipheriv, hkdfSync, randomBytes } = process.getBuiltinModule("node:crypto")
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import { nodeCrypto } from "../internal/host.ts"
 
 export const SEALED_MAGIC = 0xce
 const VERSION = 1
@@ -53,7 +54,7 @@ export type OpenFailure = "unsealed" | "unknown-key" | "forged" | "replayed" | "
 
 /** The key of a secret: HKDF-SHA256, so a passphrase makes a proper 256-bit key. */
 export const deriveKey = (secret: string): Buffer =>
-  Buffer.from(hkdfSync("sha256", secret, "cluster-comm/v1", "frame key", 32))
+  Buffer.from(nodeCrypto().hkdfSync("sha256", secret, "cluster-comm/v1", "frame key", 32))
 
 export class Keyring extends Context.Service<Keyring, {
   /** Whether frames are sealed at all (a keyring with at least one key). */
@@ -105,6 +106,7 @@ export class Keyring extends Context.Service<Keyring, {
         head.writeUInt32BE(Math.floor(sequence / 2 ** 32), 3)
         head.writeUInt32BE(sequence % 2 ** 32, 7)
         head.writeUInt32BE(Math.floor(Date.now() / 1000) >>> 0, 11)
+        const { createCipheriv, randomBytes } = nodeCrypto()
         randomBytes(12).copy(head, NONCE)
         const cipher = createCipheriv("aes-256-gcm", key, head.subarray(NONCE, HEAD))
         cipher.setAAD(head)
@@ -128,7 +130,7 @@ export class Keyring extends Context.Service<Keyring, {
         const counter = bytes.readUInt32BE(3) * 2 ** 32 + bytes.readUInt32BE(7)
         if (Math.abs(bytes.readUInt32BE(11) - Date.now() / 1000) > maxSkew) return "stale" as const
         try {
-          const decipher = createDecipheriv("aes-256-gcm", key, bytes.subarray(NONCE, HEAD))
+          const decipher = nodeCrypto().createDecipheriv("aes-256-gcm", key, bytes.subarray(NONCE, HEAD))
           decipher.setAAD(bytes.subarray(0, HEAD))
           decipher.setAuthTag(bytes.subarray(bytes.length - TAG))
           const frame = Buffer.concat([decipher.update(bytes.subarray(HEAD, bytes.length - TAG)), decipher.final()])

@@ -3,7 +3,13 @@
  * (`service eval`, then `validate` or `found`; `lost`), expires services
  * unheard for `ttl`, tells restarts from conflicts, and publishes events.
  */
-import { Clock, Context, Duration, Effect, Layer, PubSub, Stream } from "effect"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as PubSub from "effect/PubSub"
+import * as Stream from "effect/Stream"
 import { makeAlarm } from "../internal/alarm.ts"
 import { isLocalAddress } from "../internal/host.ts"
 import type { Sender } from "../schema/Frame.ts"

@@ -2,7 +2,9 @@
  * Counters of what passed and what was dropped, by reason. Nothing from the
  * network is lost silently: every drop lands here.
  */
-import { Context, Effect, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import type { DecodeFailure } from "../schema/Frame.ts"
 
 /** Why a received frame or message went no further. */

@@ -19,7 +19,11 @@
  * | `cluster_comm_query_seconds` | histogram | `service` |
  * | `cluster_comm_discovery_seconds` | histogram | `service`: from our join to finding each service already there |
  */
-import { Context, Effect, Layer, Metric, Stream } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Stream from "effect/Stream"
 import { JoinError } from "../schema/Errors.ts"
 import { Registry } from "./Registry.ts"
 import { Stats, type StatsSnapshot } from "./Stats.ts"

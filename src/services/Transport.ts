@@ -7,7 +7,11 @@
  * tcp is reliable and ordered per peer while the connection lives; over udp it
  * is best effort. A failed `send` says why, so the caller can fall back.
  */
-import { Context, Effect, Layer, Queue, type Scope } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Queue from "effect/Queue"
+import type * as Scope from "effect/Scope"
 import type { ClusterConfig } from "../schema/Config.ts"
 import { type FrameTooLarge, JoinError, ProtocolFailure } from "../schema/Errors.ts"
 import {

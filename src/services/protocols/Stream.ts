@@ -8,7 +8,10 @@
  * (backpressure to the sender).
  */
 import net from "node:net"
-import { Duration, Effect, Schedule, type Scope } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
 import { isLocalAddress } from "../../internal/host.ts"
 import type { ClusterConfig } from "../../schema/Config.ts"
 import { FrameTooLarge, type JoinError, ProtocolFailure } from "../../schema/Errors.ts"

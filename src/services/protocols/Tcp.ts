@@ -3,7 +3,7 @@
  * loopback for a host-only member. A rebuilt listener takes a new free port.
  */
 import type net from "node:net"
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import { plainAddress } from "../../internal/host.ts"
 import { JoinError } from "../../schema/Errors.ts"
 import type { ProtocolPlugin } from "../Transport.ts"

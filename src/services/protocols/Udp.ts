@@ -10,7 +10,7 @@
  * even an IGMP report.
  */
 import dgram from "node:dgram"
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import { interfaceAddress } from "../../internal/host.ts"
 import type { ClusterConfig } from "../../schema/Config.ts"
 import { FrameTooLarge, JoinError, ProtocolFailure } from "../../schema/Errors.ts"
