@@ -1,5 +1,6 @@
 /** What the bench's members wait for. */
-import { Effect, Stream } from "effect"
+import * as Effect from "effect/Effect"
+import * as Stream from "effect/Stream"
 import { Cluster } from "cluster-comm"
 
 /**

@@ -4,7 +4,7 @@
  * and its CPU time so far. `npm run bench` runs it bundled (dist/bench), as a
  * deployed member would start: one file, Node's compile cache on.
  */
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import { ClusterLive } from "cluster-comm"
 import { knowsOthers } from "./knows.ts"
 

@@ -1,10 +1,13 @@
 /**
  * cluster-comm: zero-configuration discovery and messaging between processes
  * on one host and across machines, on Effect.
+ *
+ * The Schemas of frames, descriptors and the configuration are in
+ * `cluster-comm/schema`, so that starting a member does not load Schema.
  */
 export { ClusterLive, ClusterServices, type LiveOptions } from "./layers/ClusterLive.ts"
 export { ClusterTest, MemoryNetwork, type MemoryNetworkOptions } from "./layers/ClusterTest.ts"
-export { type ClusterConfig, ClusterConfigInput, makeConfig, Profiles } from "./schema/Config.ts"
+export { type ClusterConfig, type ClusterConfigInput, makeConfig, Profiles } from "./schema/Config.ts"
 export {
   ChannelError,
   FrameTooLarge,
@@ -21,8 +24,7 @@ export {
   type DecodeFailure,
   decodeFrame,
   encodeFrame,
-  Frame,
-  FrameFromBytes,
+  type Frame,
   frameSize
 } from "./schema/Frame.ts"
 export { type Clause, compileQuery, InvalidQuery, type Matching, termsOf } from "./schema/Resolver.ts"
@@ -37,13 +39,13 @@ export {
 } from "./schema/Query.ts"
 export { applyTagChanges, type TagChange, TagError } from "./schema/Tags.ts"
 export {
-  Advertised,
+  type Advertised,
   type ClusterEvent,
   type Delivery,
   Message,
   type Outgoing,
-  ProtocolName,
-  Service,
+  type ProtocolName,
+  type Service,
   ServiceConflict,
   ServiceFound,
   serviceId,

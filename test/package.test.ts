@@ -48,6 +48,16 @@ describe("the built package", () => {
     assert.strictEqual(quick.status, 0, quick.stdout + quick.stderr)
     assert.include(quick.stdout, "service_three sees service_one, service_two")
     assert.include(quick.stdout, `service_one received "Hello, Bar!" from service_three by tcp`)
+    // The Schemas' entry, built: it decodes with the main entry's codec.
+    const leave = { _tag: "Leave", sender: { hostId: "0123456789ab", instance: "0123456789abcdef", name: "pkg" } }
+    const schema = run(process.execPath, [
+      "--input-type=module",
+      "-e",
+      `import { Schema } from "effect"; import { encodeFrame } from "cluster-comm"; import { FrameFromBytes } from "cluster-comm/schema"
+       const frame = Schema.decodeUnknownSync(FrameFromBytes)(encodeFrame(${JSON.stringify(leave)}))
+       console.log(frame._tag, frame.sender.name)`
+    ], { cwd: project, env })
+    assert.strictEqual(schema.stdout.trim(), "Leave pkg", schema.stderr)
     // The installed command (the package's bin, built).
     const bin = run(join(project, "node_modules", ".bin", "cluster-comm"), ["--help"], { cwd: project, env })
     assert.strictEqual(bin.status, 0, bin.stderr)

@@ -1,104 +1,161 @@
 /**
- * The configuration of a member: one Schema, documented defaults, and named
- * profiles instead of scattered constants.
+ * The configuration of a member: what a caller may pass, its checks (one per
+ * option, shared with the `ClusterConfigInput` Schema of `cluster-comm/schema`),
+ * documented defaults, and named profiles instead of scattered constants.
+ * Checked by plain code: a member does not load Schema to start.
  */
 import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
 import * as Result from "effect/Result"
-import * as Schema from "effect/Schema"
-import * as SchemaIssue from "effect/SchemaIssue"
 import { JoinError } from "./Errors.ts"
 import { MAX_NAME_BYTES, MAX_TAG_BYTES, MAX_TAGS } from "./Frame.ts"
 import { parseCidr } from "../internal/host.ts"
-import { ProtocolName } from "./Service.ts"
+import { PROTOCOL_NAME, type ProtocolName } from "./Service.ts"
 
-const DurationInput = Schema.declare(
-  (u: unknown): u is Duration.Input =>
-    Duration.isDuration(u) || (typeof u === "number" && u >= 0) ||
-    (typeof u === "string" && Option.isSome(Duration.fromInput(u as Duration.Input))),
-  { expected: "a duration such as \"1 second\", a Duration, or milliseconds" }
-)
+/** What a caller may pass to `ClusterLive`; every field is optional but `name` is the usual one. */
+export interface ClusterConfigInput {
+  /** Service name; the id is `hostId@name`. Default: the process id. */
+  readonly name?: string | undefined
+  /** IPv4 multicast group of the cluster. Default 230.230.230.230. */
+  readonly address?: string | undefined
+  /** UDP port of the cluster, shared by every member on a host. Default 23000. */
+  readonly port?: number | undefined
+  /** How long a service unheard of is kept before it is lost. Default 3 seconds. */
+  readonly ttl?: Duration.Input | undefined
+  /** Interval between heartbeats (with ±10% jitter). Default 1 second. */
+  readonly heartbeat?: Duration.Input | undefined
+  /** Protocols for direct messages, in order of preference. Default `["tcp", "udp"]`. */
+  readonly protocols?: ReadonlyArray<ProtocolName> | undefined
+  /** Multicast TTL. 0 (default): this host only, over loopback; above 0: the LAN. */
+  readonly remote?: number | undefined
+  /** With `remote` above 0: the interface (name or IPv4 address) for multicast. Default: the first non-loopback IPv4 interface. */
+  readonly interface?: string | undefined
+  /** Host part of the service id (12 hex digits). Default: the first non-loopback MAC address, else a stable machine id. */
+  readonly hostId?: string | undefined
+  /** TCP listening port; 0 (default) picks a free one, which is advertised. */
+  readonly tcpPort?: number | undefined
+  /** Largest frame accepted or sent over tcp, in bytes. Default 16 MiB. */
+  readonly maxFrame?: number | undefined
+  /** Tags advertised in every beacon (at most 32, each 1..64 bytes); see `Cluster.updateTags`. */
+  readonly tags?: ReadonlyArray<string> | undefined
+  /** A shared secret: every frame is sealed with AES-256-GCM under a key derived from it (key id 0). */
+  readonly secret?: string | undefined
+  /** Several keys for rotation; `primary` (default: the first) seals, all open. */
+  readonly keyring?: ReadonlyArray<{ readonly id: number; readonly secret: string }> | undefined
+  readonly primary?: number | undefined
+  /** Networks (CIDR, e.g. `10.1.0.0/16`) whose members are accepted when `remote` is above 0; empty: any. */
+  readonly allow?: ReadonlyArray<string> | undefined
+  /** Serve this member's metrics (Prometheus text) at http://127.0.0.1:<port>/metrics. Default: not served. */
+  readonly metricsPort?: number | undefined
+  /** Services known at once; more are refused until some leave or expire. Default 10,000. */
+  readonly maxServices?: number | undefined
+  /** Incoming stream connections (tcp, unix) accepted in all. Default 1024. */
+  readonly maxConnections?: number | undefined
+  /** Incoming stream connections accepted from one address. Default 64. */
+  readonly maxConnectionsPerPeer?: number | undefined
+  /** A connection with no traffic for this long is closed (it reopens when needed). Default 5 minutes. */
+  readonly idleTimeout?: Duration.Input | undefined
+  /** Channels joined besides 0, 1 and 2, which every member is on. */
+  readonly channels?: ReadonlyArray<number> | undefined
+  /** How many received messages and events may wait for a slow subscriber before being dropped (and counted). Default 4096. */
+  readonly bufferSize?: number | undefined
+}
+
+/** Why a value is refused: where inside it (an item's index, a key) and what it must be. */
+export interface ConfigProblem {
+  readonly path: ReadonlyArray<string | number>
+  readonly message: string
+}
+/** One option's check: undefined when the value is good. */
+export type ConfigCheck = (value: unknown) => ConfigProblem | undefined
+
+const problem = (message: string, path: ReadonlyArray<string | number> = []): ConfigProblem => ({ path, message })
+const within = (at: string | number, p: ConfigProblem | undefined) => p && problem(p.message, [at, ...p.path])
+
+const integer = (min: number, max: number): ConfigCheck => (v) =>
+  typeof v === "number" && Number.isInteger(v) && v >= min && v <= max ? undefined : problem(`must be an integer from ${min} to ${max}`)
+
+const text = (rule: (s: string) => string | undefined = () => undefined): ConfigCheck => (v) => {
+  if (typeof v !== "string") return problem("must be a string")
+  const wrong = rule(v)
+  return wrong === undefined ? undefined : problem(wrong)
+}
+const nonEmpty = text((s) => s.length > 0 ? undefined : "must not be empty")
+const utf8Bytes = (max: number) =>
+  text((s) => {
+    const n = Buffer.byteLength(s)
+    return n >= 1 && n <= max ? undefined : `must be 1..${max} bytes of UTF-8`
+  })
+
+const list = (item: ConfigCheck, whole: (xs: ReadonlyArray<unknown>) => string | undefined = () => undefined): ConfigCheck => (v) => {
+  if (!Array.isArray(v)) return problem("must be an array")
+  for (let i = 0; i < v.length; i++) {
+    const wrong = within(i, item(v[i]))
+    if (wrong !== undefined) return wrong
+  }
+  const wrong = whole(v)
+  return wrong === undefined ? undefined : problem(wrong)
+}
+
+/** An object of exactly these keys; `required` must be present, the rest may be absent or undefined. */
+const record = (fields: Readonly<Record<string, ConfigCheck>>, required: ReadonlyArray<string> = []): ConfigCheck => (v) => {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return problem("must be an object")
+  const o = v as Record<string, unknown>
+  for (const key of Object.keys(o)) if (!Object.hasOwn(fields, key)) return problem("is not a known option", [key])
+  for (const [key, check] of Object.entries(fields)) {
+    if (o[key] === undefined) {
+      if (required.includes(key)) return problem("is missing", [key])
+      continue
+    }
+    const wrong = within(key, check(o[key]))
+    if (wrong !== undefined) return wrong
+  }
+  return undefined
+}
+
+const duration: ConfigCheck = (v) =>
+  Duration.isDuration(v) || (typeof v === "number" && v >= 0) ||
+    (typeof v === "string" && Option.isSome(Duration.fromInput(v as Duration.Input)))
+    ? undefined
+    : problem("must be a duration such as \"1 second\", a Duration, or milliseconds")
 
 const isMulticast = /^(22[4-9]|23\d)\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/
 
-/** What a caller may pass to `ClusterLive`; every field is optional but `name` is the usual one. */
-export const ClusterConfigInput = Schema.Struct({
-  /** Service name; the id is `hostId@name`. Default: the process id. */
-  name: Schema.optional(
-    Schema.String.check(
-      Schema.makeFilter((s: string) => {
-        const n = Buffer.byteLength(s)
-        return n >= 1 && n <= MAX_NAME_BYTES ? undefined : `must be 1..${MAX_NAME_BYTES} bytes of UTF-8`
-      })
-    )
+/** The check of every option, by name. */
+export const configChecks = {
+  name: utf8Bytes(MAX_NAME_BYTES),
+  address: text((s) =>
+    isMulticast.exec(s)?.slice(2).every((o) => Number(o) <= 255)
+      ? undefined
+      : "must be an IPv4 multicast address (224.0.0.0 to 239.255.255.255)"
   ),
-  /** IPv4 multicast group of the cluster. Default 230.230.230.230. */
-  address: Schema.optional(Schema.String.check(
-    Schema.makeFilter((s: string) => {
-      const m = isMulticast.exec(s)
-      return m?.slice(2).every((o) => Number(o) <= 255)
-        ? undefined
-        : "must be an IPv4 multicast address (224.0.0.0 to 239.255.255.255)"
-    })
-  )),
-  /** UDP port of the cluster, shared by every member on a host. Default 23000. */
-  port: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 65535 }))),
-  /** How long a service unheard of is kept before it is lost. Default 3 seconds. */
-  ttl: Schema.optional(DurationInput),
-  /** Interval between heartbeats (with ±10% jitter). Default 1 second. */
-  heartbeat: Schema.optional(DurationInput),
-  /** Protocols for direct messages, in order of preference. Default `["tcp", "udp"]`. */
-  protocols: Schema.optional(Schema.Array(ProtocolName).check(
-    Schema.makeFilter((ps: ReadonlyArray<string>) =>
-      ps.length === 0 ? "must name at least one protocol" :
-      new Set(ps).size !== ps.length ? "must not repeat a protocol" : undefined
-    )
-  )),
-  /** Multicast TTL. 0 (default): this host only, over loopback; above 0: the LAN. */
-  remote: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 255 }))),
-  /** With `remote` above 0: the interface (name or IPv4 address) for multicast. Default: the first non-loopback IPv4 interface. */
-  interface: Schema.optional(Schema.String.check(Schema.isMinLength(1))),
-  /** Host part of the service id (12 hex digits). Default: the first non-loopback MAC address, else a stable machine id. */
-  hostId: Schema.optional(Schema.String.check(Schema.isPattern(/^[0-9a-f]{12}$/))),
-  /** TCP listening port; 0 (default) picks a free one, which is advertised. */
-  tcpPort: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65535 }))),
-  /** Largest frame accepted or sent over tcp, in bytes. Default 16 MiB. */
-  maxFrame: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1024, maximum: 1024 ** 3 }))),
-  /** Tags advertised in every beacon (at most 32, each 1..64 bytes); see `Cluster.updateTags`. */
-  tags: Schema.optional(Schema.Array(Schema.String.check(
-    Schema.makeFilter((t: string) => {
-      const n = Buffer.byteLength(t)
-      return n >= 1 && n <= MAX_TAG_BYTES ? undefined : `must be 1..${MAX_TAG_BYTES} bytes`
-    })
-  )).check(Schema.makeFilter((ts: ReadonlyArray<string>) => ts.length <= MAX_TAGS ? undefined : `at most ${MAX_TAGS} tags`))),
-  /** A shared secret: every frame is sealed with AES-256-GCM under a key derived from it (key id 0). */
-  secret: Schema.optional(Schema.String.check(Schema.isMinLength(1))),
-  /** Several keys for rotation; `primary` (default: the first) seals, all open. */
-  keyring: Schema.optional(Schema.Array(Schema.Struct({
-    id: Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 255 })),
-    secret: Schema.String.check(Schema.isMinLength(1))
-  }))),
-  primary: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 255 }))),
-  /** Networks (CIDR, e.g. `10.1.0.0/16`) whose members are accepted when `remote` is above 0; empty: any. */
-  allow: Schema.optional(Schema.Array(Schema.String.check(
-    Schema.makeFilter((c: string) => parseCidr(c) === undefined ? "must be an IPv4 network such as 10.1.0.0/16" : undefined)
-  ))),
-  /** Serve this member's metrics (Prometheus text) at http://127.0.0.1:<port>/metrics. Default: not served. */
-  metricsPort: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 65535 }))),
-  /** Services known at once; more are refused until some leave or expire. Default 10,000. */
-  maxServices: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))),
-  /** Incoming stream connections (tcp, unix) accepted in all. Default 1024. */
-  maxConnections: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 65535 }))),
-  /** Incoming stream connections accepted from one address. Default 64. */
-  maxConnectionsPerPeer: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 65535 }))),
-  /** A connection with no traffic for this long is closed (it reopens when needed). Default 5 minutes. */
-  idleTimeout: Schema.optional(DurationInput),
-  /** Channels joined besides 0, 1 and 2, which every member is on. */
-  channels: Schema.optional(Schema.Array(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65535 })))),
-  /** How many received messages and events may wait for a slow subscriber before being dropped (and counted). Default 4096. */
-  bufferSize: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 16, maximum: 1 << 20 })))
-})
-export type ClusterConfigInput = typeof ClusterConfigInput.Encoded
+  port: integer(1, 65535),
+  ttl: duration,
+  heartbeat: duration,
+  protocols: list(
+    text((s) => PROTOCOL_NAME.test(s) ? undefined : "must be a protocol name (a-z, 0-9, -; at most 16)"),
+    (ps) => ps.length === 0 ? "must name at least one protocol" : new Set(ps).size !== ps.length ? "must not repeat a protocol" : undefined
+  ),
+  remote: integer(0, 255),
+  interface: nonEmpty,
+  hostId: text((s) => /^[0-9a-f]{12}$/.test(s) ? undefined : "must be 12 hex digits (lower case)"),
+  tcpPort: integer(0, 65535),
+  maxFrame: integer(1024, 1024 ** 3),
+  tags: list(utf8Bytes(MAX_TAG_BYTES), (ts) => ts.length <= MAX_TAGS ? undefined : `at most ${MAX_TAGS} tags`),
+  secret: nonEmpty,
+  keyring: list(record({ id: integer(0, 255), secret: nonEmpty }, ["id", "secret"])),
+  primary: integer(0, 255),
+  allow: list(text((c) => parseCidr(c) === undefined ? "must be an IPv4 network such as 10.1.0.0/16" : undefined)),
+  metricsPort: integer(1, 65535),
+  maxServices: integer(1, 1_000_000),
+  maxConnections: integer(1, 65535),
+  maxConnectionsPerPeer: integer(1, 65535),
+  idleTimeout: duration,
+  channels: list(integer(0, 65535)),
+  bufferSize: integer(16, 1 << 20)
+} satisfies Record<keyof ClusterConfigInput, ConfigCheck>
+
+const checkInput = record(configChecks)
 
 /** A validated configuration with every default filled in. */
 export interface ClusterConfig {
@@ -135,23 +192,19 @@ export const Profiles = {
   tcl: { heartbeat: Duration.seconds(120), ttl: Duration.seconds(600) }
 } as const
 
-const formatter = SchemaIssue.makeFormatterStandardSchemaV1()
-const decodeInput = Schema.decodeUnknownResult(ClusterConfigInput)
-
 /** Validates a name or a configuration; a bad value is a `JoinError` naming the field. */
 export const makeConfig = (input: string | ClusterConfigInput): Result.Result<ClusterConfig, JoinError> => {
   const raw = typeof input === "string" ? { name: input } : input
-  const decoded = decodeInput(raw, { onExcessProperty: "error" })
-  if (Result.isFailure(decoded)) {
-    const first = formatter(decoded.failure.issue).issues[0]
-    const field = first?.path?.map(String).join(".")
+  const wrong = checkInput(raw)
+  if (wrong !== undefined) {
+    const field = wrong.path.length > 0 ? wrong.path.join(".") : undefined
     return Result.fail(new JoinError({
       reason: "InvalidConfig",
       field,
-      message: `invalid configuration${field ? ` field "${field}"` : ""}: ${first?.message ?? "invalid"}`
+      message: `invalid configuration${field ? ` field "${field}"` : ""}: ${wrong.message}`
     }))
   }
-  const c = decoded.success
+  const c = raw
   const heartbeat = c.heartbeat === undefined ? Profiles.fast.heartbeat : Duration.fromInputUnsafe(c.heartbeat)
   const ttl = c.ttl === undefined ? Profiles.fast.ttl : Duration.fromInputUnsafe(c.ttl)
   if (Duration.toMillis(heartbeat) <= 0) {

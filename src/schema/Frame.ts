@@ -37,13 +37,10 @@
  * its message in UTF-8) to the end.
  *
  * All integers are big-endian. The codec below is plain synchronous code (it
- * runs once per frame); `FrameFromBytes` exposes it as a Schema transformation.
+ * runs once per frame); `FrameFromBytes` in `cluster-comm/schema` exposes it as
+ * a Schema transformation.
  */
-import * as Effect from "effect/Effect"
-import * as Schema from "effect/Schema"
-import * as SchemaIssue from "effect/SchemaIssue"
-import * as SchemaTransformation from "effect/SchemaTransformation"
-import { Advertised, type ProtocolName } from "./Service.ts"
+import type { Advertised, ProtocolName } from "./Service.ts"
 
 export const MAGIC = 0xcc
 export const VERSION = 1
@@ -54,84 +51,96 @@ export const MAX_TARGETS = 32
 export const MAX_PROTOCOLS = 8
 export const MAX_TAGS = 32
 export const MAX_TAG_BYTES = 64
-
-const HostId = Schema.String.check(Schema.isPattern(/^[0-9a-f]{12}$/))
-const Instance = Schema.String.check(Schema.isPattern(/^[0-9a-f]{16}$/))
-const Name = Schema.String.check(Schema.isMinLength(1))
-
-/** Who sent a frame. */
-export const Sender = Schema.Struct({ hostId: HostId, instance: Instance, name: Name })
-export type Sender = typeof Sender.Type
-
-const beaconFields = {
-  sender: Sender,
-  protocols: Schema.Array(Advertised),
-  tags: Schema.Array(Schema.String),
-  version: Schema.Int
-}
-
-/** Periodic "I am alive, reach me here". */
-export const Heartbeat = Schema.TaggedStruct("Heartbeat", beaconFields)
-/** Sent once at join: every member answers it directly with an `Answer`. */
-export const Probe = Schema.TaggedStruct("Probe", beaconFields)
-/** A member's direct reply to a probe: its own descriptor. */
-export const Answer = Schema.TaggedStruct("Answer", beaconFields)
-/** Sent when a member's scope closes, so peers drop it at once. */
-export const Leave = Schema.TaggedStruct("Leave", { sender: Sender })
-const Op = Schema.String.check(Schema.isMinLength(1))
-const messageFields = {
-  sender: Sender,
-  op: Op,
-  channel: Schema.Int,
-  targets: Schema.Array(Schema.String),
-  data: Schema.Uint8Array
-}
-
-/** An op-coded message; non-empty `targets` (service ids) means only they accept it. */
-export const MessageFrame = Schema.TaggedStruct("Message", messageFields)
-
-/** Many messages of one op and channel from one sender, in order: `sendAll`'s frame. */
-export const MessagesFrame = Schema.TaggedStruct("Messages", {
-  sender: Sender,
-  op: Op,
-  channel: Schema.Int,
-  items: Schema.Array(Schema.Uint8Array)
-})
 export const MAX_BATCH_ITEMS = 65535
-
-/** The periodic "still here": who (no name) and which descriptor version. */
-export const Beat = Schema.TaggedStruct("Beat", {
-  sender: Schema.Struct({ hostId: HostId, instance: Instance, name: Schema.String }),
-  version: Schema.Int
-})
 export const BEAT_SIZE = 20
 
+// The frames as plain types: the codec below is all a member runs. Their
+// Schemas (with the field checks) are in Schemas.ts, `cluster-comm/schema`.
+
+/** Who sent a frame: host id (12 hex digits), instance (16 hex digits), name. */
+export interface Sender {
+  readonly hostId: string
+  readonly instance: string
+  readonly name: string
+}
+
+interface BeaconFields {
+  readonly sender: Sender
+  readonly protocols: ReadonlyArray<Advertised>
+  readonly tags: ReadonlyArray<string>
+  readonly version: number
+}
+/** Periodic "I am alive, reach me here". */
+export interface Heartbeat extends BeaconFields {
+  readonly _tag: "Heartbeat"
+}
+/** Sent once at join: every member answers it directly with an `Answer`. */
+export interface Probe extends BeaconFields {
+  readonly _tag: "Probe"
+}
+/** A member's direct reply to a probe: its own descriptor. */
+export interface Answer extends BeaconFields {
+  readonly _tag: "Answer"
+}
+/** Sent when a member's scope closes, so peers drop it at once. */
+export interface Leave {
+  readonly _tag: "Leave"
+  readonly sender: Sender
+}
+interface MessageFields {
+  readonly sender: Sender
+  readonly op: string
+  readonly channel: number
+  readonly targets: ReadonlyArray<string>
+  readonly data: Uint8Array
+}
+/** An op-coded message; non-empty `targets` (service ids) means only they accept it. */
+export interface MessageFrame extends MessageFields {
+  readonly _tag: "Message"
+}
+/** Many messages of one op and channel from one sender, in order: `sendAll`'s frame. */
+export interface MessagesFrame {
+  readonly _tag: "Messages"
+  readonly sender: Sender
+  readonly op: string
+  readonly channel: number
+  readonly items: ReadonlyArray<Uint8Array>
+}
+/** The periodic "still here": who (no name: empty) and which descriptor version. */
+export interface Beat {
+  readonly _tag: "Beat"
+  readonly sender: Sender
+  readonly version: number
+}
 /** A request whose targets each answer with a `Reply` carrying the same id. */
-export const QueryFrame = Schema.TaggedStruct("Query", { ...messageFields, id: Schema.Int })
+export interface QueryFrame extends MessageFields {
+  readonly _tag: "Query"
+  readonly id: number
+}
 /** The answer to a query: a response, or (ok false) an error message. */
-export const ReplyFrame = Schema.TaggedStruct("Reply", {
-  sender: Sender,
-  id: Schema.Int,
-  ok: Schema.Boolean,
-  data: Schema.Uint8Array
-})
-
+export interface ReplyFrame {
+  readonly _tag: "Reply"
+  readonly sender: Sender
+  readonly id: number
+  readonly ok: boolean
+  readonly data: Uint8Array
+}
 /** "I could not reach this service": peers shorten its ttl, and the service, if alive, beats at once. */
-export const Ping = Schema.TaggedStruct("Ping", { sender: Sender, target: Schema.String })
-
+export interface Ping {
+  readonly _tag: "Ping"
+  readonly sender: Sender
+  readonly target: string
+}
 /** "I could only reach you by a fallback: these listeners of yours failed me." */
-export const Repair = Schema.TaggedStruct("Repair", { sender: Sender, protocols: Schema.Array(Schema.String) })
+export interface Repair {
+  readonly _tag: "Repair"
+  readonly sender: Sender
+  readonly protocols: ReadonlyArray<string>
+}
 
-export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame, Ping, Repair, Beat, MessagesFrame])
-export type Frame = typeof Frame.Type
-export type Beacon = typeof Heartbeat.Type | typeof Probe.Type | typeof Answer.Type
-export type MessageFrame = typeof MessageFrame.Type
-export type MessagesFrame = typeof MessagesFrame.Type
-export type Ping = typeof Ping.Type
-export type Beat = typeof Beat.Type
-export type Repair = typeof Repair.Type
-export type QueryFrame = typeof QueryFrame.Type
-export type ReplyFrame = typeof ReplyFrame.Type
+/** Every frame on the wire. */
+export type Frame = Heartbeat | Probe | Answer | Leave | MessageFrame | QueryFrame | ReplyFrame | Ping | Repair | Beat | MessagesFrame
+export type Beacon = Heartbeat | Probe | Answer
 
 /** Why a frame from the network was not accepted; every reason is counted. */
 export type DecodeFailure =
@@ -552,27 +561,3 @@ const readString = (buf: Buffer, at: number, max: number): string => {
   need(buf, at + 1, len)
   return strictUtf8.decode(buf.subarray(at + 1, at + 1 + len))
 }
-
-/**
- * The codec as a Schema: bytes to a typed frame, each malformed input a
- * typed decode failure naming its reason.
- */
-export const FrameFromBytes = Schema.Uint8Array.pipe(
-  Schema.decodeTo(
-    Frame,
-    SchemaTransformation.transformEffect({
-      decode: (bytes: Uint8Array) => {
-        const result = decodeFrame(bytes)
-        return isDecodeFailure(result)
-          ? Effect.fail(new SchemaIssue.InvalidValue({ message: result }, bytes))
-          : Effect.succeed(result)
-      },
-      encode: (frame: Frame) => {
-        const problem = checkFrame(frame)
-        return problem === undefined
-          ? Effect.succeed(new Uint8Array(encodeFrame(frame)))
-          : Effect.fail(new SchemaIssue.InvalidValue({ message: problem }, frame))
-      }
-    })
-  )
-)

@@ -3,39 +3,38 @@
  * delivers and the membership events it publishes.
  */
 import * as Data from "effect/Data"
-import * as Schema from "effect/Schema"
 
 /**
  * A protocol's name: the built-in `udp` (multicast and unicast datagrams),
- * `tcp` and `unix`, or a plug-in's (lower case letters, digits, dashes).
+ * `tcp` and `unix`, or a plug-in's (lower case letters, digits, dashes, at
+ * most 16).
  */
-export const ProtocolName = Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,15}$/))
 export type ProtocolName = string
+/** What a protocol's name must look like. */
+export const PROTOCOL_NAME = /^[a-z][a-z0-9-]{0,15}$/
 
 /** A protocol a member speaks and how to reach it there (its port). */
-export const Advertised = Schema.Struct({
-  protocol: ProtocolName,
-  port: Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65535 }))
-})
-export type Advertised = typeof Advertised.Type
+export interface Advertised {
+  readonly protocol: ProtocolName
+  readonly port: number
+}
 
 /**
  * A member of the cluster as seen by another. `id` is `hostId@name`;
  * `instance` changes when the process restarts, so a restart is told apart
- * from the member it replaces.
+ * from the member it replaces. (Its Schema is `Service` in `cluster-comm/schema`.)
  */
-export const Service = Schema.Struct({
-  id: Schema.String,
-  name: Schema.String,
-  hostId: Schema.String,
-  instance: Schema.String,
-  address: Schema.String,
-  local: Schema.Boolean,
-  protocols: Schema.Array(Advertised),
-  tags: Schema.Array(Schema.String),
-  lastSeen: Schema.Number
-})
-export type Service = typeof Service.Type
+export interface Service {
+  readonly id: string
+  readonly name: string
+  readonly hostId: string
+  readonly instance: string
+  readonly address: string
+  readonly local: boolean
+  readonly protocols: ReadonlyArray<Advertised>
+  readonly tags: ReadonlyArray<string>
+  readonly lastSeen: number
+}
 
 export const serviceId = (hostId: string, name: string): string => `${hostId}@${name}`
 

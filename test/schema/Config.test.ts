@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Result } from "effect"
+import { Duration, Effect, Layer, Result, Schema, SchemaIssue } from "effect"
 import { ClusterLive, type JoinError, makeConfig } from "cluster-comm"
+import { ClusterConfigInput } from "cluster-comm/schema"
 
 const fieldOf = (input: Parameters<typeof makeConfig>[0]) => {
   const r = makeConfig(input)
@@ -32,9 +33,10 @@ describe("configuration", () => {
     }
   })
 
-  it("names the field of every bad value", () => {
-    const cases: Array<[Parameters<typeof makeConfig>[0], string]> = [
+  // One list for both tests: makeConfig's checks and the Schema of cluster-comm/schema.
+  const badCases: Array<[Parameters<typeof makeConfig>[0], string]> = [
       [{ port: 70000 }, "port"],
+      [{ port: 0 }, "port"],
       [{ port: 1.5 }, "port"],
       [{ address: "10.0.0.1" }, "address"],
       [{ address: "230.1.2.300" }, "address"],
@@ -48,14 +50,45 @@ describe("configuration", () => {
       [{ heartbeat: "soon" } as never, "heartbeat"],
       [{ heartbeat: "2 seconds", ttl: "1 second" }, "ttl"],
       [{ hostId: "not-a-mac" }, "hostId"],
-      [{ colour: "blue" } as never, "colour"]
+      [{ colour: "blue" } as never, "colour"],
+      [{ tags: ["ok", ""] }, "tags.1"],
+      [{ keyring: [{ id: 1, secret: "s" }, { id: 300, secret: "t" }] }, "keyring.1.id"],
+      [{ keyring: [{ id: 1 }] } as never, "keyring.0.secret"],
+      [{ allow: ["10.0.0.0/33"] }, "allow.0"],
+      [{ channels: [7, 70000] }, "channels.1"],
+      [{ bufferSize: 8 }, "bufferSize"],
+      [{ idleTimeout: -5 }, "idleTimeout"],
+      [{ port: "23000" } as never, "port"]
     ]
-    for (const [input, field] of cases) {
+
+  it("names the field of every bad value", () => {
+    for (const [input, field] of badCases) {
       const e = fieldOf(input)
       assert.strictEqual(e?._tag, "JoinError")
       assert.strictEqual(e?.reason, "InvalidConfig")
       assert.strictEqual(e?.field, field, `${JSON.stringify(input)}: ${e?.message}`)
       assert.include(e?.message, field)
+    }
+  })
+
+  it("the Schema of cluster-comm/schema accepts and refuses what makeConfig does, at the same path", () => {
+    const decode = Schema.decodeUnknownResult(ClusterConfigInput)
+    const formatter = SchemaIssue.makeFormatterStandardSchemaV1()
+    for (const [input, field] of badCases) {
+      if (field === "ttl") continue // ttl against heartbeat is checked by makeConfig alone, across fields
+      const r = decode(input, { onExcessProperty: "error" })
+      assert.isTrue(Result.isFailure(r), `the Schema accepted ${JSON.stringify(input)}`)
+      if (Result.isFailure(r)) assert.strictEqual(formatter(r.failure.issue).issues[0]?.path?.map(String).join("."), field)
+    }
+    const good: Array<Exclude<Parameters<typeof makeConfig>[0], string>> = [
+      {},
+      { name: "service_one", port: 23001, heartbeat: "2 seconds", ttl: 9000, protocols: ["unix", "tcp"], tags: ["a", "b"] },
+      { remote: 1, interface: "eth0", allow: ["10.1.0.0/16"], keyring: [{ id: 0, secret: "x" }], primary: 0, channels: [9] },
+      { idleTimeout: Duration.minutes(1), maxFrame: 1024, bufferSize: 16, hostId: "0123456789ab" }
+    ]
+    for (const input of good) {
+      assert.isTrue(Result.isSuccess(decode(input, { onExcessProperty: "error" })), JSON.stringify(input))
+      assert.isTrue(Result.isSuccess(makeConfig(input)), JSON.stringify(input))
     }
   })
 

@@ -1,7 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Result, Schema } from "effect"
 import fc from "fast-check"
-import { decodeFrame, encodeFrame, type Frame, FrameFromBytes, frameSize } from "cluster-comm"
+import { decodeFrame, encodeFrame, type Frame, frameSize } from "cluster-comm"
+import { FrameFromBytes } from "cluster-comm/schema"
 
 const hex = (bytes: number) => fc.uint8Array({ minLength: bytes, maxLength: bytes }).map((b) => Buffer.from(b).toString("hex"))
 const utf8Within = (maxBytes: number) =>
