@@ -8,7 +8,7 @@ import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
 import * as Result from "effect/Result"
 import { JoinError } from "./Errors.ts"
-import { MAX_NAME_BYTES, MAX_TAG_BYTES, MAX_TAGS } from "./Frame.ts"
+import { HOST_ID, MAX_NAME_BYTES, MAX_TAG_BYTES, MAX_TAGS } from "./Frame.ts"
 import { parseCidr } from "../internal/host.ts"
 import { PROTOCOL_NAME, type ProtocolName } from "./Service.ts"
 
@@ -138,7 +138,7 @@ export const configChecks = {
   ),
   remote: integer(0, 255),
   interface: nonEmpty,
-  hostId: text((s) => /^[0-9a-f]{12}$/.test(s) ? undefined : "must be 12 hex digits (lower case)"),
+  hostId: text((s) => HOST_ID.test(s) ? undefined : "must be 12 hex digits (lower case)"),
   tcpPort: integer(0, 65535),
   maxFrame: integer(1024, 1024 ** 3),
   tags: list(utf8Bytes(MAX_TAG_BYTES), (ts) => ts.length <= MAX_TAGS ? undefined : `at most ${MAX_TAGS} tags`),

@@ -53,6 +53,8 @@ export const MAX_TAGS = 32
 export const MAX_TAG_BYTES = 64
 export const MAX_BATCH_ITEMS = 65535
 export const BEAT_SIZE = 20
+/** A host id as written: 12 lower-case hex digits (6 bytes on the wire). */
+export const HOST_ID = /^[0-9a-f]{12}$/
 
 // The frames as plain types: the codec below is all a member runs. Their
 // Schemas (with the field checks) are in Schemas.ts, `cluster-comm/schema`.
@@ -360,7 +362,7 @@ export const checkFrame = (frame: Frame): string | undefined => {
   } else if (frame._tag === "Ping") {
     const [hostId, name] = idParts(frame.target)
     const n = Buffer.byteLength(name)
-    if (!/^[0-9a-f]{12}$/.test(hostId) || n < 1 || n > MAX_NAME_BYTES) return "ping target must be a service id"
+    if (!HOST_ID.test(hostId) || n < 1 || n > MAX_NAME_BYTES) return "ping target must be a service id"
   } else if (frame._tag !== "Leave" && frame._tag !== "Reply") {
     if (frame.protocols.length > MAX_PROTOCOLS) return `at most ${MAX_PROTOCOLS} protocols`
     if (frame.tags.length > MAX_TAGS) return `at most ${MAX_TAGS} tags`

@@ -39,7 +39,7 @@ export const Service = Schema.Struct({
   lastSeen: Schema.Number
 })
 
-const HostId = Schema.String.check(Schema.isPattern(/^[0-9a-f]{12}$/))
+const HostId = Schema.String.check(Schema.isPattern(F.HOST_ID))
 const Instance = Schema.String.check(Schema.isPattern(/^[0-9a-f]{16}$/))
 const NonEmpty = Schema.String.check(Schema.isMinLength(1))
 
