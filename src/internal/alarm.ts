@@ -16,29 +16,41 @@ export interface Alarm {
 }
 
 /**
- * Starts the alarm's fiber in the current scope. `pass(now)` returns the time
- * of the next deadline, or Infinity when there is none (then only `wakeBy`
- * wakes it). Passes are at least `minMillis` apart.
+ * Starts the alarm's fiber in the current scope. `pass(now, late)` returns the
+ * time of the next deadline, or Infinity when there is none (then only
+ * `wakeBy` wakes it); `late` is how long after its planned time the timer woke
+ * the pass (0 when woken early or on time). Passes are at least `minMillis` apart.
  */
-export const makeAlarm = (pass: (now: number) => Effect.Effect<number>, minMillis: number): Effect.Effect<Alarm, never, Scope.Scope> =>
+export const makeAlarm = (
+  pass: (now: number, late: number) => Effect.Effect<number>,
+  minMillis: number
+): Effect.Effect<Alarm, never, Scope.Scope> =>
   Effect.gen(function*() {
     const clock = yield* Clock.Clock
     // A deadline added while a pass runs may come after its scan: it wakes the alarm too.
     let passing = true
     let nextPass = Infinity
     let nudge = Deferred.makeUnsafe<void>()
+    let plannedAt = Infinity
     yield* Effect.gen(function*() {
       while (true) {
         passing = true
-        nextPass = yield* pass(clock.currentTimeMillisUnsafe())
+        const now = clock.currentTimeMillisUnsafe()
+        nextPass = yield* pass(now, Math.max(0, now - plannedAt))
+        plannedAt = Infinity
         passing = false
         const signal = nudge
         if (nextPass === Infinity) yield* Deferred.await(signal)
         else {
           const wait = Math.max(minMillis, nextPass - clock.currentTimeMillisUnsafe() + 1)
+          plannedAt = clock.currentTimeMillisUnsafe() + wait
           yield* Effect.raceFirst(Effect.sleep(Duration.millis(wait)), Deferred.await(signal))
         }
-        if (Deferred.isDoneUnsafe(signal)) nudge = Deferred.makeUnsafe<void>()
+        // Woken by a nudge, the pass is not late whatever the time.
+        if (Deferred.isDoneUnsafe(signal)) {
+          nudge = Deferred.makeUnsafe<void>()
+          plannedAt = Infinity
+        }
       }
     }).pipe(Effect.forkScoped)
     return {

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
-import { testCluster } from "../helpers.ts"
+import { Effect, Fiber, Stream } from "effect"
+import { eventually, member, testCluster } from "../helpers.ts"
 import { startAgent } from "../support/hosts.ts"
 
 // Member processes on this host (loopback only), ended by their PIDs.
@@ -70,5 +70,39 @@ describe("failures of member processes", () => {
       yield* failing.tell({ cmd: "fail" }) // it dies: no reply
       const event = yield* watcher.waitFor(lost("failing"), 5_000)
       assert.strictEqual(event.why, "left")
+    }), 30_000)
+})
+
+describe("a member that was not looking", () => {
+  it.live("whose handler kept its event loop busy past the ttl keeps the members it could not hear meanwhile", () =>
+    Effect.gen(function*() {
+      const quick = { ...testCluster(8), heartbeat: "100 millis", ttl: "1 second" } as const
+      const steady = yield* startAgent(undefined, { name: "steady", ...quick })
+      const watcher = yield* member({ name: "busy", ...quick })
+      yield* eventually(watcher.services, (s) => s.some((x) => x.name === "steady"))
+      yield* steady.waitFor((l) => typeof l.found === "string" && l.found.endsWith("@busy"))
+      const lost: Array<string> = []
+      yield* watcher.events.pipe(
+        Stream.runForEach((e) => Effect.sync(() => e._tag === "ServiceLost" && lost.push(e.service.name))),
+        Effect.forkScoped
+      )
+      // A handler doing synchronous work twice the ttl long, on a message from steady.
+      const handled = yield* watcher.messages.pipe(
+        Stream.take(1),
+        Stream.runForEach(() =>
+          Effect.sync(() => {
+            const until = Date.now() + 2000
+            while (Date.now() < until) {
+              // busy: steady beats on, its beats wait in the socket
+            }
+          })
+        ),
+        Effect.forkScoped
+      )
+      yield* Effect.sleep("50 millis") // both subscriptions are running
+      yield* steady.command({ cmd: "sendTo", target: "busy", op: "C", data: "work" })
+      yield* Fiber.join(handled)
+      yield* Effect.sleep("1 second")
+      assert.deepStrictEqual(lost, [])
     }), 30_000)
 })
