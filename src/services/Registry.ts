@@ -237,17 +237,18 @@ export class Registry extends Context.Service<Registry, {
         // only the expired ones go on to `lose`. It returns when the next one
         // could expire: the oldest sign of life plus the ttl, or the nearest
         // suspicion deadline.
-        let deferredSince: number | undefined
+        let looked = false
         const sweep = (now: number, late: number) => {
           // Woken late (a handler kept the event loop busy, a long pause), the
           // sweep looks before it blames: beats that arrived meanwhile still
-          // wait in the socket, and are read before the next pass. While the
-          // member stays behind it waits so at most a ttl, then sweeps anyway.
-          if (late > lateMillis && (deferredSince === undefined || now - deferredSince < ttlMillis)) {
-            deferredSince ??= now
+          // wait in the socket, and are read before the next pass, which
+          // sweeps however late it is (one extra pass a late one, so a member
+          // that stays behind does not spin).
+          if (late > lateMillis && !looked) {
+            looked = true
             return Effect.succeed(now)
           }
-          deferredSince = undefined
+          looked = false
           let expired: Array<Service> | undefined
           let next = now + ttlMillis
           for (const service of services.values()) {
