@@ -3,6 +3,10 @@
  * pass, which handles what is due and says when the next thing falls due,
  * and sleeps until then on the member's clock. Nothing is armed or cleared
  * per deadline; a deadline earlier than the planned wake-up wakes it at once.
+ *
+ * A pass woken late (a handler kept the event loop busy, a long pause) first
+ * lets the input that waited meanwhile be read, then runs: a beat or a reply
+ * sitting in a socket is not blamed on the network for the member's own absence.
  */
 import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
@@ -16,15 +20,11 @@ export interface Alarm {
 }
 
 /**
- * Starts the alarm's fiber in the current scope. `pass(now, late)` returns the
- * time of the next deadline, or Infinity when there is none (then only
- * `wakeBy` wakes it); `late` is how long after its planned time the timer woke
- * the pass (0 when woken early or on time). Passes are at least `minMillis` apart.
+ * Starts the alarm's fiber in the current scope. `pass(now)` returns the time
+ * of the next deadline, or Infinity when there is none (then only `wakeBy`
+ * wakes it). Passes are at least `minMillis` apart.
  */
-export const makeAlarm = (
-  pass: (now: number, late: number) => Effect.Effect<number>,
-  minMillis: number
-): Effect.Effect<Alarm, never, Scope.Scope> =>
+export const makeAlarm = (pass: (now: number) => Effect.Effect<number>, minMillis: number): Effect.Effect<Alarm, never, Scope.Scope> =>
   Effect.gen(function*() {
     const clock = yield* Clock.Clock
     // A deadline added while a pass runs may come after its scan: it wakes the alarm too.
@@ -34,10 +34,11 @@ export const makeAlarm = (
     let plannedAt = Infinity
     yield* Effect.gen(function*() {
       while (true) {
-        passing = true
-        const now = clock.currentTimeMillisUnsafe()
-        nextPass = yield* pass(now, Math.max(0, now - plannedAt))
+        // A timer set now fires after the event loop's next poll for input.
+        if (clock.currentTimeMillisUnsafe() - plannedAt > LATE_MILLIS) yield* Effect.sleep(Duration.millis(1))
         plannedAt = Infinity
+        passing = true
+        nextPass = yield* pass(clock.currentTimeMillisUnsafe())
         passing = false
         const signal = nudge
         if (nextPass === Infinity) yield* Deferred.await(signal)
@@ -46,10 +47,9 @@ export const makeAlarm = (
           plannedAt = clock.currentTimeMillisUnsafe() + wait
           yield* Effect.raceFirst(Effect.sleep(Duration.millis(wait)), Deferred.await(signal))
         }
-        // Woken by a nudge, the pass is not late whatever the time.
         if (Deferred.isDoneUnsafe(signal)) {
           nudge = Deferred.makeUnsafe<void>()
-          plannedAt = Infinity
+          plannedAt = Infinity // woken early, on purpose
         }
       }
     }).pipe(Effect.forkScoped)
@@ -59,3 +59,6 @@ export const makeAlarm = (
       }
     }
   })
+
+/** Later than this past its planned time, a pass looks at waiting input first (timers fire 1-2 ms late as a rule). */
+const LATE_MILLIS = 5

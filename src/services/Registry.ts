@@ -95,8 +95,6 @@ export class Registry extends Context.Service<Registry, {
         const stats = yield* Stats
         const clock = yield* Clock.Clock
         const ttlMillis = Duration.toMillis(options.ttl)
-        // A sweep this late was kept from running: see `sweep`.
-        const lateMillis = ttlMillis / 10
         const services = new Map<string, Service>()
         // For short beats, which name an instance and a descriptor version
         // only: one lookup a beat (every member of a process hears every beat).
@@ -237,18 +235,7 @@ export class Registry extends Context.Service<Registry, {
         // only the expired ones go on to `lose`. It returns when the next one
         // could expire: the oldest sign of life plus the ttl, or the nearest
         // suspicion deadline.
-        let looked = false
-        const sweep = (now: number, late: number) => {
-          // Woken late (a handler kept the event loop busy, a long pause), the
-          // sweep looks before it blames: beats that arrived meanwhile still
-          // wait in the socket, and are read before the next pass, which
-          // sweeps however late it is (one extra pass a late one, so a member
-          // that stays behind does not spin).
-          if (late > lateMillis && !looked) {
-            looked = true
-            return Effect.succeed(now)
-          }
-          looked = false
+        const sweep = (now: number) => {
           let expired: Array<Service> | undefined
           let next = now + ttlMillis
           for (const service of services.values()) {

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Stream } from "effect"
-import { eventually, member, testCluster } from "../helpers.ts"
+import { eventually, leavable, member, testCluster } from "../helpers.ts"
 import { startAgent } from "../support/hosts.ts"
 
 // Member processes on this host (loopback only), ended by their PIDs.
@@ -104,5 +104,46 @@ describe("a member that was not looking", () => {
       yield* Fiber.join(handled)
       yield* Effect.sleep("1 second")
       assert.deepStrictEqual(lost, [])
+    }), 30_000)
+
+  const busyFor = (millis: number) =>
+    Effect.sync(() => {
+      const until = Date.now() + millis
+      while (Date.now() < until) {
+        // busy: what the peer sends waits in the socket
+      }
+    })
+
+  it.live("whose event loop was busy past a query's timeout takes the reply that came meanwhile", () =>
+    Effect.gen(function*() {
+      const quick = { ...testCluster(8), heartbeat: "100 millis", ttl: "5 seconds" } as const
+      yield* startAgent(undefined, { name: "replier", ...quick })
+      const asker = yield* member({ name: "asker", ...quick })
+      yield* eventually(asker.services, (s) => s.some((x) => x.name === "replier"))
+      // The replier has no responder for "X": it answers with an error at once.
+      const ask = asker.queryAll({ target: "replier", op: "X", data: "", timeout: "1 second" })
+      const warm = yield* ask // the connection is up: the next query is written at once
+      assert.strictEqual(warm.errors.size, 1)
+      const asked = yield* Effect.forkScoped(ask)
+      yield* Effect.yieldNow // the query is written
+      yield* busyFor(2000)
+      const result = yield* Fiber.join(asked)
+      assert.deepStrictEqual([result.errors.size, result.missing.length], [1, 0])
+    }), 30_000)
+
+  it.live("leaves promptly when a peer connects to it while it leaves", () =>
+    Effect.gen(function*() {
+      const quick = { ...testCluster(8), heartbeat: "100 millis", ttl: "5 seconds" } as const
+      yield* startAgent(undefined, { name: "answerer", ...quick })
+      const { cluster, leave } = yield* leavable({ name: "leaver", ...quick })
+      yield* eventually(cluster.services, (s) => s.some((x) => x.name === "answerer"))
+      // A query on a connection still to be opened times out first; the
+      // answerer then connects back with its reply as the member leaves.
+      const asked = yield* Effect.forkScoped(cluster.queryAll({ target: "answerer", op: "X", data: "", timeout: "1 millis" }))
+      yield* Effect.yieldNow
+      yield* busyFor(20)
+      yield* Fiber.join(asked)
+      // Before, the tcp server's close waited for that connection (minutes).
+      yield* leave.pipe(Effect.timeout("5 seconds"))
     }), 30_000)
 })

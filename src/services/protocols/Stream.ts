@@ -162,7 +162,14 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     const connections = new Map<string, Connection>()
 
     const perPeer = new Map<string, number>()
+    // Set while leaving: a connection that comes in then is closed at once,
+    // or the server's close would wait for it (a peer may hold it for minutes).
+    let leaving = false
     const accept = (socket: net.Socket) => {
+      if (leaving) {
+        socket.destroy()
+        return
+      }
       const address = options.addressOf(socket)
       const fromPeer = perPeer.get(address) ?? 0
       // Limits: a peer, or everyone together, cannot hold more than their share.
@@ -251,6 +258,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     // end (FIN after the last byte), bounded by a second; the rest close at once.
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
+        leaving = true
         for (const s of accepted) s.destroy()
         const ending = [...connections.values()].map((c) =>
           Effect.callback<void>((resume) => {
