@@ -34,7 +34,8 @@ export const makeAlarm = (pass: (now: number) => Effect.Effect<number>, minMilli
     let plannedAt = Infinity
     yield* Effect.gen(function*() {
       while (true) {
-        // A timer set now fires after the event loop's next poll for input.
+        // Late: let the event loop poll for input first (a timer set now
+        // fires after its next poll), so what waited in the sockets counts.
         if (clock.currentTimeMillisUnsafe() - plannedAt > LATE_MILLIS) yield* Effect.sleep(Duration.millis(1))
         plannedAt = Infinity
         passing = true

@@ -8,7 +8,7 @@
  * reuse. Kept out of the main entry because loading Schema roughly doubles
  * what a member costs to start.
  */
-import * as Duration from "effect/Duration"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import * as SchemaIssue from "effect/SchemaIssue"
