@@ -74,9 +74,19 @@ describe("failures of member processes", () => {
 })
 
 describe("a member that was not looking", () => {
+  // Synchronous work that keeps the event loop busy: what peers send meanwhile waits in the sockets.
+  const busyFor = (millis: number) =>
+    Effect.sync(() => {
+      const until = Date.now() + millis
+      while (Date.now() < until) {
+        // busy
+      }
+    })
+  const where = (ttl: "1 second" | "5 seconds") => ({ ...testCluster(8), heartbeat: "100 millis", ttl }) as const
+
   it.live("whose handler kept its event loop busy past the ttl keeps the members it could not hear meanwhile", () =>
     Effect.gen(function*() {
-      const quick = { ...testCluster(8), heartbeat: "100 millis", ttl: "1 second" } as const
+      const quick = where("1 second")
       const steady = yield* startAgent(undefined, { name: "steady", ...quick })
       const watcher = yield* member({ name: "busy", ...quick })
       yield* eventually(watcher.services, (s) => s.some((x) => x.name === "steady"))
@@ -89,14 +99,7 @@ describe("a member that was not looking", () => {
       // A handler doing synchronous work twice the ttl long, on a message from steady.
       const handled = yield* watcher.messages.pipe(
         Stream.take(1),
-        Stream.runForEach(() =>
-          Effect.sync(() => {
-            const until = Date.now() + 2000
-            while (Date.now() < until) {
-              // busy: steady beats on, its beats wait in the socket
-            }
-          })
-        ),
+        Stream.runForEach(() => busyFor(2000)), // steady beats on meanwhile
         Effect.forkScoped
       )
       yield* Effect.sleep("50 millis") // both subscriptions are running
@@ -106,17 +109,9 @@ describe("a member that was not looking", () => {
       assert.deepStrictEqual(lost, [])
     }), 30_000)
 
-  const busyFor = (millis: number) =>
-    Effect.sync(() => {
-      const until = Date.now() + millis
-      while (Date.now() < until) {
-        // busy: what the peer sends waits in the socket
-      }
-    })
-
   it.live("whose event loop was busy past a query's timeout takes the reply that came meanwhile", () =>
     Effect.gen(function*() {
-      const quick = { ...testCluster(8), heartbeat: "100 millis", ttl: "5 seconds" } as const
+      const quick = where("5 seconds")
       yield* startAgent(undefined, { name: "replier", ...quick })
       const asker = yield* member({ name: "asker", ...quick })
       yield* eventually(asker.services, (s) => s.some((x) => x.name === "replier"))
@@ -133,7 +128,7 @@ describe("a member that was not looking", () => {
 
   it.live("leaves promptly when a peer connects to it while it leaves", () =>
     Effect.gen(function*() {
-      const quick = { ...testCluster(8), heartbeat: "100 millis", ttl: "5 seconds" } as const
+      const quick = where("5 seconds")
       yield* startAgent(undefined, { name: "answerer", ...quick })
       const { cluster, leave } = yield* leavable({ name: "leaver", ...quick })
       yield* eventually(cluster.services, (s) => s.some((x) => x.name === "answerer"))
