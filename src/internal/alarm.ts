@@ -31,13 +31,8 @@ export const makeAlarm = (pass: (now: number) => Effect.Effect<number>, minMilli
     let passing = true
     let nextPass = Infinity
     let nudge = Deferred.makeUnsafe<void>()
-    let plannedAt = Infinity
     yield* Effect.gen(function*() {
       while (true) {
-        // Late: let the event loop poll for input first (a timer set now
-        // fires after its next poll), so what waited in the sockets counts.
-        if (clock.currentTimeMillisUnsafe() - plannedAt > LATE_MILLIS) yield* Effect.sleep(Duration.millis(1))
-        plannedAt = Infinity
         passing = true
         nextPass = yield* pass(clock.currentTimeMillisUnsafe())
         passing = false
@@ -45,13 +40,15 @@ export const makeAlarm = (pass: (now: number) => Effect.Effect<number>, minMilli
         if (nextPass === Infinity) yield* Deferred.await(signal)
         else {
           const wait = Math.max(minMillis, nextPass - clock.currentTimeMillisUnsafe() + 1)
-          plannedAt = clock.currentTimeMillisUnsafe() + wait
+          const wakeAt = clock.currentTimeMillisUnsafe() + wait
           yield* Effect.raceFirst(Effect.sleep(Duration.millis(wait)), Deferred.await(signal))
+          // The timer woke us late: let the event loop poll for input first (a
+          // timer set now fires after its next poll), so what waited in the sockets counts.
+          if (!Deferred.isDoneUnsafe(signal) && clock.currentTimeMillisUnsafe() - wakeAt > LATE_MILLIS) {
+            yield* Effect.sleep(Duration.millis(1))
+          }
         }
-        if (Deferred.isDoneUnsafe(signal)) {
-          nudge = Deferred.makeUnsafe<void>()
-          plannedAt = Infinity // woken early, on purpose
-        }
+        if (Deferred.isDoneUnsafe(signal)) nudge = Deferred.makeUnsafe<void>()
       }
     }).pipe(Effect.forkScoped)
     return {
