@@ -257,6 +257,16 @@ const roundTrip = async (impl: "cluster" | "raw", count: number, size: number, p
   return { p50: percentile(times, 50), p99: percentile(times, 99), coldP50: percentile(cold, 50), coldP99: percentile(cold, 99) }
 }
 
+/**
+ * The issue's discovery targets and the raw references they were set against
+ * (2 cores): 30 bare node processes all up in about 0.45 s, a bare start about
+ * 50 ms of CPU. What a node start costs differs 2-4x between machines, so each
+ * target is held as the same ratio over its reference measured in this run:
+ * all know all <= 1.0 s / 0.45 s of the 30 bare starts; the join <= 50 ms /
+ * 50 ms of a bare start's CPU; the library's start-up CPU <= 60 ms / 50 ms of it.
+ */
+const TARGET = { allKnown30: 1000 / 450, join: 50 / 50, libraryCpu: 60 / 50 }
+
 const results: Record<string, unknown> = { quick, runs: RUNS, date: new Date().toISOString() }
 const rows: Array<[string, string, string, string]> = []
 const fmt = (x: number, digits = 1) => x.toLocaleString("en-US", { maximumFractionDigits: digits })
@@ -286,9 +296,12 @@ try {
       await stop(members)
       await new Promise((r) => setTimeout(r, 200)) // let leaves settle before the next run
     }
+    const ratio = median(allKnown) / median(bare)
     results[`discovery_${n}`] = {
       allKnownMs: median(allKnown),
       bareStartsMs: median(bare),
+      ratio,
+      ...(n === 30 ? { targetRatio: TARGET.allKnown30, met: ratio <= TARGET.allKnown30 } : {}),
       afterLastJoinMs: median(afterLastJoin),
       runs: allKnown,
       runsAfterLastJoin: afterLastJoin
@@ -297,26 +310,41 @@ try {
       `discovery, ${n} processes started at once`,
       `all know all ${fmt(median(allKnown), 0)} ms after the first spawn, ${fmt(median(afterLastJoin), 0)} ms after the last join`,
       `${n} bare node processes all up ${fmt(median(bare), 0)} ms after the first spawn`,
-      `${fmt(median(allKnown) / median(bare), 2)}x raw${n === 30 ? " (target: 1.0 s from the first spawn)" : ""}`
+      `${fmt(ratio, 2)}x raw${n === 30 ? ` (target <= ${fmt(TARGET.allKnown30, 2)}x: 1.0 s over the issue's 0.45 s)` : ""}`
     ])
     if (joins.length > 0) {
-      results[`join_running_${n}`] = { joinToAllMs: median(joins), layerMs: median(layers), runs: joins }
+      const bare: Array<number> = []
+      for (let i = 0; i < 3; i++) bare.push(await bareNode())
+      const bareCpu = median(bare)
+      const join = median(joins) / bareCpu
+      results[`join_running_${n}`] = {
+        joinToAllMs: median(joins),
+        layerMs: median(layers),
+        perBareStartCpu: join,
+        targetRatio: TARGET.join,
+        met: join <= TARGET.join,
+        runs: joins
+      }
       rows.push([
         `join a running cluster of ${n}`,
         `knows all ${fmt(median(joins), 1)} ms after join (${fmt(median(layers), 0)} ms of it building the layer)`,
-        "-",
-        "target < 50 ms"
+        `bare node start: ${fmt(bareCpu, 0)} ms of CPU`,
+        `${fmt(join, 2)}x (target <= ${fmt(TARGET.join, 2)}x: 50 ms over the issue's 50 ms start)`
       ])
-      const bare: Array<number> = []
-      for (let i = 0; i < 3; i++) bare.push(await bareNode())
-      // Also as a share of a bare start: machines differ by 2-4x in what a node start costs.
-      const library = median(cpus) - median(bare)
-      results.startup_cpu = { processCpuMs: median(cpus), bareNodeCpuMs: median(bare), libraryCpuMs: library, libraryPerBareStart: library / median(bare) }
+      const library = median(cpus) - bareCpu
+      results.startup_cpu = {
+        processCpuMs: median(cpus),
+        bareNodeCpuMs: bareCpu,
+        libraryCpuMs: library,
+        libraryPerBareStart: library / bareCpu,
+        targetRatio: TARGET.libraryCpu,
+        met: library / bareCpu <= TARGET.libraryCpu
+      }
       rows.push([
         "start-up CPU of a member process",
         `${fmt(median(cpus), 0)} ms (load, join, discover)`,
-        `bare node ${fmt(median(bare), 0)} ms`,
-        `library ${fmt(library, 0)} ms, ${fmt(library / median(bare), 2)}x a bare start (target <= 60 ms)`
+        `bare node ${fmt(bareCpu, 0)} ms`,
+        `library ${fmt(library, 0)} ms, ${fmt(library / bareCpu, 2)}x a bare start (target <= ${fmt(TARGET.libraryCpu, 2)}x: 60 ms over the issue's 50 ms)`
       ])
     }
   }

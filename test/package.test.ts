@@ -30,6 +30,11 @@ describe("the built package", () => {
       assert.property(results, key)
     }
     assert.isAbove(results.throughput_100B.clusterMsgPerSec, 0)
+    // Each discovery target is judged against its reference of the same run (no verdict is asserted: timings are not tests).
+    for (const key of ["join_running_5", "startup_cpu"]) {
+      assert.isAbove(results[key].targetRatio, 0)
+      assert.isBoolean(results[key].met)
+    }
   }, 180_000)
 
   it("npm pack makes a package that installs in an empty project and runs the quick example", () => {
