@@ -18,6 +18,8 @@ describe("the built package", () => {
   it("builds", () => {
     const build = run("npm", ["run", "build"], { cwd: root })
     assert.strictEqual(build.status, 0, build.stderr)
+    // The library's own modules, their functions marked for eager compiling (scripts/eager.ts).
+    assert.match(build.stdout, /dist\/index\.mjs: \d{3,} functions marked for eager compiling/)
   }, 120_000)
 
   // Benchmarks are not tests: this only runs them with small counts, so the

@@ -76,6 +76,12 @@ export class Registry extends Context.Service<Registry, {
    * other version or address, or membership hooks to run).
    */
   readonly beatNow: (sender: Sender, version: number, address: string) => Service | undefined
+  /**
+   * Seconds from our join to finding each service found in its first
+   * seconds (those were there when we joined), since the last call: plain
+   * numbers, which Telemetry turns into its histogram when it publishes.
+   */
+  readonly takeDiscovered: () => ReadonlyArray<number>
   /** A service by id, synchronously (for the per-frame path). */
   readonly get: (id: string) => Service | undefined
   /** Every known service, as a snapshot. */
@@ -109,6 +115,16 @@ export class Registry extends Context.Service<Registry, {
 
         const publish = (event: ClusterEvent) => {
           if (!PubSub.publishUnsafe(pubsub, event)) stats.drop("subscriber-full")
+        }
+
+        // Kept plain so that joining, when nearly every service is found, runs no metric code.
+        const joinedAt = clock.currentTimeMillisUnsafe()
+        let discovered: Array<number> = []
+        const found = (service: Service) => {
+          publish(new ServiceFound({ service }))
+          const after = clock.currentTimeMillisUnsafe() - joinedAt
+          // Bounded: past `maxServices` in the window, services come and go; the histogram has enough.
+          if (after <= DISCOVERY_WINDOW_MILLIS && discovered.length < options.maxServices) discovered.push(after / 1000)
         }
 
         const conflict = (service: Service, kept: string, rejected: string) => {
@@ -217,7 +233,7 @@ export class Registry extends Context.Service<Registry, {
                 const version = sighting.version ?? (current === undefined ? undefined : byInstance.get(current.instance)?.version)
                 if (current !== undefined && current.instance !== service.instance) byInstance.delete(current.instance)
                 byInstance.set(service.instance, { service, version })
-                if (current === undefined) publish(new ServiceFound({ service }))
+                if (current === undefined) found(service)
                 else if (changed(current, service)) {
                   if (current.instance !== service.instance) retired.set(id, current.instance)
                   publish(new ServiceUpdated({ service, previous: current }))
@@ -279,6 +295,11 @@ export class Registry extends Context.Service<Registry, {
             const known = atVersion(sender, version)
             return known !== undefined && known.address === address ? refreshed(known) : undefined
           },
+          takeDiscovered: () => {
+            const taken = discovered
+            discovered = []
+            return taken
+          },
           get: (id) => services.get(id),
           suspect: (id, window) => {
             if (!services.has(id)) return
@@ -316,6 +337,9 @@ export class Registry extends Context.Service<Registry, {
 }
 
 // The membership hook points, made once: they are checked for every frame.
+/** Services found this soon after our join were there when we joined. */
+const DISCOVERY_WINDOW_MILLIS = 5000
+
 /** The sweep wakes at most this often, however close the next expiry. */
 const MIN_SWEEP_MILLIS = 20
 

@@ -3,9 +3,10 @@
  * into Effect (OpenTelemetry among them) sees them, and as Prometheus text,
  * optionally served on a loopback port.
  *
- * The per-frame path only bumps plain counters (Stats); every 10 seconds, and
- * whenever metrics are read, their growth is pushed into Effect's `Metric`s,
- * each series attributed with this member's `service` id.
+ * The per-frame path only bumps plain counters (Stats), and the registry notes
+ * how long each service took to find; every 10 seconds, and whenever metrics
+ * are read, their growth is pushed into Effect's `Metric`s, each series
+ * attributed with this member's `service` id.
  *
  * | metric | type | attributes |
  * | --- | --- | --- |
@@ -23,7 +24,6 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
-import * as Stream from "effect/Stream"
 import { JoinError } from "../schema/Errors.ts"
 import { Registry } from "./Registry.ts"
 import { Stats, type StatsSnapshot } from "./Stats.ts"
@@ -64,6 +64,7 @@ export class Telemetry extends Context.Service<Telemetry, {
         const tagged = <M extends Metric.Metric<any, any>>(m: M, more: Record<string, string> = {}) =>
           Metric.withAttributes(m, { service, ...more }) as M
         let last: StatsSnapshot | undefined
+        const discoveryHistogram = tagged(discoverySeconds)
 
         const publish = Effect.gen(function*() {
           const now = yield* stats.snapshot
@@ -88,21 +89,10 @@ export class Telemetry extends Context.Service<Telemetry, {
           yield* Metric.update(tagged(sendFailures), grew(now.sendFailures, before?.sendFailures))
           yield* Metric.update(tagged(fallbacks), grew(now.fallbacks, before?.fallbacks))
           yield* Metric.update(tagged(members), (yield* registry.list).length)
+          for (const seconds of registry.takeDiscovered()) yield* Metric.update(discoveryHistogram, seconds)
         })
         // Exporters read every 10 s or more; an idle member should cost next to nothing.
         yield* Effect.sleep("10 seconds").pipe(Effect.andThen(publish), Effect.forever, Effect.forkScoped)
-
-        // Discovery latency: services found in the first seconds were there when we joined.
-        const joinedAt = Date.now()
-        yield* registry.events.pipe(
-          Stream.takeUntil(() => Date.now() - joinedAt > 5000),
-          Stream.runForEach((e) =>
-            e._tag === "ServiceFound" && Date.now() - joinedAt <= 5000
-              ? Metric.update(tagged(discoverySeconds), (Date.now() - joinedAt) / 1000)
-              : Effect.void
-          ),
-          Effect.forkScoped
-        )
 
         const prometheus = Effect.gen(function*() {
           yield* publish

@@ -1,0 +1,41 @@
+/**
+ * `npm run build`: the package's entries (`dist/index.mjs`, `dist/schema.mjs`
+ * and their shared chunks, Effect left external), their functions marked for
+ * eager compiling (see eager.ts); then the bundles built on them: the bench's
+ * member, as a deployed member starts, and the command-line tool.
+ */
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { join } from "node:path"
+import * as esbuild from "esbuild"
+import { eager } from "./eager.ts"
+
+const node = { bundle: true, platform: "node", format: "esm", target: "node22", logLevel: "info" } as const
+
+rmSync("dist/chunks", { recursive: true, force: true })
+await esbuild.build({
+  ...node,
+  entryPoints: { index: "src/index.ts", schema: "src/schema/Schemas.ts" },
+  splitting: true,
+  packages: "external",
+  sourcemap: true,
+  outdir: "dist",
+  chunkNames: "chunks/[name]-[hash]",
+  outExtension: { ".js": ".mjs" }
+})
+const built = ["dist/index.mjs", "dist/schema.mjs", ...readdirSync("dist/chunks").map((f) => join("dist/chunks", f))]
+for (const file of built.filter((f) => f.endsWith(".mjs"))) {
+  const { code, functions } = eager(readFileSync(file, "utf8"))
+  writeFileSync(file, code)
+  console.log(`  ${file}: ${functions} functions marked for eager compiling`)
+}
+
+await esbuild.build({ ...node, entryPoints: ["src/index.ts"], minify: true, sourcemap: true, outfile: "dist/cluster-comm.mjs" })
+// Resolves `cluster-comm` to dist/index.mjs: the member starts as a deployed one would.
+await esbuild.build({ ...node, entryPoints: ["bench/member.ts"], minify: true, outfile: "dist/bench/member.mjs" })
+await esbuild.build({
+  ...node,
+  entryPoints: ["src/cli/main.ts"],
+  minify: true,
+  banner: { js: "#!/usr/bin/env node" },
+  outfile: "dist/cli.mjs"
+})

@@ -1,0 +1,94 @@
+/**
+ * Marks every function of a built module for eager compiling. V8 compiles a
+ * function lazily: it skims the function's text when it compiles the code
+ * around it, and parses it again in full at its first call. A function
+ * expression in parentheses, `(function`, is compiled at once with the code
+ * around it (V8's heuristic for functions about to be called). For a member,
+ * nearly all of the library's code runs at its start, so compiling it at once
+ * saves the skim; with Node's compile cache, those functions come from the
+ * cache instead of being compiled at all.
+ *
+ * Arrow functions become function expressions, except those that use `this`,
+ * `arguments`, `super` or `new.target` (an arrow takes those from around it).
+ * No line is added or removed, so source maps keep their lines.
+ */
+import ts from "typescript"
+
+/** Whether an arrow function reads what a function expression would rebind. */
+const takesFromAround = (arrow: ts.ArrowFunction): boolean => {
+  let found = false
+  const walk = (node: ts.Node): void => {
+    if (found) return
+    if (
+      node.kind === ts.SyntaxKind.ThisKeyword || node.kind === ts.SyntaxKind.SuperKeyword || ts.isMetaProperty(node) ||
+      (ts.isIdentifier(node) && node.text === "arguments")
+    ) {
+      found = true
+      return
+    }
+    // A function or class of its own rebinds them; a nested arrow does not.
+    if (ts.isFunctionDeclaration(node) || ts.isFunctionExpression(node) || ts.isClassLike(node) || ts.isMethodDeclaration(node)) return
+    ts.forEachChild(node, walk)
+  }
+  ts.forEachChild(arrow, walk)
+  return found
+}
+
+interface Edit {
+  readonly at: number
+  readonly text: string
+  /** Original characters replaced from `at` (an arrow's `=>`). */
+  readonly replaces: number
+  readonly closes: boolean
+  readonly order: number
+}
+
+export const eager = (source: string): { readonly code: string; readonly functions: number } => {
+  const file = ts.createSourceFile("module.mjs", source, ts.ScriptTarget.Latest, true, ts.ScriptKind.JS)
+  const edits: Array<Edit> = []
+  let order = 0
+  let functions = 0
+  const insert = (at: number, text: string, closes: boolean) => {
+    edits.push({ at, text, replaces: 0, closes, order: order++ })
+  }
+  const visit = (node: ts.Node): void => {
+    if (ts.isFunctionExpression(node) && !ts.isParenthesizedExpression(node.parent)) {
+      functions++
+      insert(node.getStart(file), "(", false)
+      insert(node.getEnd(), ")", true)
+    } else if (ts.isArrowFunction(node) && !takesFromAround(node)) {
+      // Only inserted and replaced around the original text: its lines stay.
+      functions++
+      const start = node.getStart(file)
+      const asyncKeyword = node.modifiers?.find((m) => m.kind === ts.SyntaxKind.AsyncKeyword)
+      if (asyncKeyword === undefined) insert(start, "(function", false)
+      else {
+        insert(start, "(", false)
+        insert(asyncKeyword.getEnd(), " function", false)
+      }
+      const parenthesized = node.getChildren(file).some((c) => c.kind === ts.SyntaxKind.OpenParenToken)
+      if (!parenthesized) {
+        insert(node.parameters[0]!.getStart(file), "(", false)
+        insert(node.parameters.end, ")", true)
+      }
+      const arrow = node.equalsGreaterThanToken
+      const block = ts.isBlock(node.body)
+      edits.push({ at: arrow.getStart(file), text: block ? "" : "{ return (", replaces: 2, closes: false, order: order++ })
+      insert(node.getEnd(), block ? ")" : ") })", true)
+    }
+    ts.forEachChild(node, visit)
+  }
+  visit(file)
+  // At one place, closings come before openings, the innermost closing first.
+  edits.sort((a, b) =>
+    a.at - b.at || (a.closes !== b.closes ? (a.closes ? -1 : 1) : a.closes ? b.order - a.order : a.order - b.order)
+  )
+  let code = ""
+  let from = 0
+  for (const edit of edits) {
+    code += source.slice(from, edit.at) + edit.text
+    from = edit.at + edit.replaces
+  }
+  code += source.slice(from)
+  return { code, functions }
+}

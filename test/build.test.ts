@@ -1,0 +1,74 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { pathToFileURL } from "node:url"
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import { eager } from "../scripts/eager.ts"
+
+// Every form of function the build meets, with what it does.
+const sample = `
+export const double = (x) => x * 2
+export const pair = (a, b) => ({ a, b })
+export const curried = (a) => (b) => a + b
+export const later = async (x) => { await null; return x + 1 }
+export const pure = () => /* @__PURE__ */ Math.max(1, 2)
+export const withDefault = (f = (x) => x + 10) => f(1)
+export const counting = function* () { yield 1; yield 2 }
+export const multi = (
+  a,
+  b
+) => a - b
+export class Counter {
+  n = 1
+  bump = () => this.n++
+}
+export function args() { return [1, 2].map(() => arguments.length) }
+export const named = () => 0
+export const bare = x => x + 1
+export const bareLater = async x => x * 3
+`
+
+describe("the build's eager marking", () => {
+  const scratch = mkdtempSync(join(tmpdir(), "cluster-comm-eager-"))
+  afterAll(() => rmSync(scratch, { recursive: true, force: true }))
+  const load = async (code: string, name: string) => {
+    const file = join(scratch, name)
+    writeFileSync(file, code)
+    return import(pathToFileURL(file).href)
+  }
+
+  it("wraps every function in parentheses and keeps what each does", async () => {
+    const { code, functions } = eager(sample)
+    const before = await load(sample, "before.mjs")
+    const after = await load(code, "after.mjs")
+    for (const m of [before, after]) {
+      assert.strictEqual(m.double(4), 8)
+      assert.deepStrictEqual(m.pair(1, 2), { a: 1, b: 2 })
+      assert.strictEqual(m.curried(1)(2), 3)
+      assert.strictEqual(await m.later(1), 2)
+      assert.strictEqual(m.pure(), 2)
+      assert.strictEqual(m.withDefault(), 11)
+      assert.deepStrictEqual([...m.counting()], [1, 2])
+      assert.strictEqual(m.multi(5, 3), 2)
+      const counter = new m.Counter()
+      counter.bump()
+      assert.strictEqual(counter.n, 2)
+      assert.deepStrictEqual(m.args(7, 8, 9), [3, 3])
+      assert.strictEqual(m.named.name, "named")
+      assert.strictEqual(m.bare(1), 2)
+      assert.strictEqual(await m.bareLater(2), 6)
+    }
+    // Each arrow became `(function`, but those that read `this` or `arguments` from around them.
+    assert.strictEqual(functions, 13)
+    assert.strictEqual(code.match(/\(function|\(async function/g)?.length, 13)
+    assert.deepStrictEqual(code.match(/=>[^\n]*/g), ["=> this.n++", "=> arguments.length) }"])
+    assert.include(code, "/* @__PURE__ */ Math.max(1, 2)")
+    // Source maps stay right by line.
+    assert.strictEqual(code.split("\n").length, sample.split("\n").length)
+  })
+
+  it("leaves a function already in parentheses as it is", () => {
+    const source = "export const f = (function() { return 1 })\nexport const g = (function*() { yield 1 })\n"
+    assert.deepStrictEqual(eager(source), { code: source, functions: 0 })
+  })
+})
