@@ -281,6 +281,7 @@ try {
     const joins: Array<number> = []
     const layers: Array<number> = []
     const cpus: Array<number> = []
+    const bareCpus: Array<number> = []
     for (let run = 0; run < RUNS; run++) {
       const port = PORT + 40 + k
       bare.push(await bareStarts(n))
@@ -288,10 +289,16 @@ try {
       allKnown.push(t)
       afterLastJoin.push(j)
       if (n === sizes[sizes.length - 1]) {
-        const j = await joiner(n, port)
-        joins.push(j.joinToAll)
-        layers.push(j.layerMs)
-        cpus.push(j.libraryCpuMs)
+        // A running cluster: past the start's last probes and answers, one heartbeat on.
+        await new Promise((r) => setTimeout(r, 1000))
+        // Joins alternate with bare starts: the reference sees the machine as the joins do.
+        for (let i = 0; i < 3; i++) {
+          bareCpus.push(await bareNode())
+          const j = await joiner(n, port)
+          joins.push(j.joinToAll)
+          layers.push(j.layerMs)
+          cpus.push(j.libraryCpuMs)
+        }
       }
       await stop(members)
       await new Promise((r) => setTimeout(r, 200)) // let leaves settle before the next run
@@ -313,9 +320,7 @@ try {
       `${fmt(ratio, 2)}x raw${n === 30 ? ` (target <= ${fmt(TARGET.allKnown30, 2)}x: 1.0 s over the issue's 0.45 s)` : ""}`
     ])
     if (joins.length > 0) {
-      const bare: Array<number> = []
-      for (let i = 0; i < 3; i++) bare.push(await bareNode())
-      const bareCpu = median(bare)
+      const bareCpu = median(bareCpus)
       const join = median(joins) / bareCpu
       results[`join_running_${n}`] = {
         joinToAllMs: median(joins),
