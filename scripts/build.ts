@@ -29,7 +29,6 @@ for (const file of built.filter((f) => f.endsWith(".mjs"))) {
   console.log(`  ${file}: ${functions} functions marked for eager compiling`)
 }
 
-await esbuild.build({ ...node, entryPoints: ["src/index.ts"], minify: true, sourcemap: true, outfile: "dist/cluster-comm.mjs" })
 // Resolves `cluster-comm` to dist/index.mjs: the member starts as a deployed one would.
 await esbuild.build({ ...node, entryPoints: ["bench/member.ts"], minify: true, outfile: "dist/bench/member.mjs" })
 await esbuild.build({
