@@ -24,9 +24,11 @@ const children = new Set<ChildProcess>()
 const spawn = (file: string, args: ReadonlyArray<string>, extraArgv: ReadonlyArray<string> = []) => {
   // BENCH_PROFILE=dir: every child writes a CPU profile there (`--cpu-prof`).
   const profile = process.env.BENCH_PROFILE ? ["--cpu-prof", "--cpu-prof-interval=100", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : []
-  // Members run from the bundle, with Node's compile cache: start-up as deployed.
-  const bundled = file === "member.ts"
-  const child = fork(bundled ? here("../dist/bench/member.mjs") : here(file), args, {
+  // Members run from their bundle (`npm run build`), with Node's compile cache:
+  // the library as deployed. The raw references need no build. BENCH_SOURCE=1
+  // runs the messaging and scale processes from the source instead (to compare).
+  const bundled = process.env.BENCH_SOURCE ? file === "member.ts" : file !== "raw.ts"
+  const child = fork(bundled ? here(`../dist/bench/${file.replace(/\.ts$/, ".mjs")}`) : here(file), args, {
     stdio: ["ignore", "ignore", "inherit", "ipc"],
     execArgv: [...process.execArgv, ...profile, ...extraArgv],
     env: { ...process.env, NODE_COMPILE_CACHE: join(tmpdir(), "cluster-comm-bench-cache") }

@@ -2,7 +2,7 @@
  * `npm run build`: the package's entries (`dist/index.mjs`, `dist/schema.mjs`
  * and their shared chunks, Effect left external), their functions marked for
  * eager compiling (see eager.ts); then the bundles built on them: the bench's
- * member, as a deployed member starts, and the command-line tool.
+ * processes, which run the library as deployed, and the command-line tool.
  */
 import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
@@ -29,8 +29,14 @@ for (const file of built.filter((f) => f.endsWith(".mjs"))) {
   console.log(`  ${file}: ${functions} functions marked for eager compiling`)
 }
 
-// Resolves `cluster-comm` to dist/index.mjs: the member starts as a deployed one would.
-await esbuild.build({ ...node, entryPoints: ["bench/member.ts"], minify: true, outfile: "dist/bench/member.mjs" })
+// The bench's processes resolve `cluster-comm` to dist/index.mjs: they run the library as deployed.
+await esbuild.build({
+  ...node,
+  entryPoints: ["bench/member.ts", "bench/peer.ts", "bench/scale.ts"],
+  minify: true,
+  outdir: "dist/bench",
+  outExtension: { ".js": ".mjs" }
+})
 await esbuild.build({
   ...node,
   entryPoints: ["src/cli/main.ts"],
