@@ -48,8 +48,8 @@ export const eager = (source: string): { readonly code: string; readonly functio
   const edits: Array<Edit> = []
   let order = 0
   let functions = 0
-  const insert = (at: number, text: string, closes: boolean) => {
-    edits.push({ at, text, replaces: 0, closes, order: order++ })
+  const insert = (at: number, text: string, closes: boolean, replaces = 0) => {
+    edits.push({ at, text, replaces, closes, order: order++ })
   }
   const visit = (node: ts.Node): void => {
     if (ts.isFunctionExpression(node) && !ts.isParenthesizedExpression(node.parent)) {
@@ -71,9 +71,9 @@ export const eager = (source: string): { readonly code: string; readonly functio
         insert(node.parameters[0]!.getStart(file), "(", false)
         insert(node.parameters.end, ")", true)
       }
-      const arrow = node.equalsGreaterThanToken
+      // `=>` itself gives way to the function's body.
       const block = ts.isBlock(node.body)
-      edits.push({ at: arrow.getStart(file), text: block ? "" : "{ return (", replaces: 2, closes: false, order: order++ })
+      insert(node.equalsGreaterThanToken.getStart(file), block ? "" : "{ return (", false, 2)
       insert(node.getEnd(), block ? ")" : ") })", true)
     }
     ts.forEachChild(node, visit)

@@ -39,8 +39,9 @@ export const makeAlarm = (pass: (now: number) => Effect.Effect<number>, minMilli
         const signal = nudge
         if (nextPass === Infinity) yield* Deferred.await(signal)
         else {
-          const wait = Math.max(minMillis, nextPass - clock.currentTimeMillisUnsafe() + 1)
-          const wakeAt = clock.currentTimeMillisUnsafe() + wait
+          const now = clock.currentTimeMillisUnsafe()
+          const wait = Math.max(minMillis, nextPass - now + 1)
+          const wakeAt = now + wait
           yield* Effect.raceFirst(Effect.sleep(Duration.millis(wait)), Deferred.await(signal))
           // The timer woke us late: let the event loop poll for input first (a
           // timer set now fires after its next poll), so what waited in the sockets counts.

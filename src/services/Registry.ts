@@ -336,13 +336,13 @@ export class Registry extends Context.Service<Registry, {
     )
 }
 
-// The membership hook points, made once: they are checked for every frame.
 /** Services found this soon after our join were there when we joined. */
 const DISCOVERY_WINDOW_MILLIS = 5000
 
 /** The sweep wakes at most this often, however close the next expiry. */
 const MIN_SWEEP_MILLIS = 20
 
+// The membership hook points, made once: they are checked for every frame.
 const EVAL = HookPoint.service("eval")
 const VALIDATE = HookPoint.service("validate")
 const FOUND = HookPoint.service("found")
