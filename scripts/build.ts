@@ -1,9 +1,11 @@
 /**
  * `npm run build`: the package's entries (`dist/index.mjs`, `dist/schema.mjs`
  * and their shared chunks, Effect left external), their functions marked for
- * eager compiling (see eager.ts); then the bundles built on them: the bench's
- * processes, which run the library as deployed, and the command-line tool.
+ * eager compiling (see eager.ts); their declarations (`dist/types`); then the
+ * bundles built on them: the bench's processes, which run the library as
+ * deployed, and the command-line tool.
  */
+import { spawnSync } from "node:child_process"
 import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import * as esbuild from "esbuild"
@@ -28,6 +30,17 @@ for (const file of built.filter((f) => f.endsWith(".mjs"))) {
   writeFileSync(file, code)
   console.log(`  ${file}: ${functions} functions marked for eager compiling`)
 }
+
+// Declarations from the source, with maps back into it. The source imports `./X.ts`
+// (Node runs it as is); a consumer's compiler takes `./X.js`, which it resolves to `./X.d.ts`.
+rmSync("dist/types", { recursive: true, force: true })
+const tsc = spawnSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", "tsconfig.build.json"], { stdio: "inherit" })
+if (tsc.status !== 0) throw new Error(`tsc (declarations) exited with ${tsc.status}`)
+const declarations = readdirSync("dist/types", { recursive: true, encoding: "utf8" }).filter((f) => f.endsWith(".d.ts"))
+for (const file of declarations.map((f) => join("dist/types", f))) {
+  writeFileSync(file, readFileSync(file, "utf8").replace(/((?:from|import\()\s*"\.{1,2}\/[^"]*)\.ts"/g, '$1.js"'))
+}
+console.log(`  dist/types: ${declarations.length} declaration files`)
 
 // The bench's processes resolve `cluster-comm` to dist/index.mjs: they run the library as deployed.
 await esbuild.build({

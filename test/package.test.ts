@@ -1,5 +1,5 @@
 import { spawnSync } from "node:child_process"
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -69,5 +69,46 @@ describe("the built package", () => {
     const bin = run(join(project, "node_modules", ".bin", "cluster-comm"), ["--help"], { cwd: project, env })
     assert.strictEqual(bin.status, 0, bin.stderr)
     assert.include(bin.stdout, "doctor")
+    // Tools read a package's version through its package.json.
+    const version = run(process.execPath, ["-e", `console.log(require(require.resolve("cluster-comm/package.json")).version)`], { cwd: project, env })
+    assert.strictEqual(version.stdout.trim(), JSON.parse(readFileSync(`${root}package.json`, "utf8")).version, version.stderr)
   }, 400_000)
+
+  // A consumer's compiler sees the shipped declarations, whatever its resolution
+  // settings; a wrong program fails, so the check can fail.
+  const configs = {
+    nodenext: { module: "NodeNext", moduleResolution: "NodeNext" },
+    bundler: { module: "ESNext", moduleResolution: "bundler" },
+    exact: { module: "NodeNext", moduleResolution: "NodeNext", exactOptionalPropertyTypes: true }
+  }
+  const typecheck = (project: string, config: keyof typeof configs, file: string) => {
+    const compilerOptions = { strict: true, target: "ES2022", skipLibCheck: true, noEmit: true, ...configs[config] }
+    writeFileSync(join(project, `tsconfig.${config}.json`), JSON.stringify({ compilerOptions, files: [file] }))
+    return run(process.execPath, [`${root}node_modules/typescript/bin/tsc`, "-p", `tsconfig.${config}.json`], { cwd: project })
+  }
+
+  it("its declarations type-check a consumer's program under NodeNext, bundler and exactOptionalPropertyTypes", () => {
+    const project = join(scratch, "project")
+    const program = readFileSync(`${root}test/consumer/program.ts`, "utf8")
+    writeFileSync(join(project, "program.ts"), program)
+    // A misspelled accessor and an error tag that does not exist.
+    const wrong = program.replace("Cluster.sendTo(", "Cluster.sendto(").replace(`catchTag("JoinError"`, `catchTag("JoinFailed"`)
+    assert.notStrictEqual(wrong, program)
+    writeFileSync(join(project, "wrong.ts"), wrong)
+    const tagLine = wrong.split("\n").findIndex((l) => l.includes(`catchTag("JoinFailed"`)) + 1
+    for (const config of Object.keys(configs) as Array<keyof typeof configs>) {
+      const good = typecheck(project, config, "program.ts")
+      assert.strictEqual(good.status, 0, `${config}: ${good.stdout}${good.stderr}`)
+      const bad = typecheck(project, config, "wrong.ts")
+      assert.notStrictEqual(bad.status, 0, `${config}: the wrong program type-checked`)
+      assert.match(bad.stdout, /wrong\.ts\(\d+,\d+\): error TS2551: Property 'sendto' does not exist .* Did you mean 'sendTo'\?/)
+      assert.include(bad.stdout, `wrong.ts(${tagLine},`)
+      // Nothing else: the declarations themselves raise no error in the consumer.
+      assert.notMatch(bad.stdout, /node_modules\/cluster-comm/)
+    }
+    // "Go to definition" lands in the shipped source.
+    const map = JSON.parse(readFileSync(join(project, "node_modules/cluster-comm/dist/types/services/Cluster.d.ts.map"), "utf8"))
+    assert.deepStrictEqual(map.sources, ["../../../src/services/Cluster.ts"])
+    assert.isTrue(existsSync(join(project, "node_modules/cluster-comm/dist/types/services", map.sources[0])))
+  }, 120_000)
 })
