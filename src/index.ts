@@ -75,13 +75,13 @@ export {
 export { Registry, type Sighting } from "./services/Registry.ts"
 export { type DropReason, Stats, type StatsSnapshot } from "./services/Stats.ts"
 export { socketDir } from "./services/protocols/Unix.ts"
-export {
-  type Endpoint,
-  type Inbound,
-  type Inlet,
-  type Protocol,
-  type ProtocolContext,
-  type ProtocolPlugin,
-  type Receive,
-  Transport
-} from "./services/Transport.ts"
+export type {
+  Endpoint,
+  Inbound,
+  Inlet,
+  Protocol,
+  ProtocolContext,
+  ProtocolPlugin,
+  Receive
+} from "./services/Protocol.ts"
+export { Transport } from "./services/Transport.ts"

@@ -8,7 +8,8 @@ import { detectHostId, interfaceAddress, newInstance } from "../internal/host.ts
 import { type ClusterConfigInput, makeConfig } from "../schema/Config.ts"
 import type { JoinError } from "../schema/Errors.ts"
 import type { Cluster } from "../services/Cluster.ts"
-import { type ProtocolPlugin, Transport } from "../services/Transport.ts"
+import type { ProtocolPlugin } from "../services/Protocol.ts"
+import { Transport } from "../services/Transport.ts"
 import { composeCluster } from "./compose.ts"
 
 /**

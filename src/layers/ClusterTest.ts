@@ -15,7 +15,8 @@ import type { Frame } from "../schema/Frame.ts"
 import type { ProtocolName } from "../schema/Service.ts"
 import type { Cluster } from "../services/Cluster.ts"
 import { MAX_DATAGRAM } from "../services/protocols/Udp.ts"
-import { fromProtocols, makeInbound, type Protocol, type Receive, Transport } from "../services/Transport.ts"
+import type { Protocol, Receive } from "../services/Protocol.ts"
+import { fromProtocols, makeInbound, Transport } from "../services/Transport.ts"
 import { composeCluster } from "./compose.ts"
 
 export interface MemoryNetworkOptions {

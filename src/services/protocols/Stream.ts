@@ -18,7 +18,7 @@ import { FrameTooLarge, type JoinError, ProtocolFailure } from "../../schema/Err
 import { type Frame, frameSize, type SenderCache } from "../../schema/Frame.ts"
 import type { Stats } from "../Stats.ts"
 import type { Service } from "../../schema/Service.ts"
-import type { Endpoint, Inlet, Protocol } from "../Transport.ts"
+import type { Endpoint, Inlet, Protocol } from "../Protocol.ts"
 
 const PREFIX = 4
 /** Past this much unsent data a sender waits for the socket to drain. */

@@ -6,7 +6,7 @@ import type net from "node:net"
 import * as Effect from "effect/Effect"
 import { plainAddress } from "../../internal/host.ts"
 import { JoinError } from "../../schema/Errors.ts"
-import type { ProtocolPlugin } from "../Transport.ts"
+import type { ProtocolPlugin } from "../Protocol.ts"
 import { makeStreamProtocol, streamLimits } from "./Stream.ts"
 
 export const TcpProtocol: ProtocolPlugin = {

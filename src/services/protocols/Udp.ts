@@ -16,7 +16,7 @@ import type { ClusterConfig } from "../../schema/Config.ts"
 import { FrameTooLarge, JoinError, ProtocolFailure } from "../../schema/Errors.ts"
 import type { Frame, SenderCache } from "../../schema/Frame.ts"
 import { Stats } from "../Stats.ts"
-import type { DecodedOnce, Endpoint, Inlet, Protocol } from "../Transport.ts"
+import type { DecodedOnce, Endpoint, Inlet, Protocol } from "../Protocol.ts"
 
 /** The largest IPv4 udp payload. */
 export const MAX_DATAGRAM = 65507

@@ -16,7 +16,7 @@ import { join } from "node:path"
 import * as Effect from "effect/Effect"
 import * as Random from "effect/Random"
 import { JoinError } from "../../schema/Errors.ts"
-import type { ProtocolPlugin } from "../Transport.ts"
+import type { ProtocolPlugin } from "../Protocol.ts"
 import { makeStreamProtocol, streamLimits } from "./Stream.ts"
 
 // As in host.ts: taken without an ESM facade, which would load fs.promises and streams at start-up.
