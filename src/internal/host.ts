@@ -92,24 +92,3 @@ export const interfaceAddress = (wanted: string | undefined): string | undefined
 /** `::ffff:1.2.3.4` (an IPv4 peer on a dual-stack socket) as `1.2.3.4`. */
 export const plainAddress = (address: string | undefined): string =>
   address === undefined ? "" : address.startsWith("::ffff:") ? address.slice(7) : address
-
-/** An IPv4 network `a.b.c.d/n` as a number and a mask, or undefined. */
-export const parseCidr = (cidr: string): { readonly network: number; readonly mask: number } | undefined => {
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr)
-  if (m === null) return undefined
-  const octets = m.slice(1, 5).map(Number)
-  const bits = Number(m[5])
-  if (octets.some((o) => o > 255) || bits > 32) return undefined
-  const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0
-  return { network: (ipv4(octets) & mask) >>> 0, mask }
-}
-
-const ipv4 = (o: ReadonlyArray<number>) => ((o[0]! << 24) | (o[1]! << 16) | (o[2]! << 8) | o[3]!) >>> 0
-
-/** Whether an IPv4 address lies in one of the networks. */
-export const inNetworks = (address: string, networks: ReadonlyArray<{ readonly network: number; readonly mask: number }>): boolean => {
-  const parts = plainAddress(address).split(".")
-  if (parts.length !== 4) return false
-  const ip = ipv4(parts.map(Number))
-  return networks.some((n) => ((ip & n.mask) >>> 0) === n.network)
-}

@@ -9,7 +9,7 @@ import * as Option from "effect/Option"
 import * as Result from "effect/Result"
 import { JoinError } from "./Errors.ts"
 import { HOST_ID, MAX_NAME_BYTES, MAX_TAG_BYTES, MAX_TAGS } from "./Frame.ts"
-import { parseCidr } from "../internal/host.ts"
+import { parseNetwork } from "../internal/networks.ts"
 import { PROTOCOL_NAME, type ProtocolName } from "./Service.ts"
 
 /** What a caller may pass to `ClusterLive`; every field is optional but `name` is the usual one. */
@@ -145,7 +145,10 @@ export const configChecks = {
   secret: nonEmpty,
   keyring: list(record({ id: integer(0, 255), secret: nonEmpty }, ["id", "secret"])),
   primary: integer(0, 255),
-  allow: list(text((c) => parseCidr(c) === undefined ? "must be an IPv4 network such as 10.1.0.0/16" : undefined)),
+  allow: list(text((c) => {
+    const network = parseNetwork(c)
+    return typeof network === "string" ? `must be an IP network such as 10.1.0.0/16 or fd00::/8 (${network})` : undefined
+  })),
   metricsPort: integer(1, 65535),
   maxServices: integer(1, 1_000_000),
   maxConnections: integer(1, 65535),

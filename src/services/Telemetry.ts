@@ -24,6 +24,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import type * as Scope from "effect/Scope"
 import { JoinError } from "../schema/Errors.ts"
 import { Registry } from "./Registry.ts"
 import { Stats, type StatsSnapshot } from "./Stats.ts"
@@ -94,58 +95,21 @@ export class Telemetry extends Context.Service<Telemetry, {
         // Exporters read every 10 s or more; an idle member should cost next to nothing.
         yield* Effect.sleep("10 seconds").pipe(Effect.andThen(publish), Effect.forever, Effect.forkScoped)
 
+        // Effect's Prometheus formatter over this member's series alone (other
+        // members of the process, and the program's own metrics, are theirs).
+        // Loaded on the first read: it brings Effect's http modules along.
         const prometheus = Effect.gen(function*() {
           yield* publish
-          const lines: Array<string> = []
-          const seen = new Set<string>()
-          for (const m of yield* Metric.snapshot) {
-            if (!m.id.startsWith("cluster_comm_") || m.attributes?.service !== service) continue
-            if (!seen.has(m.id)) {
-              seen.add(m.id)
-              lines.push(`# HELP ${m.id} ${m.description ?? m.id}`)
-              lines.push(`# TYPE ${m.id} ${m.type === "Counter" ? "counter" : m.type === "Gauge" ? "gauge" : "histogram"}`)
-            }
-            const labels = (extra: Record<string, string> = {}) => {
-              const all = { ...m.attributes, ...extra } as Record<string, string>
-              return `{${Object.entries(all).map(([k, v]) => `${k}="${String(v).replace(/["\\\n]/g, "_")}"`).join(",")}}`
-            }
-            if (m.type === "Counter") lines.push(`${m.id}${labels()} ${m.state.count}`)
-            else if (m.type === "Gauge") lines.push(`${m.id}${labels()} ${m.state.value}`)
-            else if (m.type === "Histogram") {
-              for (const [bound, count] of m.state.buckets) lines.push(`${m.id}_bucket${labels({ le: String(bound) })} ${count}`)
-              lines.push(`${m.id}_bucket${labels({ le: "+Inf" })} ${m.state.count}`)
-              lines.push(`${m.id}_sum${labels()} ${m.state.sum}`)
-              lines.push(`${m.id}_count${labels()} ${m.state.count}`)
-            }
+          const { formatUnsafe } = yield* Effect.promise(() => import("effect/observability/PrometheusMetrics"))
+          const context = yield* Effect.context<never>()
+          const own: Metric.MetricRegistry = new Map()
+          for (const [key, m] of Context.get(context, Metric.MetricRegistry)) {
+            if (m.id.startsWith("cluster_comm_") && m.attributes?.service === service) own.set(key, m)
           }
-          return `${lines.join("\n")}\n`
+          return formatUnsafe(Context.add(context, Metric.MetricRegistry, own))
         })
 
-        if (options.port !== undefined) {
-          const port = options.port
-          // Loaded only when asked for: most members never serve metrics.
-          const http = yield* Effect.promise(() => import("node:http"))
-          const services = yield* Effect.context<never>()
-          const server = http.createServer((req, res) => {
-            if (req.url !== "/metrics") {
-              res.writeHead(404).end()
-              return
-            }
-            Effect.runPromiseWith(services)(prometheus).then(
-              (text) => res.writeHead(200, { "content-type": "text/plain; version=0.0.4" }).end(text),
-              () => res.writeHead(500).end()
-            )
-          })
-          yield* Effect.acquireRelease(
-            Effect.callback<void, JoinError>((resume) => {
-              server.once("error", (e) =>
-                resume(Effect.fail(new JoinError({ reason: "AddressInUse", field: "metricsPort", message: `cannot serve metrics on port ${port}: ${e.message}`, cause: e }))))
-              // Loopback only: metrics are for this host's collector, not the network.
-              server.listen(port, "127.0.0.1", () => resume(Effect.void))
-            }),
-            () => Effect.callback<void>((resume) => void server.close(() => resume(Effect.void)))
-          )
-        }
+        if (options.port !== undefined) yield* serveMetrics(options.port, prometheus)
 
         // Tagged once: a query's hot path must not build a metric key each time.
         const queryHistogram = tagged(querySeconds)
@@ -157,3 +121,29 @@ export class Telemetry extends Context.Service<Telemetry, {
       })
     )
 }
+
+/**
+ * Serves `text` at GET /metrics on a loopback port (metrics are for this
+ * host's collector, not the network), with Effect's http router on Node's
+ * server, loaded only when asked for: most members never serve metrics.
+ */
+const serveMetrics = (port: number, text: Effect.Effect<string>): Effect.Effect<void, JoinError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const [http, HttpRouter, HttpServerResponse, NodeHttpServer] = yield* Effect.promise(() =>
+      Promise.all([
+        import("node:http"),
+        import("effect/http/HttpRouter"),
+        import("effect/http/HttpServerResponse"),
+        import("@effect/platform-node/NodeHttpServer")
+      ])
+    )
+    const route = HttpRouter.add("GET", "/metrics", Effect.map(text, (body) =>
+      HttpServerResponse.text(body, { contentType: "text/plain; version=0.0.4; charset=utf-8" })))
+    const server = HttpRouter.serve(route, { disableLogger: true, disableListenLog: true }).pipe(
+      Layer.provide(NodeHttpServer.layer(() => http.createServer(), { port, host: "127.0.0.1" }))
+    )
+    yield* Layer.build(server).pipe(
+      Effect.mapError((e) =>
+        new JoinError({ reason: "AddressInUse", field: "metricsPort", message: `cannot serve metrics on port ${port}: ${e.message}`, cause: e }))
+    )
+  })

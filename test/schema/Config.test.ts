@@ -55,6 +55,8 @@ describe("configuration", () => {
       [{ keyring: [{ id: 1, secret: "s" }, { id: 300, secret: "t" }] }, "keyring.1.id"],
       [{ keyring: [{ id: 1 }] } as never, "keyring.0.secret"],
       [{ allow: ["10.0.0.0/33"] }, "allow.0"],
+      [{ allow: ["10.0.0.0/8", "fd00::/8", "fd00::/129"] }, "allow.2"],
+      [{ allow: ["fd00::1"] }, "allow.0"],
       [{ channels: [7, 70000] }, "channels.1"],
       [{ bufferSize: 8 }, "bufferSize"],
       [{ idleTimeout: -5 }, "idleTimeout"],
@@ -83,7 +85,7 @@ describe("configuration", () => {
     const good: Array<Exclude<Parameters<typeof makeConfig>[0], string>> = [
       {},
       { name: "service_one", port: 23001, heartbeat: "2 seconds", ttl: 9000, protocols: ["unix", "tcp"], tags: ["a", "b"] },
-      { remote: 1, interface: "eth0", allow: ["10.1.0.0/16"], keyring: [{ id: 0, secret: "x" }], primary: 0, channels: [9] },
+      { remote: 1, interface: "eth0", allow: ["10.1.0.0/16", "fd00::/8", "10.2.3.4/16"], keyring: [{ id: 0, secret: "x" }], primary: 0, channels: [9] },
       { idleTimeout: Duration.minutes(1), maxFrame: 1024, bufferSize: 16, hostId: "0123456789ab" }
     ]
     for (const input of good) {

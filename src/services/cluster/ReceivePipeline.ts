@@ -23,7 +23,8 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as PubSub from "effect/PubSub"
 import * as Stream from "effect/Stream"
-import { inNetworks, isLocalAddress, parseCidr } from "../../internal/host.ts"
+import { isLocalAddress } from "../../internal/host.ts"
+import { allowList } from "../../internal/networks.ts"
 import type { HookRejected } from "../../schema/Errors.ts"
 import { type Frame, isTraffic, type MessageFrame, type MessagesFrame } from "../../schema/Frame.ts"
 import { Message, type ProtocolName, toBytes } from "../../schema/Service.ts"
@@ -56,7 +57,7 @@ export const makeReceivePipeline = (
 ) =>
   Effect.gen(function*() {
     const { joined } = options
-    const allowed = options.allow.map((c) => parseCidr(c)!)
+    const allowed = allowList(options.allow)
     // Messages are published in batches (those of one pass of the pipeline):
     // one wake-up of each subscriber per batch, not per message. Bounded with
     // backpressure: a slow subscriber slows the pipeline (and, through paused
@@ -157,7 +158,7 @@ export const makeReceivePipeline = (
           stats.drop("non-local")
           return false
         }
-        if (allowed.length > 0 && !inNetworks(address, allowed)) {
+        if (allowed !== undefined && !allowed(address)) {
           stats.drop("not-allowed")
           return false
         }

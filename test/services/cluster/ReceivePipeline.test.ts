@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
+import { Context, Effect, Fiber, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import { HookPoint, HookRejected, MemoryNetwork } from "cluster-comm"
+import { Cluster, ClusterTest, HookPoint, HookRejected, MemoryNetwork } from "cluster-comm"
 import { collect, memberOn } from "../../helpers.ts"
 
 // The receive pipeline's contract (src/services/cluster/ReceivePipeline.ts).
@@ -39,5 +39,23 @@ describe("the receive pipeline", () => {
       for (let i = 0; i < 10; i++) yield* TestClock.adjust("10 millis")
       assert.deepStrictEqual((yield* Fiber.join(got)).map((m) => m.text), ["1", "2", "3"])
       assert.strictEqual((yield* receiver.stats).drops["hook-rejected"], 1)
+    }))
+
+  it.effect("allow takes IPv4 and IPv6 networks: members outside every one are dropped and counted", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make({ delay: "1 millis" })
+      const v6 = yield* memberOn(network, { name: "v6-only", remote: 1, allow: ["fd00:1::/32"] })
+      const v4 = yield* memberOn(network, { name: "v4-only", remote: 1, allow: ["198.51.100.0/24"] })
+      // Members on other hosts: documentation and unique-local addresses on no interface here.
+      const far = (name: string, hostId: string, address: string) =>
+        Layer.build(ClusterTest(network, { name, hostId, remote: 1 }, { address })).pipe(Effect.map((ctx) => Context.get(ctx, Cluster)))
+      yield* far("far-v6", "0000000000a6", "fd00:1:2::7")
+      yield* far("far-v4", "0000000000a4", "198.51.100.7")
+      yield* far("elsewhere", "0000000000e1", "fd00:2::9")
+      yield* TestClock.adjust("10 millis")
+      assert.deepStrictEqual((yield* v6.services).map((s) => s.name).sort(), ["far-v6", "v4-only"])
+      assert.deepStrictEqual((yield* v4.services).map((s) => s.name).sort(), ["far-v4", "v6-only"])
+      assert.isAbove((yield* v6.stats).drops["not-allowed"] ?? 0, 0)
+      assert.isAbove((yield* v4.stats).drops["not-allowed"] ?? 0, 0)
     }))
 })
