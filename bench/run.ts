@@ -9,6 +9,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { chartSvg } from "./chart.ts"
 
 const quick = process.argv.includes("--quick")
 /** `--only discovery|idle|throughput|rtt|scale` runs one section (for profiling). */
@@ -490,4 +491,6 @@ console.log(`|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`)
 for (const r of rows) console.log(line(r))
 mkdirSync(here("results"), { recursive: true })
 writeFileSync(here(quick ? "results/quick.json" : "results/latest.json"), JSON.stringify(results, null, 2))
+// The chart docs/benchmarks.md shows, from a full run of every section (a quick or partial one keeps its own).
+writeFileSync(quick || only !== undefined ? here("results/chart.svg") : here("../docs/benchmarks.svg"), chartSvg(results))
 console.log(JSON.stringify(results))

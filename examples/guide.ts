@@ -1,7 +1,8 @@
 /**
- * The README's guide as code: one function a section, each the snippet the
- * README shows, made runnable. `test/guide.test.ts` runs them against live
- * members, so the guide cannot drift from what the library does.
+ * The guides' snippets as code (docs/hooks.md, channels.md, tags.md, queries.md,
+ * security.md): one function a section, each the snippet the guide shows, made
+ * runnable. `test/guide.test.ts` runs them against live
+ * members, so the guides cannot drift from what the library does.
  *
  * Each takes the member it runs as (`Cluster` in its context) and the names of
  * the others, and returns what it saw.

@@ -5,11 +5,11 @@ import { Cluster } from "cluster-comm"
 import * as guide from "../examples/guide.ts"
 import { collect, eventually, member, testCluster } from "./helpers.ts"
 
-// The README's snippets, run as written (examples/guide.ts), on real sockets.
+// The guides' snippets (docs/hooks.md, channels.md, tags.md, queries.md, security.md), run as examples/guide.ts writes them, on real sockets.
 const where = { ...testCluster(17), heartbeat: "200 millis", ttl: "2 seconds" } as const
 const as = (cluster: Cluster["Service"]) => Effect.provideService(Cluster, cluster)
 
-describe("the README guide, run", () => {
+describe("the guides' snippets, run", () => {
   it.live("hooks, channels, an encrypted channel, tags, resolution, queries and key rotation", () =>
     Effect.gen(function*() {
       const a = yield* member({ name: "guide-a", ...where, tags: ["web", "beta", "v1"] })

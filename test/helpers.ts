@@ -21,11 +21,11 @@ export const leavable = (config: ClusterConfigInput) =>
  * Polls `read` until `done` holds, up to `within`; fails with the last value
  * otherwise. Used to wait for network events, never to assert timings.
  */
-export const eventually = <A, E>(
-  read: Effect.Effect<A, E>,
+export const eventually = <A, E, R>(
+  read: Effect.Effect<A, E, R>,
   done: (a: A) => boolean,
   within: Duration.Input = "5 seconds"
-): Effect.Effect<A, E | Error> =>
+): Effect.Effect<A, E | Error, R> =>
   read.pipe(
     Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: done }),
     Effect.timeoutOrElse({

@@ -32,6 +32,10 @@ describe("the built package", () => {
       assert.property(results, key)
     }
     assert.isAbove(results.throughput_100B.clusterMsgPerSec, 0)
+    // The chart drawn from the same figures (a full run writes docs/benchmarks.svg).
+    const chart = readFileSync(`${root}bench/results/chart.svg`, "utf8")
+    assert.match(chart, /^<svg /)
+    for (const label of ["N = 2", "N = 5", `${results.scale.curve[0].members}</text>`]) assert.include(chart, label)
     // Each discovery target is judged against its reference of the same run (no verdict is asserted: timings are not tests).
     for (const key of ["join_running_5", "startup_cpu"]) {
       assert.isAbove(results[key].targetRatio, 0)

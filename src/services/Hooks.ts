@@ -34,7 +34,7 @@ type Carried<D extends Direction> = D extends "send" ? Outgoing : Message
 
 const point = <A>(key: string, direction?: Direction): HookPoint<A> => direction === undefined ? { key } : { key, direction }
 
-/** The hook points of the Tcl package, in their order of use (see README). */
+/** The hook points of the Tcl package, in their order of use (see docs/hooks.md). */
 export const HookPoint = {
   /** Every outgoing message, after its op and protocol hooks, before encoding. */
   send: point<Outgoing>("send", "send"),
