@@ -27,6 +27,16 @@ export {
   type Frame,
   frameSize
 } from "./schema/Frame.ts"
+export {
+  type Bpacket,
+  type BpacketFailure,
+  type BpacketField,
+  bpacketLength,
+  BpacketType,
+  type BpacketValue,
+  decodeBpacket,
+  encodeBpacket
+} from "./schema/Bpacket.ts"
 export { type Clause, compileQuery, InvalidQuery, type Matching, termsOf } from "./schema/Resolver.ts"
 export {
   QueryDone,
