@@ -59,6 +59,11 @@ export interface ClusterConfigInput {
   readonly channels?: ReadonlyArray<number> | undefined
   /** How many received messages and events may wait for a slow subscriber before being dropped (and counted). Default 4096. */
   readonly bufferSize?: number | undefined
+  /**
+   * Also speak the Tcl package's wire format (bpacket v2) on the same group
+   * and port, each peer in the dialect it speaks (see docs/tcl.md). Default false.
+   */
+  readonly tcl?: boolean | undefined
 }
 
 /** Why a value is refused: where inside it (an item's index, a key) and what it must be. */
@@ -119,6 +124,8 @@ const duration: ConfigCheck = (v) =>
     ? undefined
     : problem("must be a duration such as \"1 second\", a Duration, or milliseconds")
 
+const boolean: ConfigCheck = (v) => typeof v === "boolean" ? undefined : problem("must be true or false")
+
 const isMulticast = /^(22[4-9]|23\d)\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/
 
 /** The check of every option, by name. */
@@ -155,7 +162,8 @@ export const configChecks = {
   maxConnectionsPerPeer: integer(1, 65535),
   idleTimeout: duration,
   channels: list(integer(0, 65535)),
-  bufferSize: integer(16, 1 << 20)
+  bufferSize: integer(16, 1 << 20),
+  tcl: boolean
 } satisfies Record<keyof ClusterConfigInput, ConfigCheck>
 
 const checkInput = record(configChecks)
@@ -184,6 +192,7 @@ export interface ClusterConfig {
   readonly maxConnections: number
   readonly maxConnectionsPerPeer: number
   readonly idleTimeout: Duration.Duration
+  readonly tcl: boolean
 }
 
 /**
@@ -224,6 +233,9 @@ export const makeConfig = (input: string | ClusterConfigInput): Result.Result<Cl
     return Result.fail(new JoinError({ reason: "InvalidConfig", field: "secret", message: "invalid configuration field \"secret\": give a secret or a keyring, not both" }))
   }
   const keyring = c.keyring ?? (c.secret === undefined ? [] : [{ id: 0, secret: c.secret }])
+  if (c.tcl === true && keyring.length > 0) {
+    return Result.fail(new JoinError({ reason: "InvalidConfig", field: "tcl", message: "invalid configuration field \"tcl\": the Tcl package cannot seal frames, so tcl excludes a secret or keyring" }))
+  }
   if (c.primary !== undefined && !keyring.some((k) => k.id === c.primary)) {
     return Result.fail(new JoinError({ reason: "InvalidConfig", field: "primary", message: "invalid configuration field \"primary\": not a key of the keyring" }))
   }
@@ -233,6 +245,7 @@ export const makeConfig = (input: string | ClusterConfigInput): Result.Result<Cl
     allow: c.allow ?? [],
     metricsPort: c.metricsPort,
     maxServices: c.maxServices ?? 10_000,
+    tcl: c.tcl ?? false,
     maxConnections: c.maxConnections ?? 1024,
     maxConnectionsPerPeer: c.maxConnectionsPerPeer ?? 64,
     idleTimeout: c.idleTimeout === undefined ? Duration.minutes(5) : Duration.fromInputUnsafe(c.idleTimeout),

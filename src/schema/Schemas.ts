@@ -151,7 +151,8 @@ export const ClusterConfigInput = Schema.Struct({
   maxConnectionsPerPeer: option(Schema.Number, configChecks.maxConnectionsPerPeer),
   idleTimeout: option(DurationInput, configChecks.idleTimeout),
   channels: option(Schema.Array(Schema.Number), configChecks.channels),
-  bufferSize: option(Schema.Number, configChecks.bufferSize)
+  bufferSize: option(Schema.Number, configChecks.bufferSize),
+  tcl: option(Schema.Boolean, configChecks.tcl)
 })
 
 // Each Schema describes exactly the plain type the library uses: a change to

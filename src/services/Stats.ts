@@ -5,11 +5,14 @@
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import type { BpacketFailure } from "../schema/Bpacket.ts"
 import type { DecodeFailure } from "../schema/Frame.ts"
 
 /** Why a received frame or message went no further. */
 export type DropReason =
   | DecodeFailure
+  | BpacketFailure // a Tcl packet (with `tcl: true`) that is not one
+  | "tcl-unsupported" // a Tcl packet of a type this member does not act on (flush props), or missing its sid or hid
   | "oversize" // a tcp length prefix above `maxFrame`
   | "own" // our own multicast, looped back
   | "non-local" // from another host while `remote` is 0

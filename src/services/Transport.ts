@@ -25,6 +25,7 @@ import {
   registerProtocolId,
   type Sender
 } from "../schema/Frame.ts"
+import { isBpacket } from "../schema/Bpacket.ts"
 import type { Advertised, ProtocolName, Service } from "../schema/Service.ts"
 import { TcpProtocol } from "./protocols/Tcp.ts"
 import { UdpProtocol } from "./protocols/Udp.ts"
@@ -97,7 +98,13 @@ export class Transport extends Context.Service<Transport, {
           if (plugin.local) localOnly.add(name)
           byName.set(name, yield* plugin.make({ config, inlet: inbound.inlet, stats, self }))
         }
-        return fromProtocols(config.protocols, byName, udp.multicast, inbound, localOnly)
+        const native = fromProtocols(config.protocols, byName, udp.multicast, inbound, localOnly)
+        if (!config.tcl) return native
+        // The Tcl package's dialect beside ours, loaded only when asked for.
+        const { makeTclDialect } = yield* Effect.promise(() => import("./dialects/Tcl.ts"))
+        const host = config.remote === 0 ? "127.0.0.1" : "0.0.0.0"
+        const dialect = yield* makeTclDialect({ config, sender: self, stats, inbound, udp, native, host })
+        return dialect.transport
       })
     )
 }
@@ -111,7 +118,17 @@ export interface InboundQueues {
   readonly takeBeacons: Effect.Effect<ReadonlyArray<Inbound>>
   readonly takeMessages: Effect.Effect<ReadonlyArray<Inbound>>
   readonly handleNow: (handler: ControlNow) => void
+  /**
+   * A frame decoded elsewhere (another dialect's packet, translated) goes on
+   * as a decoded native one would; false when a stream reader should pause.
+   */
+  readonly admit: (frame: Frame, protocol: ProtocolName, address: string, port: number) => boolean
+  /** Installs the reader of another dialect's datagrams: bytes starting `C0 8D` go to it, not to the native decoder. */
+  readonly handleForeign: (handler: ForeignNow) => void
 }
+
+/** Takes another dialect's datagram; returns as `Receive` does. */
+export type ForeignNow = (bytes: Uint8Array, protocol: ProtocolName, address: string, port: number) => boolean
 
 /**
  * The edge: count, decode once, drop (counted by reason) whatever is not a
@@ -127,7 +144,9 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
     const messages = yield* Effect.acquireRelease(Queue.unbounded<Inbound>(), Queue.shutdown)
     let paused: Array<() => void> = []
     let controlNow: ControlNow = () => false
+    let foreign: ForeignNow | undefined
     const receive: Receive = (bytes, protocol, address, cache, port = 0, once) => {
+      if (foreign !== undefined && isBpacket(bytes)) return foreign(bytes, protocol, address, port)
       stats.frameIn(protocol, bytes.byteLength)
       // Without keys, plain frames go straight to decoding (nothing to open or
       // check for replays); a sealed one is still opened, to be refused as such.
@@ -148,6 +167,9 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         stats.drop("replayed")
         return true
       }
+      return admit(frame, protocol, address, port)
+    }
+    const admit = (frame: Frame, protocol: ProtocolName, address: string, port: number): boolean => {
       // Traffic takes the synchronous path only when no message waits before
       // it: nothing overtakes what a peer sent earlier.
       if ((!isTraffic(frame) || Queue.sizeUnsafe(messages) === 0) && controlNow(frame, address, protocol)) return true
@@ -185,6 +207,10 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
       takeMessages: Effect.tap(Queue.takeAll(messages), () => resume),
       handleNow: (handler) => {
         controlNow = handler
+      },
+      admit,
+      handleForeign: (handler) => {
+        foreign = handler
       }
     }
   })

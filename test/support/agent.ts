@@ -10,11 +10,13 @@
  *      {"n": 2, "cmd": "sendTo", "target": "name", "op": "C", "data": "x"}
  *      {"n": 3, "cmd": "services"}    {"n": 4, "cmd": "stats"}    {"n": 5, "cmd": "fail"}
  *      {"n": 6, "cmd": "sendToFake", "target": "name", "op": "C", "data": "x", "tcpPort": 1}
+ *      {"n": 7, "cmd": "queryAll", "target": "name", "op": "Q", "data": "x"}
+ *      {"n": 8, "cmd": "respond", "op": "Q", "data": "answer"}
  */
 import { createInterface } from "node:readline"
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Stream } from "effect"
-import { Cluster, type ClusterConfigInput, ClusterLive } from "cluster-comm"
+import { Cluster, type ClusterConfigInput, ClusterLive, HookPoint } from "cluster-comm"
 
 const config = JSON.parse(process.argv[2] ?? "{}") as ClusterConfigInput
 const say = (value: unknown) => process.stdout.write(`${JSON.stringify(value)}\n`)
@@ -53,7 +55,18 @@ const run = (c: Command): Effect.Effect<unknown, { readonly _tag: string }, Clus
         return ds.map((d) => ({ id: d.service.id, protocol: d.protocol }))
       })
     case "services":
-      return Cluster.services.pipe(Effect.map((ss) => ss.map((s) => ({ id: s.id, name: s.name, address: s.address, local: s.local }))))
+      return Cluster.services.pipe(Effect.map((ss) => ss.map((s) => ({ id: s.id, name: s.name, address: s.address, local: s.local, tags: s.tags, protocols: s.protocols.map((p) => p.protocol) }))))
+    case "queryAll":
+      return Cluster.queryAll({ target: c.target!, op: c.op!, data: c.data!, timeout: "3 seconds" }).pipe(
+        Effect.map((r) => ({
+          responses: [...r.responses.values()].map((x) => [x.service.name, x.text]),
+          errors: [...r.errors.values()].map((x) => [x.service.name, x.message]),
+          missing: r.missing.map((s) => s.name)
+        }))
+      )
+    case "respond":
+      // Answers queries with this op: the data given, then what was asked.
+      return Cluster.hook(HookPoint.query(c.op!), (q) => Effect.succeed(`${c.data} (asked: ${q.text})`)).pipe(Effect.as("responding"))
     default:
       return Effect.fail({ _tag: "UnknownCommand" } as const)
   }

@@ -23,6 +23,8 @@ export const MAX_DATAGRAM = 65507
 
 export interface UdpProtocol extends Protocol {
   readonly multicast: (frame: Frame) => Effect.Effect<void, FrameTooLarge | ProtocolFailure>
+  /** Sends bytes already encoded (another dialect's packet) to the group. */
+  readonly multicastBytes: (bytes: Uint8Array) => Effect.Effect<void, ProtocolFailure>
 }
 
 const bind = (socket: dgram.Socket, port: number, address: string) =>
@@ -172,17 +174,19 @@ export const UdpProtocol = {
       // Errors after bind (e.g. ICMP unreachable reported on send) must not crash the member.
       direct.on("error", () => {})
 
+      const sendBytes = (bytes: Uint8Array, port: number, address: string) =>
+        Effect.callback<void, ProtocolFailure>((resume) => {
+          stats.wrote(bytes.length)
+          direct.send(bytes, port, address, (e) =>
+            resume(e ? Effect.fail(new ProtocolFailure({ protocol: "udp", message: e.message, cause: e })) : Effect.void))
+        })
       const transmit = (frame: Frame, port: number, address: string) =>
         Effect.suspend((): Effect.Effect<void, FrameTooLarge | ProtocolFailure> => {
           const bytes = inlet.encode(frame)
           if (bytes.length > MAX_DATAGRAM) {
             return Effect.fail(new FrameTooLarge({ protocol: "udp", size: bytes.length, limit: MAX_DATAGRAM }))
           }
-          stats.wrote(bytes.length)
-          return Effect.callback<void, ProtocolFailure>((resume) => {
-            direct.send(bytes, port, address, (e) =>
-              resume(e ? Effect.fail(new ProtocolFailure({ protocol: "udp", message: e.message, cause: e })) : Effect.void))
-          })
+          return sendBytes(bytes, port, address)
         })
 
       return {
@@ -190,7 +194,8 @@ export const UdpProtocol = {
         port: direct.address().port,
         maxFrame: MAX_DATAGRAM,
         send: (to: Endpoint, frame: Frame) => transmit(frame, to.port, to.address),
-        multicast: (frame: Frame) => transmit(frame, config.port, config.address)
+        multicast: (frame: Frame) => transmit(frame, config.port, config.address),
+        multicastBytes: (bytes: Uint8Array) => sendBytes(bytes, config.port, config.address)
       } satisfies UdpProtocol
     })
 }

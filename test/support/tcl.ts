@@ -1,0 +1,91 @@
+/**
+ * Members of the original Tcl package ("tcl cluster" 1.1.8), run as test
+ * peers from ../shared/tcl-cluster (outside the repository: a test peer, not
+ * part of the project) inside a test host's network namespace.
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { existsSync } from "node:fs"
+import { fileURLToPath } from "node:url"
+import { Effect } from "effect"
+import type { Host } from "./hosts.ts"
+
+const peer = fileURLToPath(new URL("../../../shared/tcl-cluster", import.meta.url))
+
+/** Why the live Tcl tests cannot run here, or undefined when they can. */
+export const tclMissing = (): string | undefined => {
+  if (!existsSync(`${peer}/member.tcl`)) return `the Tcl package is not at ${peer} (CI has it)`
+  try {
+    execFileSync("tclsh", [], { input: "package require udp; package require struct::set", stdio: ["pipe", "ignore", "ignore"] })
+  } catch {
+    return "tclsh with TclUDP and tcllib is not installed (scripts/test-tools.sh installs them)"
+  }
+  return undefined
+}
+
+export interface TclMember {
+  readonly pid: number
+  /** Every line it printed so far (the `[+ms TAG] ` prefix taken off). */
+  readonly lines: ReadonlyArray<string>
+  /** Waits (bounded) for a line matching `pattern`. */
+  readonly waitFor: (pattern: RegExp, within?: number) => Effect.Effect<string, Error>
+  /** Ends it by its PID with `signal` and waits for it to exit. */
+  readonly kill: (signal: NodeJS.Signals) => Effect.Effect<void>
+}
+
+/**
+ * Starts `member.tcl` in `host`: role `listen` (hooks log what they see,
+ * queries are answered) or `drive` (the quick example's service_three);
+ * ended by its PID when the scope closes.
+ */
+export const startTcl = (host: Host, tag: string, role: "listen" | "drive" | "quit", waitMs = 3000, lifeMs = 20_000) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const child: ChildProcess = spawn(
+        "ip",
+        ["netns", "exec", host.ns, "tclsh", `${peer}/member.tcl`, `${peer}/original`, tag, role, String(waitMs), String(lifeMs)],
+        { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, FIXED_QUERY_HOOK: "1" } }
+      )
+      const lines: Array<string> = []
+      const listeners = new Set<() => void>()
+      let buffered = ""
+      const take = (c: Buffer) => {
+        buffered += c.toString()
+        let nl: number
+        while ((nl = buffered.indexOf("\n")) >= 0) {
+          lines.push(buffered.slice(0, nl).replace(/^\[\+\s*\d+ [^\]]*\] /, ""))
+          buffered = buffered.slice(nl + 1)
+          for (const l of listeners) l()
+        }
+      }
+      child.stdout!.on("data", take)
+      child.stderr!.on("data", take)
+      const waitFor = (pattern: RegExp, within = 5000) =>
+        Effect.callback<string, Error>((resume) => {
+          const check = () => {
+            const found = lines.find((l) => pattern.test(l))
+            if (found === undefined) return false
+            listeners.delete(check)
+            clearTimeout(timer)
+            resume(Effect.succeed(found))
+            return true
+          }
+          const timer = setTimeout(() => {
+            listeners.delete(check)
+            resume(Effect.fail(new Error(`Tcl member ${tag}: no line matching ${pattern} within ${within} ms; got:\n${lines.join("\n")}`)))
+          }, within)
+          if (!check()) listeners.add(check)
+        })
+      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
+      const kill = (signal: NodeJS.Signals) =>
+        Effect.promise(() => {
+          // `ip netns exec` runs tclsh in its own process (exec): the PID is tclsh's.
+          child.kill(signal)
+          return exited
+        })
+      return { child, member: { pid: child.pid!, lines, waitFor, kill } satisfies TclMember }
+    }),
+    ({ child }) =>
+      Effect.sync(() => {
+        if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL")
+      })
+  ).pipe(Effect.map(({ member }) => member))
