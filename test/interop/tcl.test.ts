@@ -72,7 +72,7 @@ describe.skipIf(missing !== undefined)("speaking with the Tcl package (live)", (
       yield* two.waitFor((l) => l.message?.text === `puts "Hello, Foo!"`)
       const direct = yield* one.waitFor((l) => l.message?.text === `puts "Hello, Bar!"`)
       assert.strictEqual(direct.message.protocol, "tcp")
-      yield* three.waitFor(/^query response from service_one: .*one answers \(asked:  set ::var \)/, 8000)
+      yield* three.waitFor(/^query response from service_one: .*one answers \(asked: {2}set ::var \)/, 8000)
       yield* three.waitFor(/^query response from service_two: .*two answers/, 8000)
       yield* three.waitFor(/^query done/, 8000)
       // It disconnects by hand (its destructor cannot): both drop it at once.

@@ -60,7 +60,9 @@ describe("configuration", () => {
       [{ channels: [7, 70000] }, "channels.1"],
       [{ bufferSize: 8 }, "bufferSize"],
       [{ idleTimeout: -5 }, "idleTimeout"],
-      [{ port: "23000" } as never, "port"]
+      [{ port: "23000" } as never, "port"],
+      [{ tcl: "yes" } as never, "tcl"],
+      [{ tcl: true, secret: "s" }, "tcl"] // the Tcl package cannot seal: checked across fields
     ]
 
   it("names the field of every bad value", () => {
@@ -77,7 +79,8 @@ describe("configuration", () => {
     const decode = Schema.decodeUnknownResult(ClusterConfigInput)
     const formatter = SchemaIssue.makeFormatterStandardSchemaV1()
     for (const [input, field] of badCases) {
-      if (field === "ttl") continue // ttl against heartbeat is checked by makeConfig alone, across fields
+      // ttl against heartbeat, and tcl against keys, are checked by makeConfig alone, across fields
+      if (field === "ttl" || (field === "tcl" && typeof (input as { tcl?: unknown }).tcl === "boolean")) continue
       const r = decode(input, { onExcessProperty: "error" })
       assert.isTrue(Result.isFailure(r), `the Schema accepted ${JSON.stringify(input)}`)
       if (Result.isFailure(r)) assert.strictEqual(formatter(r.failure.issue).issues[0]?.path?.map(String).join("."), field)
@@ -86,7 +89,7 @@ describe("configuration", () => {
       {},
       { name: "service_one", port: 23001, heartbeat: "2 seconds", ttl: 9000, protocols: ["unix", "tcp"], tags: ["a", "b"] },
       { remote: 1, interface: "eth0", allow: ["10.1.0.0/16", "fd00::/8", "10.2.3.4/16"], keyring: [{ id: 0, secret: "x" }], primary: 0, channels: [9] },
-      { idleTimeout: Duration.minutes(1), maxFrame: 1024, bufferSize: 16, hostId: "0123456789ab" }
+      { idleTimeout: Duration.minutes(1), maxFrame: 1024, bufferSize: 16, hostId: "0123456789ab", tcl: true }
     ]
     for (const input of good) {
       assert.isTrue(Result.isSuccess(decode(input, { onExcessProperty: "error" })), JSON.stringify(input))

@@ -5,7 +5,9 @@ import { runInNewContext } from "node:vm"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Stream } from "effect"
 import fc from "fast-check"
-import { encodeFrame, type Frame, type StatsSnapshot } from "cluster-comm"
+import { readFileSync } from "node:fs"
+import dgram from "node:dgram"
+import { type Bpacket, decodeBpacket, encodeFrame, type Frame, type StatsSnapshot } from "cluster-comm"
 import { eventually, member, rawMulticast, testCluster } from "../helpers.ts"
 
 const where = { ...testCluster(12), heartbeat: "200 millis", ttl: "3 seconds" } as const
@@ -130,5 +132,92 @@ describe("hostile input (bounded fuzzing)", () => {
       const grown = heapAfterGc() - before
       console.log(`fuzz: ${stats.framesIn - inBefore} frames in, ${decodeDrops(stats)} decode drops, heap grew ${(grown / 1e6).toFixed(1)} MB`)
       assert.isBelow(grown, 20e6)
+    }), 60_000)
+
+  it.live("a member speaking the Tcl dialect: 100,000 malformed Tcl packets and hostile Tcl streams, every drop counted, service goes on", () =>
+    Effect.gen(function*() {
+      const at = { ...testCluster(21), heartbeat: "200 millis", ttl: "3 seconds" } as const
+      // Its Tcl listener's port, from the heartbeat it multicasts in the Tcl dialect.
+      const listening = yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          const s = dgram.createSocket({ type: "udp4", reuseAddr: true, reusePort: true })
+          const heard: Array<Bpacket> = []
+          s.on("message", (m) => {
+            const p = decodeBpacket(m)
+            if (typeof p !== "string") heard.push(p)
+          })
+          s.bind(at.port, at.address, () => s.addMembership(at.address, "127.0.0.1"))
+          return { s, heard }
+        }),
+        ({ s }) => Effect.sync(() => s.close())
+      )
+      const victim = yield* member({ name: "tcl-victim", ...at, tcl: true, maxFrame: 64 * 1024 })
+      const friend = yield* member({ name: "tcl-friend", ...at })
+      yield* eventually(friend.resolve("tcl-victim"), (s) => s.length === 1)
+      const props = yield* eventually(
+        Effect.sync(() => listening.heard.find((p) => p.tags?.[0] === "tcl-victim" && p.data !== undefined)),
+        (p) => p !== undefined
+      )
+      const tclPort = Number(/port (\d+)/.exec(new TextDecoder().decode(props!.data))![1])
+      const delivered = yield* victim.messages.pipe(
+        Stream.filter((m) => m.from.name === "tcl-friend"),
+        Stream.take(2),
+        Stream.runCollect,
+        Effect.forkChild
+      )
+      yield* Effect.sleep("20 millis")
+
+      const vectors = readFileSync(new URL("../fixtures/bpacket-v2.jsonl", import.meta.url), "utf8").trim().split("\n")
+        .map((l) => Buffer.from(JSON.parse(l).hex, "hex"))
+      const mutated = fc.sample(
+        fc.tuple(fc.constantFrom(...vectors), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }), fc.nat())
+          .map(([v, edits, cut]) => {
+            const b = Buffer.from(v)
+            for (const [i, x] of edits) b[2 + (i % (b.length - 2))] = x // keep the magic: these reach the Tcl decoder
+            return cut % 3 === 0 ? b.subarray(0, cut % b.length) : b
+          }),
+        { numRuns: 50_000, seed: 45 }
+      )
+      const random = fc.sample(fc.uint8Array({ maxLength: 300 }).map((u) => Buffer.concat([Buffer.from([0xc0, 0x8d]), u])), { numRuns: 50_000, seed: 46 })
+      const datagrams = [...mutated, ...random]
+      const before = heapAfterGc()
+      const inBefore = (yield* victim.stats).framesIn
+      const socket = yield* rawMulticast
+      for (let i = 0; i < datagrams.length; i++) {
+        socket.send(datagrams[i]!, at.port, at.address)
+        // Paced more than native frames: valid mutations become Tcl members to register.
+        if (i % 20 === 19) yield* Effect.sleep("1 millis")
+        if (i === 50_000) yield* friend.sendTo("tcl-victim", "C", "during")
+      }
+      // Hostile streams to its Tcl listener: a length far past maxFrame, bytes that are no packet, a slow drip.
+      const stream = (chunks: ReadonlyArray<Buffer>, pauseMs: number) =>
+        Effect.callback<void>((resume) => {
+          const s = net.connect({ host: "127.0.0.1", port: tclPort })
+          s.on("error", () => {})
+          s.on("close", () => resume(Effect.void))
+          let i = 0
+          const next = () => {
+            if (i < chunks.length && !s.destroyed) {
+              s.write(chunks[i++]!)
+              setTimeout(next, pauseMs)
+            } else s.destroy()
+          }
+          s.on("connect", next)
+        })
+      yield* stream([Buffer.from([0xc0, 0x8d, 0xff, 0xff, 0xff, 0x0f])], 1)
+      yield* stream(Array.from({ length: 50 }, (_, i) => Buffer.alloc(1024, i)), 0)
+      yield* stream(Array.from(Buffer.concat(datagrams.slice(0, 20)).subarray(0, 300), (b) => Buffer.from([b])), 1)
+
+      const stats = yield* eventually(victim.stats, (s) => s.framesIn - inBefore >= 99_000, "20 seconds")
+      yield* friend.sendTo("tcl-victim", "C", "after")
+      const got = yield* Fiber.join(delivered).pipe(Effect.timeout("5 seconds"))
+      assert.deepStrictEqual(got.map((m) => m.text), ["during", "after"])
+      const bpacketDrops = ["bpacket-truncated", "bpacket-unknown-field", "bpacket-oversize", "bpacket-invalid", "tcl-unsupported"]
+        .reduce((sum, r) => sum + (stats.drops[r as keyof typeof stats.drops] ?? 0), 0)
+      assert.isAtLeast(bpacketDrops, 50_000)
+      assert.isAtLeast(stats.drops["bpacket-oversize"] ?? 0, 1)
+      const grown = heapAfterGc() - before
+      console.log(`tcl fuzz: ${stats.framesIn - inBefore} packets in, ${bpacketDrops} dropped as not Tcl packets, heap grew ${(grown / 1e6).toFixed(1)} MB`)
+      assert.isBelow(grown, 30e6)
     }), 60_000)
 })

@@ -15,7 +15,8 @@ const peer = fileURLToPath(new URL("../../../shared/tcl-cluster", import.meta.ur
 export const tclMissing = (): string | undefined => {
   if (!existsSync(`${peer}/member.tcl`)) return `the Tcl package is not at ${peer} (CI has it)`
   try {
-    execFileSync("tclsh", [], { input: "package require udp; package require struct::set", stdio: ["pipe", "ignore", "ignore"] })
+    // tclsh exits 0 after an error in a script it reads from stdin: say so with exit 1.
+    execFileSync("tclsh", [], { input: "if {[catch {package require udp; package require struct::set}]} {exit 1}\n", stdio: ["pipe", "ignore", "ignore"] })
   } catch {
     return "tclsh with TclUDP and tcllib is not installed (scripts/test-tools.sh installs them)"
   }
