@@ -55,6 +55,22 @@ const junk = (count: number): Array<Buffer> => {
   return [...mutated, ...random, ...truncated, ...prefixed]
 }
 
+/** A tcp stream to a member's port: the chunks written `pauseMs` apart, then closed (or closed by the member). */
+const hostileStream = (port: number, chunks: ReadonlyArray<Buffer>, pauseMs: number) =>
+  Effect.callback<void>((resume) => {
+    const s = net.connect({ host: "127.0.0.1", port })
+    s.on("error", () => {})
+    s.on("close", () => resume(Effect.void))
+    let i = 0
+    const next = () => {
+      if (i < chunks.length && !s.destroyed) {
+        s.write(chunks[i++]!)
+        setTimeout(next, pauseMs)
+      } else s.destroy()
+    }
+    s.on("connect", next)
+  })
+
 const decodeDrops = (s: StatsSnapshot) =>
   ["truncated", "bad-magic", "unknown-version", "unknown-kind", "invalid-field", "trailing-bytes"]
     .reduce((sum, r) => sum + (s.drops[r as keyof typeof s.drops] ?? 0), 0)
@@ -90,22 +106,7 @@ describe("hostile input (bounded fuzzing)", () => {
       }
 
       // Hostile streams: oversize prefix, endless bytes with no frame boundary, slow drip of junk.
-      const stream = (chunks: ReadonlyArray<Buffer>, pauseMs: number) =>
-        Effect.callback<void>((resume) => {
-          const s = net.connect({ host: "127.0.0.1", port: tcpPort })
-          s.on("error", () => {})
-          let i = 0
-          const next = () => {
-            if (i < chunks.length && !s.destroyed) {
-              s.write(chunks[i++]!)
-              setTimeout(next, pauseMs)
-            } else {
-              s.destroy()
-              resume(Effect.void)
-            }
-          }
-          s.on("connect", next)
-        })
+      const stream = (chunks: ReadonlyArray<Buffer>, pauseMs: number) => hostileStream(tcpPort, chunks, pauseMs)
       const huge = Buffer.alloc(8)
       huge.writeUInt32BE(0xffffffff, 0)
       yield* stream([huge], 1)
@@ -190,20 +191,7 @@ describe("hostile input (bounded fuzzing)", () => {
         if (i === 50_000) yield* friend.sendTo("tcl-victim", "C", "during")
       }
       // Hostile streams to its Tcl listener: a length far past maxFrame, bytes that are no packet, a slow drip.
-      const stream = (chunks: ReadonlyArray<Buffer>, pauseMs: number) =>
-        Effect.callback<void>((resume) => {
-          const s = net.connect({ host: "127.0.0.1", port: tclPort })
-          s.on("error", () => {})
-          s.on("close", () => resume(Effect.void))
-          let i = 0
-          const next = () => {
-            if (i < chunks.length && !s.destroyed) {
-              s.write(chunks[i++]!)
-              setTimeout(next, pauseMs)
-            } else s.destroy()
-          }
-          s.on("connect", next)
-        })
+      const stream = (chunks: ReadonlyArray<Buffer>, pauseMs: number) => hostileStream(tclPort, chunks, pauseMs)
       yield* stream([Buffer.from([0xc0, 0x8d, 0xff, 0xff, 0xff, 0x0f])], 1)
       yield* stream(Array.from({ length: 50 }, (_, i) => Buffer.alloc(1024, i)), 0)
       yield* stream(Array.from(Buffer.concat(datagrams.slice(0, 20)).subarray(0, 300), (b) => Buffer.from([b])), 1)
