@@ -57,6 +57,19 @@ await esbuild.build({
   outdir: "dist/bench",
   outExtension: { ".js": ".mjs" }
 })
+// The Promise API, one file with its own copy of the Effect modules it uses:
+// a plain Node.js program installs nothing else and loads one module.
+await esbuild.build({
+  ...node,
+  entryPoints: { promise: "src/promise.ts" },
+  minify: true,
+  // Maps into the shipped src/ (and Effect's own files), without a copy of every source inside.
+  sourcemap: true,
+  sourcesContent: false,
+  external: loadedOnDemand,
+  outdir: "dist",
+  outExtension: { ".js": ".mjs" }
+})
 await esbuild.build({
   ...node,
   entryPoints: ["src/cli/main.ts"],

@@ -52,13 +52,18 @@ describe("the built package", () => {
     writeFileSync(join(project, "package.json"), JSON.stringify({ name: "empty", private: true, type: "module" }))
     const install = run("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", join(scratch, tarball)], { cwd: project, timeout: 300_000 })
     assert.strictEqual(install.status, 0, install.stderr)
-    for (const f of ["member.ts", "run.ts"]) copyFileSync(`${root}examples/quick/${f}`, join(project, f))
+    for (const f of ["member.ts", "member.mjs", "run.ts"]) copyFileSync(`${root}examples/quick/${f}`, join(project, f))
     // As a user would run it: no development condition, the package's built code.
     const env = { ...process.env, NODE_OPTIONS: "", CLUSTER_COMM_PORT: String(testCluster(16).port) }
     const quick = run(process.execPath, ["run.ts"], { cwd: project, env, timeout: 60_000 })
     assert.strictEqual(quick.status, 0, quick.stdout + quick.stderr)
     assert.include(quick.stdout, "service_three sees service_one, service_two")
     assert.include(quick.stdout, `service_one received "Hello, Bar!" from service_three by tcp`)
+    // The same example on the Promise API: the bundled dist/promise.mjs, nothing else installed.
+    const promised = run(process.execPath, ["run.ts", "--promise"], { cwd: project, env, timeout: 60_000 })
+    assert.strictEqual(promised.status, 0, promised.stdout + promised.stderr)
+    assert.include(promised.stdout, "service_three sees service_one, service_two")
+    assert.include(promised.stdout, `service_one received "Hello, Bar!" from service_three by tcp`)
     // The Schemas' entry, built: it decodes with the main entry's codec.
     const leave = { _tag: "Leave", sender: { hostId: "0123456789ab", instance: "0123456789abcdef", name: "pkg" } }
     const schema = run(process.execPath, [
@@ -95,14 +100,23 @@ describe("the built package", () => {
     const project = join(scratch, "project")
     const program = readFileSync(`${root}test/consumer/program.ts`, "utf8")
     writeFileSync(join(project, "program.ts"), program)
+    const promise = readFileSync(`${root}test/consumer/promise.ts`, "utf8")
+    writeFileSync(join(project, "promise.ts"), promise)
+    const wrongPromise = promise.replace("member.sendTo(", "member.sendto(")
+    assert.notStrictEqual(wrongPromise, promise)
+    writeFileSync(join(project, "wrong-promise.ts"), wrongPromise)
     // A misspelled accessor and an error tag that does not exist.
     const wrong = program.replace("Cluster.sendTo(", "Cluster.sendto(").replace(`catchTag("JoinError"`, `catchTag("JoinFailed"`)
     assert.notStrictEqual(wrong, program)
     writeFileSync(join(project, "wrong.ts"), wrong)
     const tagLine = wrong.split("\n").findIndex((l) => l.includes(`catchTag("JoinFailed"`)) + 1
     for (const config of Object.keys(configs) as Array<keyof typeof configs>) {
-      const good = typecheck(project, config, "program.ts")
-      assert.strictEqual(good.status, 0, `${config}: ${good.stdout}${good.stderr}`)
+      for (const file of ["program.ts", "promise.ts"]) {
+        const good = typecheck(project, config, file)
+        assert.strictEqual(good.status, 0, `${config}, ${file}: ${good.stdout}${good.stderr}`)
+      }
+      const badPromise = typecheck(project, config, "wrong-promise.ts")
+      assert.match(badPromise.stdout, /wrong-promise\.ts\(\d+,\d+\): error TS2551: Property 'sendto' does not exist .* Did you mean 'sendTo'\?/)
       const bad = typecheck(project, config, "wrong.ts")
       assert.notStrictEqual(bad.status, 0, `${config}: the wrong program type-checked`)
       assert.match(bad.stdout, /wrong\.ts\(\d+,\d+\): error TS2551: Property 'sendto' does not exist .* Did you mean 'sendTo'\?/)

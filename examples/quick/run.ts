@@ -1,11 +1,12 @@
 /**
  * `npm run demo`: starts service_one and service_two, then service_three,
  * which finds them, broadcasts and sends; prints what each process says.
+ * `--promise` runs the same members on the Promise API (member.mjs).
  */
 import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 
-const member = fileURLToPath(new URL("./member.ts", import.meta.url))
+const member = fileURLToPath(new URL(process.argv.includes("--promise") ? "./member.mjs" : "./member.ts", import.meta.url))
 
 const start = (name: string) => {
   const child = spawn(process.execPath, [...process.execArgv, member, name], { stdio: ["ignore", "pipe", "inherit"] })

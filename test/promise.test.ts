@@ -1,0 +1,183 @@
+import { spawn } from "node:child_process"
+import dgram from "node:dgram"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import { HookPoint as EffectHookPoint } from "cluster-comm"
+import {
+  ChannelError,
+  HookPoint,
+  HookRejected,
+  InvalidMessage,
+  InvalidQuery,
+  JoinError,
+  join,
+  KeyringError,
+  type Message,
+  SendFailed,
+  type Service,
+  ServiceNotFound,
+  TagError
+} from "cluster-comm/promise"
+import { collect, eventually, member, testCluster } from "./helpers.ts"
+
+const where = { ...testCluster(22), heartbeat: "200 millis", ttl: "2 seconds" } as const
+const until = async (done: () => boolean, within = 5000) => {
+  for (const started = Date.now(); !done(); await new Promise((r) => setTimeout(r, 5))) {
+    if (Date.now() - started > within) throw new Error("not reached in time")
+  }
+}
+/** A Promise member for the rest of the test (it leaves at the end). */
+const joined = (name: string, extra: object = {}) =>
+  Effect.acquireRelease(Effect.promise(() => join({ name, ...where, ...extra }, { leaveOnSignals: false })), (m) => Effect.promise(() => m.leave()))
+/** What a rejected Promise rejected with. */
+const rejection = (p: Promise<unknown>) => Effect.promise(() => p.then(() => undefined, (e: unknown) => e))
+
+describe("the Promise API (cluster-comm/promise)", () => {
+  it.live("a Promise member and an Effect member in one cluster: discovery, events, messages, queries, both ways", () =>
+    Effect.gen(function*() {
+      const plain = yield* joined("plain")
+      const found: Array<string> = []
+      plain.on("found", (s) => found.push(s.name))
+      const effectful = yield* member({ name: "effectful", ...where })
+      yield* effectful.hook(EffectHookPoint.query("Q"), (q) => Effect.succeed(`effect answers ${q.text}`))
+      yield* Effect.promise(() => until(() => plain.resolve("effectful").length === 1))
+      yield* eventually(effectful.resolve("plain"), (s) => s.length === 1)
+      assert.deepStrictEqual(found, ["effectful"])
+      assert.deepStrictEqual(plain.ips(), ["127.0.0.1"])
+      assert.strictEqual(plain.self.name, "plain")
+
+      // Promise -> Effect: a message, a query.
+      const atEffect = yield* collect(effectful, 1)
+      const [delivery] = yield* Effect.promise(() => plain.sendTo("effectful", "C", "from a Promise"))
+      assert.strictEqual(delivery?.protocol, "tcp")
+      assert.strictEqual((yield* Fiber.join(atEffect))[0]?.text, "from a Promise")
+      const asked = yield* Effect.promise(() => plain.queryAll({ target: "effectful", op: "Q", data: "?" }))
+      assert.deepStrictEqual([...asked.responses.values()].map((r) => r.text), ["effect answers ?"])
+      const streamed = yield* Effect.promise(async () => {
+        const tags: Array<string> = []
+        for await (const e of plain.query({ target: "effectful", op: "Q", data: "!" })) tags.push(e._tag)
+        return tags
+      })
+      assert.deepStrictEqual(streamed, ["QueryResponse", "QueryDone"])
+
+      // Effect -> Promise: messages by the emitter and by an async iterator, a query answered by a plain hook.
+      const heard: Array<Message> = []
+      plain.on("message", (m) => heard.push(m))
+      const iterated = (async () => {
+        for await (const m of plain.messages()) return m.text
+      })()
+      yield* Effect.sleep("20 millis")
+      const off = plain.hook(HookPoint.query("P"), async (q) => `promise answers ${q.text}`)
+      yield* effectful.sendTo("plain", "C", "from Effect")
+      yield* Effect.promise(() => until(() => heard.length === 1))
+      assert.strictEqual(heard[0]?.from.name, "effectful")
+      assert.strictEqual(yield* Effect.promise(() => iterated), "from Effect")
+      const answered = yield* effectful.queryAll({ target: "plain", op: "P", data: "?" })
+      assert.deepStrictEqual([...answered.responses.values()].map((r) => r.text), ["promise answers ?"])
+      off()
+      off() // twice is harmless
+      const unanswered = yield* effectful.queryAll({ target: "plain", op: "P", data: "?" })
+      assert.deepStrictEqual([...unanswered.errors.values()].map((e) => e.message), ["no responder for op P"])
+
+      // Leaving: the Effect member sees it at once; leave() twice is harmless.
+      const lost: Array<string> = []
+      const events = (async () => {
+        for await (const e of plain.events()) if (e._tag === "ServiceFound") return e.service.name
+      })()
+      assert.strictEqual(yield* Effect.promise(() => events), "effectful")
+      plain.on("lost", (s, why) => lost.push(`${s.name} ${why}`))
+      yield* Effect.promise(() => plain.leave())
+      yield* Effect.promise(() => plain.leave())
+      yield* eventually(effectful.services, (s) => s.length === 0)
+    }))
+
+  it.live("every error path rejects with an Error carrying the Effect API's _tag and fields", () =>
+    Effect.gen(function*() {
+      const a = yield* joined("errors-a")
+      yield* joined("errors-b")
+      yield* Effect.promise(() => until(() => a.resolve("errors-b").length === 1))
+
+      const bad = yield* rejection(join({ name: "bad", port: 0 }, { leaveOnSignals: false }))
+      assert.instanceOf(bad, JoinError)
+      assert.instanceOf(bad, Error)
+      assert.deepStrictEqual([(bad as JoinError)._tag, (bad as JoinError).reason, (bad as JoinError).field], ["JoinError", "InvalidConfig", "port"])
+
+      // A port held by a program that does not share it.
+      const holder = dgram.createSocket("udp4")
+      yield* Effect.callback<void>((resume) => void holder.bind(where.port + 40, "0.0.0.0", () => resume(Effect.void)))
+      const taken = yield* rejection(join({ name: "taken", port: where.port + 40 }, { leaveOnSignals: false }))
+      holder.close()
+      assert.deepStrictEqual([(taken as JoinError)._tag, (taken as JoinError).reason], ["JoinError", "AddressInUse"])
+
+      const missing = yield* rejection(a.sendTo("nobody", "C", "x"))
+      assert.instanceOf(missing, ServiceNotFound)
+      assert.deepStrictEqual((missing as ServiceNotFound).terms, ["nobody"])
+
+      // Every protocol failing: a member that speaks tcp alone, to a service whose tcp port nobody listens on.
+      const tcpOnly = yield* joined("errors-tcp-only", { protocols: ["tcp"] })
+      const [b] = a.resolve("errors-b")
+      const ghost: Service = { ...b!, instance: "00000000000000ff", protocols: [{ protocol: "tcp", port: 1 }] }
+      const failed = yield* rejection(tcpOnly.sendTo(ghost, "C", "x"))
+      assert.instanceOf(failed, SendFailed)
+      assert.deepStrictEqual((failed as SendFailed).attempts.map((t) => t.protocol), ["tcp"])
+      assert.strictEqual((failed as SendFailed).attempts[0]?.cause._tag, "ProtocolFailure")
+
+      const tooLong = yield* rejection(a.broadcast("x".repeat(40), "x"))
+      assert.instanceOf(tooLong, InvalidMessage)
+      const query = yield* rejection(a.resolver({ has: [] }))
+      assert.instanceOf(query, InvalidQuery)
+      const tags = yield* rejection(a.updateTags(""))
+      assert.instanceOf(tags, TagError)
+      const channel = yield* rejection(a.channels.leave(1))
+      assert.deepStrictEqual([(channel as ChannelError)._tag, (channel as ChannelError).channel], ["ChannelError", 1])
+      const key = yield* rejection(a.keyring.use(9))
+      assert.instanceOf(key, KeyringError)
+
+      // A hook that throws cancels the frame: the send rejects with HookRejected naming the point and the reason.
+      const off = a.hook(HookPoint.op("C", "send"), () => {
+        throw new Error("not today")
+      })
+      const rejected = yield* rejection(a.sendTo("errors-b", "C", "x"))
+      assert.instanceOf(rejected, HookRejected)
+      assert.deepStrictEqual([(rejected as HookRejected).point, (rejected as HookRejected).reason], ["op C send", "not today"])
+      off()
+      // One that throws a HookRejected keeps it.
+      a.hook(HookPoint.op("C", "send"), () => {
+        throw new HookRejected({ point: "mine", reason: "mine to refuse" })
+      })
+      const own = yield* rejection(a.broadcast("C", "x"))
+      assert.strictEqual((own as HookRejected).reason, "mine to refuse")
+    }))
+
+  it.live("a member leaves on SIGTERM and SIGINT (the others drop it at once), and stays silent when it opts out", () =>
+    Effect.gen(function*() {
+      const watcher = yield* joined("signal-watcher")
+      const lost: Array<string> = []
+      watcher.on("lost", (s, why) => lost.push(`${s.name} ${why}`))
+      const program = (name: string, opt: boolean) =>
+        `import { join } from "cluster-comm/promise"
+         await join(${JSON.stringify({ name, ...where })}, { leaveOnSignals: ${opt} })
+         console.log("joined")`
+      const run = (name: string, signal: NodeJS.Signals, opt = true) =>
+        Effect.promise(() =>
+          new Promise<number | null>((resolve) => {
+            const child = spawn(process.execPath, ["--input-type=module", "-e", program(name, opt)], { stdio: ["ignore", "pipe", "inherit"] })
+            child.stdout.on("data", () => {
+              void until(() => watcher.resolve(name).length === 1).then(() => child.kill(signal)) // our own child, by its PID
+            })
+            const guard = setTimeout(() => child.kill("SIGKILL"), 15_000)
+            child.on("exit", (code, sig) => {
+              clearTimeout(guard)
+              resolve(code ?? (sig === signal ? -1 : null))
+            })
+          })
+        )
+      assert.strictEqual(yield* run("by-sigterm", "SIGTERM"), -1) // then the signal does what it would have done
+      yield* Effect.promise(() => until(() => lost.includes("by-sigterm left"), 1000))
+      yield* run("by-sigint", "SIGINT")
+      yield* Effect.promise(() => until(() => lost.includes("by-sigint left"), 1000))
+      yield* run("opted-out", "SIGTERM", false)
+      yield* Effect.promise(() => until(() => lost.some((l) => l.startsWith("opted-out")), 5000))
+      assert.include(lost, "opted-out expired")
+    }), 30_000)
+})
