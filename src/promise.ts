@@ -20,7 +20,7 @@
 import { EventEmitter } from "node:events"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Layer from "effect/Layer"
+import type * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -36,7 +36,7 @@ import type { HookPoint } from "./services/Hooks.ts"
 import type { KeySpec } from "./services/Keyring.ts"
 import type { StatsSnapshot } from "./services/Stats.ts"
 
-export { type ClusterConfigInput } from "./schema/Config.ts"
+export type { ClusterConfigInput } from "./schema/Config.ts"
 export {
   ChannelError,
   FrameTooLarge,

@@ -4,7 +4,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { HookPoint as EffectHookPoint } from "cluster-comm"
 import {
-  ChannelError,
+  type ChannelError,
   HookPoint,
   HookRejected,
   InvalidMessage,

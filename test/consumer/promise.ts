@@ -2,10 +2,10 @@
  * A plain TypeScript consumer of `cluster-comm/promise`, type-checked by
  * test/package.test.ts against the packed package (never run there).
  */
-import { HookPoint, join, JoinError, type Message, SendFailed } from "cluster-comm/promise"
+import { HookPoint, join, JoinError, type Member, type Message, SendFailed } from "cluster-comm/promise"
 
 export const main = async (): Promise<string> => {
-  let member
+  let member: Member
   try {
     member = await join({ name: "service_three", remote: 0 })
   } catch (e) {
