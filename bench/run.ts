@@ -10,9 +10,10 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { chartSvg } from "./chart.ts"
+import { canRunInstalled, installedStartup } from "./installed.ts"
 
 const quick = process.argv.includes("--quick")
-/** `--only discovery|idle|throughput|rtt|scale` runs one section (for profiling). */
+/** `--only discovery|installed|idle|throughput|rtt|scale` runs one section (for profiling). */
 const only = process.argv.includes("--only") ? process.argv[process.argv.indexOf("--only") + 1] : undefined
 const runs = (section: string) => only === undefined || only === section
 const here = (f: string) => fileURLToPath(new URL(f, import.meta.url))
@@ -353,6 +354,45 @@ try {
         `bare node ${fmt(bareCpu, 0)} ms`,
         `library ${fmt(library, 0)} ms, ${fmt(library / bareCpu, 2)}x a bare start (target <= ${fmt(TARGET.libraryCpu, 2)}x: 60 ms over the issue's 50 ms)`
       ])
+    }
+  }
+
+  // Both entries as a user installs them, next to bare node and node-discover (bench/installed.ts).
+  if (runs("installed") && !quick) {
+    if (!canRunInstalled()) console.log("installed: skipped (needs root for a network namespace)")
+    else {
+      const r = await installedStartup(here(".."), RUNS, true)
+      results.installed = r
+      const l = r.loadCpuMs
+      rows.push([
+        "installed: load the Effect entry",
+        `${fmt(l.effectEntry, 1)} ms of CPU; the library's own on top of the Effect modules it uses: ${fmt(l.effectEntryOwn, 1)} ms`,
+        `bare node ${fmt(l.bareNode, 1)} ms; those Effect modules alone ${fmt(l.effectModulesAlone, 1)} ms`,
+        `target: own <= 15 ms`
+      ])
+      rows.push([
+        "installed: load the Promise entry (one bundled file)",
+        `${fmt(l.promiseEntry, 1)} ms of CPU`,
+        `bare node ${fmt(l.bareNode, 1)} ms`,
+        `${fmt(l.promiseEntry / l.bareNode, 2)}x a bare start`
+      ])
+      const t = r.twoAtOnce
+      for (const [label, x] of [["Promise entry", t.promise], ["Effect entry", t.effect]] as const) {
+        rows.push([
+          `installed: 2 processes at once, ${label}`,
+          `both know each other ${fmt(x.allKnownMs, 0)} ms after the first spawn; ${fmt(x.cpuMs, 0)} ms of CPU a process`,
+          `node-discover: ${fmt(t.nodeDiscover.allKnownMs, 0)} ms; ${fmt(t.nodeDiscover.cpuMs, 0)} ms of CPU a process`,
+          `CPU ${fmt(x.cpuMs / t.nodeDiscover.cpuMs, 2)}x node-discover's (target <= 1.2x)${label === "Promise entry" ? "; target <= 100 ms" : ""}`
+        ])
+      }
+      if (r.thirtyAtOnce !== undefined) {
+        rows.push([
+          "installed: 30 processes at once, Promise entry",
+          `all know all ${fmt(r.thirtyAtOnce.promiseMs, 0)} ms after the first spawn`,
+          `node-discover ${fmt(r.thirtyAtOnce.nodeDiscoverMs, 0)} ms; 30 bare node ${fmt(r.thirtyAtOnce.bareMs, 0)} ms`,
+          `${fmt(r.thirtyAtOnce.promiseMs / r.thirtyAtOnce.nodeDiscoverMs, 2)}x node-discover's`
+        ])
+      }
     }
   }
 

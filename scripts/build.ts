@@ -70,6 +70,12 @@ await esbuild.build({
   outdir: "dist",
   outExtension: { ".js": ".mjs" }
 })
+{
+  // Our own bundle, Effect's modules included: all of it marked for eager compiling.
+  const { code, functions } = eager(readFileSync("dist/promise.mjs", "utf8"))
+  writeFileSync("dist/promise.mjs", code)
+  console.log(`  dist/promise.mjs: ${functions} functions marked for eager compiling`)
+}
 await esbuild.build({
   ...node,
   entryPoints: ["src/cli/main.ts"],

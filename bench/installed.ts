@@ -1,0 +1,207 @@
+/**
+ * `--only installed`: both entries as a user installs them (from the packed
+ * tarball, in an empty project), next to bare node processes and node-discover
+ * (the peer with the lightest start), all in the same run:
+ *
+ * - load: a process's CPU to import the Effect entry, the Effect modules it
+ *   uses alone, and the Promise entry (one bundled file);
+ * - a member: 2 processes started at once, each until it knows the other: the
+ *   time from the first spawn, and each process's CPU up to then;
+ * - 30 processes started at once (full runs): until all know all.
+ *
+ * Every process runs in a network namespace of the bench's own (loopback
+ * only; node-discover sends with a multicast TTL of at least 1), so nothing
+ * leaves the machine; without root this section is skipped.
+ */
+import { execFileSync, spawn } from "node:child_process"
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+
+type Report = Record<string, any>
+
+const PORT = 23000
+const GROUP = "239.7.7.7"
+
+/** The scripts a process runs, each printing one JSON line when it is done (then waiting to be ended). */
+const scripts: Record<string, string> = {
+  "bare.mjs": `console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
+  "load-effect-modules.mjs": `
+    for (const m of ${JSON.stringify(["Array", "Cause", "Clock", "Context", "Data", "Deferred", "Duration", "Effect", "Fiber", "FiberSet", "Layer", "Metric", "Option", "PubSub", "Queue", "Random", "Result", "Schedule", "Scope", "Stream", "Tracer", "net/IpNetwork", "net/NetAddress"])}) await import("effect/" + m)
+    console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
+  "load-effect-entry.mjs": `await import("cluster-comm"); console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
+  "load-promise-entry.mjs": `await import("cluster-comm/promise"); console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
+  "promise-member.mjs": `
+    const [name, expect] = process.argv.slice(2)
+    const { join } = await import("cluster-comm/promise")
+    const member = await join({ name, port: ${PORT}, address: "${GROUP}", heartbeat: "1 second", ttl: "5 seconds" })
+    const done = () => console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
+    if (member.services().length >= Number(expect)) done()
+    else member.on("found", () => { if (member.services().length === Number(expect)) done() })`,
+  "effect-member.mjs": `
+    const [name, expect] = process.argv.slice(2)
+    const Effect = await import("effect/Effect")
+    const Stream = await import("effect/Stream")
+    const { Cluster, ClusterLive } = await import("cluster-comm")
+    const known = new Set()
+    Effect.runFork(Cluster.events.pipe(
+      Stream.filter((e) => e._tag === "ServiceFound"),
+      Stream.takeWhile((e) => known.add(e.service.id).size < Number(expect)),
+      Stream.runDrain,
+      Effect.andThen(Effect.sync(() => console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() })))),
+      Effect.andThen(Effect.never),
+      Effect.provide(ClusterLive({ name, port: ${PORT}, address: "${GROUP}", heartbeat: "1 second", ttl: "5 seconds" }))
+    ))
+    process.on("SIGTERM", () => process.exit(0))`,
+  "discover-member.cjs": `
+    const [, expect] = process.argv.slice(2)
+    const Discover = require("node-discover")
+    const d = Discover({ port: ${PORT}, multicast: "${GROUP}", multicastTTL: 1 })
+    let known = 0
+    d.on("added", () => {
+      if (++known === Number(expect)) console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
+    })
+    process.on("SIGTERM", () => process.exit(0))`
+}
+
+const median = (xs: ReadonlyArray<number>) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+}
+const cpuMs = (r: Report) => (r.cpu.user + r.cpu.system) / 1000
+
+export const canRunInstalled = (): boolean => {
+  if (process.getuid?.() !== 0) return false
+  try {
+    execFileSync("ip", ["netns", "list"], { stdio: "ignore" })
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Packs the repository, installs it and node-discover in an empty project; returns its folder and how to remove it all. */
+const install = (root: string) => {
+  const scratch = mkdtempSync(join(tmpdir(), "cluster-comm-installed-"))
+  execFileSync("npm", ["pack", "--ignore-scripts", "--pack-destination", scratch], { cwd: root, stdio: "ignore" })
+  const tarball = readdirSync(scratch).find((f) => f.endsWith(".tgz"))!
+  const project = join(scratch, "project")
+  mkdirSync(project)
+  writeFileSync(join(project, "package.json"), JSON.stringify({ name: "bench-installed", private: true, type: "module" }))
+  execFileSync("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", join(scratch, tarball), "node-discover@1.2.1"], { cwd: project, stdio: "ignore" })
+  for (const [file, text] of Object.entries(scripts)) writeFileSync(join(project, file), text)
+  // A namespace with loopback alone, multicast routed through it.
+  const ns = `cc-bench-${process.pid}`
+  execFileSync("ip", ["netns", "add", ns])
+  execFileSync("ip", ["-n", ns, "link", "set", "lo", "up"])
+  execFileSync("ip", ["-n", ns, "route", "add", "224.0.0.0/4", "dev", "lo"])
+  return {
+    project,
+    ns,
+    remove: () => {
+      execFileSync("ip", ["netns", "del", ns])
+      rmSync(scratch, { recursive: true, force: true })
+    }
+  }
+}
+
+export const installedStartup = async (root: string, runs: number, withThirty: boolean) => {
+  const { project, ns, remove } = install(root)
+  const started = new Set<ReturnType<typeof spawn>>()
+  /** Starts a script in the namespace; resolves with its report, its process left running. */
+  const start = (file: string, args: ReadonlyArray<string> = []) => {
+    const child = spawn("ip", ["netns", "exec", ns, process.execPath, join(project, file), ...args], {
+      cwd: project,
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, NODE_OPTIONS: "", NODE_COMPILE_CACHE: join(tmpdir(), "cluster-comm-bench-installed-cache") }
+    })
+    started.add(child)
+    child.once("exit", () => started.delete(child))
+    const report = new Promise<Report>((resolve, reject) => {
+      let out = ""
+      const timer = setTimeout(() => reject(new Error(`${file}: no report within 30 s`)), 30_000)
+      child.stdout!.on("data", (c: Buffer) => {
+        out += c.toString()
+        const nl = out.indexOf("\n")
+        if (nl < 0) return
+        clearTimeout(timer)
+        resolve(JSON.parse(out.slice(0, nl)))
+      })
+    })
+    return { child, report }
+  }
+  const end = (children: ReadonlyArray<ReturnType<typeof spawn>>) =>
+    Promise.all(children.map((c) =>
+      new Promise<void>((resolve) => {
+        if (c.exitCode !== null || c.signalCode !== null) return resolve()
+        c.once("exit", () => resolve())
+        c.kill("SIGTERM") // our own child, by its PID
+      })
+    ))
+  /** A script that reports once and exits: its CPU. */
+  const once = async (file: string) => {
+    const { child, report } = start(file)
+    const r = await report
+    await end([child])
+    return cpuMs(r)
+  }
+  /** N processes of a kind started at once: from the first spawn until the last knows all; each one's CPU. */
+  const together = async (file: string, n: number) => {
+    const t0 = Date.now()
+    const members = Array.from({ length: n }, (_, i) => start(file, [`m${i}`, String(n - 1)]))
+    const reports = await Promise.all(members.map((m) => m.report))
+    await end(members.map((m) => m.child))
+    await new Promise((r) => setTimeout(r, 200))
+    return { allKnownMs: Math.max(...reports.map((r) => r.knowsAllAt)) - t0, cpuMs: median(reports.map(cpuMs)) }
+  }
+
+  try {
+    const load = { bare: [] as Array<number>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, promiseEntry: [] as Array<number> }
+    const pairs = { promise: [] as Array<Report>, effect: [] as Array<Report>, discover: [] as Array<Report> }
+    const thirty = { promise: [] as Array<number>, discover: [] as Array<number>, bare: [] as Array<number> }
+    // Warm the compile cache once for each, as a deployed program's second start would be.
+    for (const f of ["load-effect-entry.mjs", "load-promise-entry.mjs", "load-effect-modules.mjs"]) await once(f)
+    for (let run = 0; run < runs; run++) {
+      // Interleaved, so that each sees the machine as the others do.
+      load.bare.push(await once("bare.mjs"))
+      load.effectModules.push(await once("load-effect-modules.mjs"))
+      load.effectEntry.push(await once("load-effect-entry.mjs"))
+      load.promiseEntry.push(await once("load-promise-entry.mjs"))
+      pairs.promise.push(await together("promise-member.mjs", 2))
+      pairs.effect.push(await together("effect-member.mjs", 2))
+      pairs.discover.push(await together("discover-member.cjs", 2))
+      if (withThirty) {
+        thirty.promise.push((await together("promise-member.mjs", 30)).allKnownMs)
+        thirty.discover.push((await together("discover-member.cjs", 30)).allKnownMs)
+        const t0 = Date.now()
+        const bare = Array.from({ length: 30 }, () => start("bare.mjs"))
+        await Promise.all(bare.map((b) => b.report))
+        thirty.bare.push(Date.now() - t0)
+        await end(bare.map((b) => b.child))
+      }
+    }
+    const m = (xs: ReadonlyArray<Report>, k: string) => median(xs.map((x) => x[k]))
+    return {
+      loadCpuMs: {
+        bareNode: median(load.bare),
+        effectModulesAlone: median(load.effectModules),
+        effectEntry: median(load.effectEntry),
+        promiseEntry: median(load.promiseEntry),
+        // The library's own cost on top of loading the Effect modules it uses.
+        effectEntryOwn: median(load.effectEntry) - median(load.effectModules)
+      },
+      twoAtOnce: {
+        promise: { allKnownMs: m(pairs.promise, "allKnownMs"), cpuMs: m(pairs.promise, "cpuMs") },
+        effect: { allKnownMs: m(pairs.effect, "allKnownMs"), cpuMs: m(pairs.effect, "cpuMs") },
+        nodeDiscover: { allKnownMs: m(pairs.discover, "allKnownMs"), cpuMs: m(pairs.discover, "cpuMs") }
+      },
+      ...(withThirty
+        ? { thirtyAtOnce: { promiseMs: median(thirty.promise), nodeDiscoverMs: median(thirty.discover), bareMs: median(thirty.bare) } }
+        : {}),
+      runs: { load, pairs, thirty }
+    }
+  } finally {
+    await end([...started])
+    remove()
+  }
+}
