@@ -8,6 +8,7 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
 import type { ClusterConfigInput } from "cluster-comm"
+import { collectLines } from "./lines.ts"
 
 /** Namespaces need root (CI runs as root); elsewhere these suites are skipped. */
 export const canUseNamespaces = (): boolean => {
@@ -138,41 +139,15 @@ export const startAgent = (host: Host | undefined, config: ClusterConfigInput) =
       const child: ChildProcess = host === undefined
         ? spawn(node[0]!, node.slice(1), { stdio: ["pipe", "pipe", "pipe"] })
         : spawn("ip", ["netns", "exec", host.ns, ...node], { stdio: ["pipe", "pipe", "pipe"] })
-      const lines: Array<Record<string, any>> = []
-      const listeners = new Set<() => void>()
-      let buffered = ""
       let stderr = ""
       child.stderr!.on("data", (c: Buffer) => (stderr += c.toString()))
-      child.stdout!.on("data", (c: Buffer) => {
-        buffered += c.toString()
-        let nl: number
-        while ((nl = buffered.indexOf("\n")) >= 0) {
-          const line = buffered.slice(0, nl)
-          buffered = buffered.slice(nl + 1)
-          try {
-            lines.push(JSON.parse(line))
-          } catch {
-            lines.push({ raw: line })
-          }
-          for (const l of listeners) l()
+      const { lines, waitFor } = collectLines<Record<string, any>>([child.stdout!], (line) => {
+        try {
+          return JSON.parse(line)
+        } catch {
+          return { raw: line }
         }
-      })
-      const waitFor = (match: (line: Record<string, any>) => boolean, within = 5000) =>
-        Effect.callback<Record<string, any>, Error>((resume) => {
-          const check = () => {
-            const found = lines.find(match)
-            if (found === undefined) return false
-            listeners.delete(check)
-            clearTimeout(timer)
-            resume(Effect.succeed(found))
-            return true
-          }
-          const timer = setTimeout(() => {
-            listeners.delete(check)
-            resume(Effect.fail(new Error(`agent in ${host?.ns ?? "this host"}: no matching line within ${within} ms; got ${JSON.stringify(lines)}; stderr: ${stderr}`)))
-          }, within)
-          if (!check()) listeners.add(check)
-        })
+      }, () => `agent in ${host?.ns ?? "this host"} (stderr: ${stderr})`)
       let next = 0
       const tell = (cmd: Record<string, unknown>) => {
         const n = ++next

@@ -8,6 +8,7 @@ import { existsSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
 import type { Host } from "./hosts.ts"
+import { collectLines } from "./lines.ts"
 
 const peer = fileURLToPath(new URL("../../../shared/tcl-cluster", import.meta.url))
 
@@ -46,36 +47,9 @@ export const startTcl = (host: Host, tag: string, role: "listen" | "drive" | "qu
         ["netns", "exec", host.ns, "tclsh", `${peer}/member.tcl`, `${peer}/original`, tag, role, String(waitMs), String(lifeMs)],
         { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, FIXED_QUERY_HOOK: "1" } }
       )
-      const lines: Array<string> = []
-      const listeners = new Set<() => void>()
-      let buffered = ""
-      const take = (c: Buffer) => {
-        buffered += c.toString()
-        let nl: number
-        while ((nl = buffered.indexOf("\n")) >= 0) {
-          lines.push(buffered.slice(0, nl).replace(/^\[\+\s*\d+ [^\]]*\] /, ""))
-          buffered = buffered.slice(nl + 1)
-          for (const l of listeners) l()
-        }
-      }
-      child.stdout!.on("data", take)
-      child.stderr!.on("data", take)
-      const waitFor = (pattern: RegExp, within = 5000) =>
-        Effect.callback<string, Error>((resume) => {
-          const check = () => {
-            const found = lines.find((l) => pattern.test(l))
-            if (found === undefined) return false
-            listeners.delete(check)
-            clearTimeout(timer)
-            resume(Effect.succeed(found))
-            return true
-          }
-          const timer = setTimeout(() => {
-            listeners.delete(check)
-            resume(Effect.fail(new Error(`Tcl member ${tag}: no line matching ${pattern} within ${within} ms; got:\n${lines.join("\n")}`)))
-          }, within)
-          if (!check()) listeners.add(check)
-        })
+      const collected = collectLines([child.stdout!, child.stderr!], (line) => line.replace(/^\[\+\s*\d+ [^\]]*\] /, ""), () => `Tcl member ${tag}`)
+      const { lines } = collected
+      const waitFor = (pattern: RegExp, within?: number) => collected.waitFor((l) => pattern.test(l), within)
       const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
       const kill = (signal: NodeJS.Signals) =>
         Effect.promise(() => {
