@@ -9,6 +9,7 @@
  */
 import { Deferred, Effect, Schedule, Stream } from "effect"
 import { Cluster, ClusterLive, HookPoint } from "cluster-comm"
+import { sampleAllocations } from "./alloc.ts"
 
 const [role = "sink", port = "23901"] = process.argv.slice(2)
 const peerOf: Record<string, string> = { source: "sink", pinger: "echo", asker: "responder" }
@@ -42,7 +43,24 @@ const main = Effect.gen(function*() {
     return yield* Effect.never
   }
   if (role === "responder") {
-    yield* Cluster.hook(HookPoint.query("R"), (m) => Effect.succeed(m.data))
+    let answered = 0
+    yield* Cluster.hook(HookPoint.query("R"), (m) => {
+      answered++
+      return Effect.succeed(m.data)
+    })
+    if (process.env.BENCH_ALLOC) {
+      // Sampled while the asker runs its timed trips (it says when), per query answered.
+      process.on("message", async (m: { alloc?: "start" | "stop" }) => {
+        if (m.alloc !== "start") return
+        const from = answered
+        const stop = await sampleAllocations()
+        process.once("message", async () => {
+          const { total, top } = await stop()
+          process.send?.({ alloc: { perTrip: total / (answered - from), top: top.map(([k, v]) => [k, v / (answered - from)]) } })
+        })
+        process.send?.({ sampling: true })
+      })
+    }
     process.send?.({ ready: true })
     return yield* Effect.never
   }
@@ -77,13 +95,16 @@ const main = Effect.gen(function*() {
     else if (i < 1000) cold.push(performance.now() - t)
   }
   if (role === "asker") {
+    let stop: (() => Promise<{ total: number; top: Array<[string, number]> }>) | undefined
     for (let i = 0; i < warmup + go.count; i++) {
+      if (i === warmup && process.env.BENCH_ALLOC) stop = yield* Effect.promise(sampleAllocations)
       const t = performance.now()
       const result = yield* Cluster.queryAll({ target, op: "R", data })
       if (result.responses.size !== 1) return yield* Effect.die(new Error("no response"))
       timed(i, t)
     }
-    process.send?.({ times, cold })
+    const alloc = stop === undefined ? undefined : yield* Effect.promise(stop)
+    process.send?.({ times, cold, ...(alloc ? { alloc: { perTrip: alloc.total / go.count, top: alloc.top.map(([k, v]) => [k, v / go.count]) } } : {}) })
     return yield* Effect.never
   }
   // pinger

@@ -254,8 +254,22 @@ const throughput = async (impl: "cluster" | "raw", count: number, size: number, 
  */
 const roundTrip = async (impl: "cluster" | "raw", count: number, size: number, port: number, query = false) => {
   const [echo, pinger] = await pair(impl, query ? ["responder", "asker"] : ["echo", "pinger"], port)
+  // BENCH_ALLOC=1: the responder samples its allocations while the asker's timed trips run.
+  const sampling = impl === "cluster" && query && process.env.BENCH_ALLOC !== undefined
+  if (sampling) {
+    echo.send({ alloc: "start" })
+    await echo.next("sampling")
+  }
   pinger.send({ count, size, warmup: count })
-  const { times, cold } = await pinger.next("times", 120_000)
+  const { times, cold, alloc } = await pinger.next("times", 120_000)
+  if (sampling) {
+    echo.send({ alloc: "stop" })
+    const answered = (await echo.next("alloc")).alloc
+    console.error(`allocated a round trip: asker ${Math.round(alloc.perTrip)} B, responder ${Math.round(answered.perTrip)} B`)
+    for (const [side, a] of [["asker", alloc], ["responder", answered]] as const) {
+      for (const [site, bytes] of a.top) console.error(`  ${side} ${Math.round(bytes)} B ${site}`)
+    }
+  }
   await stop([echo, pinger])
   return { p50: percentile(times, 50), p99: percentile(times, 99), coldP50: percentile(cold, 50), coldP99: percentile(cold, 99) }
 }

@@ -83,23 +83,40 @@ export class Hooks extends Context.Service<Hooks, {
     // Points with hooks, per message direction.
     const active = { send: 0, receive: 0 }
 
-    // One step per hook: its verdict and its failures are sorted in one match.
+    // One step per hook: its verdict and its failures are sorted in one match,
+    // whose handlers are made once a point (hooks run per message).
+    interface Verdict {
+      readonly onSuccess: (next: unknown) => Effect.Effect<unknown, HookRejected>
+      readonly onFailure: (cause: Cause.Cause<unknown>) => Effect.Effect<never, HookRejected>
+    }
+    const verdict = (key: string): Verdict => ({
+      onSuccess: (next) =>
+        next === undefined || next === null
+          ? Effect.fail(new HookRejected({ point: key, reason: "hook returned no value" }))
+          : Effect.succeed(next),
+      onFailure: (cause) => {
+        // Interruption is not a verdict on the frame: pass it on.
+        if (Cause.hasInterrupts(cause)) return Effect.failCause(cause as Cause.Cause<never>)
+        const error = Cause.findError(cause)
+        if (error._tag === "Success" && error.success instanceof HookRejected) return Effect.fail(error.success)
+        return Effect.logWarning(`hook at "${key}" failed; the frame is rejected`, Cause.pretty(cause)).pipe(
+          Effect.andThen(Effect.fail(new HookRejected({ point: key, reason: "hook failed", cause: Cause.squash(cause) })))
+        )
+      }
+    })
+    const verdicts = new Map<string, Verdict>()
+    const verdictOf = (key: string): Verdict => {
+      let v = verdicts.get(key)
+      if (v === undefined) {
+        // Bounded: points are made from ops, which come from the network.
+        if (verdicts.size >= 1024) verdicts.clear()
+        v = verdict(key)
+        verdicts.set(key, v)
+      }
+      return v
+    }
     const guarded = <A>(key: string, hook: Hook<A, unknown>, value: A): Effect.Effect<A, HookRejected> =>
-      Effect.matchCauseEffect(Effect.suspend(() => hook(value)), {
-        onSuccess: (next) =>
-          next === undefined || next === null
-            ? Effect.fail(new HookRejected({ point: key, reason: "hook returned no value" }))
-            : Effect.succeed(next),
-        onFailure: (cause) => {
-          // Interruption is not a verdict on the frame: pass it on.
-          if (Cause.hasInterrupts(cause)) return Effect.failCause(cause as Cause.Cause<never>)
-          const error = Cause.findError(cause)
-          if (error._tag === "Success" && error.success instanceof HookRejected) return Effect.fail(error.success)
-          return Effect.logWarning(`hook at "${key}" failed; the frame is rejected`, Cause.pretty(cause)).pipe(
-            Effect.andThen(Effect.fail(new HookRejected({ point: key, reason: "hook failed", cause: Cause.squash(cause) })))
-          )
-        }
-      })
+      Effect.matchCauseEffect(Effect.suspend(() => hook(value)), verdictOf(key)) as Effect.Effect<A, HookRejected>
 
     return Hooks.of({
       register: (p, hook) =>
@@ -125,12 +142,12 @@ export class Hooks extends Context.Service<Hooks, {
       run: <A>(p: HookPoint<A>, value: A) => {
         const list = points.get(p.key)
         if (list === undefined) return Effect.succeed(value)
-        // Copy: a hook may register or remove hooks while the chain runs.
-        const chain = list.slice()
+        // Copy (when there are several): a hook may register or remove hooks while the chain runs.
+        const chain = list.length === 1 ? list : list.slice()
         let effect = guarded(p.key, chain[0]!, value)
         for (let i = 1; i < chain.length; i++) effect = Effect.flatMap(effect, (v) => guarded(p.key, chain[i]!, v))
         // Only points with hooks get here: the span costs nothing when none are registered.
-        return traced(effect, "cluster-comm.hook", { point: p.key, hooks: chain.length })
+        return traced(effect, "cluster-comm.hook", () => ({ point: p.key, hooks: chain.length }))
       },
       has: (p) => points.has(p.key),
       anyFor: (direction) => active[direction] > 0

@@ -35,7 +35,7 @@ import {
 import { Message, type ProtocolName, type Service, serviceId, toBytes } from "../../schema/Service.ts"
 import { type HookPoint, HookPoint as Points } from "../Hooks.ts"
 import type { SendPipeline } from "./SendPipeline.ts"
-import type { Targets, TargetsOf } from "./Targets.ts"
+import { isOneService, type Targets, type TargetsOf } from "./Targets.ts"
 import type { Wiring } from "./Wiring.ts"
 
 /** At most this many queries are answered at once; more are refused as busy. */
@@ -44,14 +44,57 @@ const MAX_ANSWERING = 1024
 /** How long a query waits for answers unless it says otherwise. */
 const QUERY_TIMEOUT = Duration.seconds(5)
 
-/** A query of ours awaiting answers. */
-interface Waiting {
+const NO_TARGETS: ReadonlyArray<string> = []
+const NO_ERRORS: ReadonlyMap<string, QueryError> = new Map()
+
+/**
+ * A query of ours awaiting answers: who has not answered yet, and where the
+ * answers go. A class, so that a query allocates one object, not a closure a
+ * step (the round trip's hot path).
+ */
+class Asked {
+  readonly id: number
   /** When it times out (the member's clock, in milliseconds). */
   readonly at: number
-  /** Takes a reply from `from`; false when none was expected from it. */
-  readonly reply: (from: Service, ok: boolean, data: Uint8Array) => boolean
+  /** Who has not answered yet, emptied as answers come: one service (the common case) needs no Map. */
+  #one: Service | undefined
+  readonly #many: Map<string, Service> | undefined
+  readonly #pending: Map<number, Asked>
+  readonly #on: (event: QueryEvent) => void
+  constructor(id: number, at: number, peers: ReadonlyArray<Service>, pending: Map<number, Asked>, on: (event: QueryEvent) => void) {
+    this.id = id
+    this.at = at
+    if (peers.length === 1) this.#one = peers[0]
+    else if (peers.length > 1) {
+      this.#many = new Map()
+      for (const p of peers) this.#many.set(p.id, p)
+    }
+    this.#pending = pending
+    this.#on = on
+  }
+  /** Forgets the query: later answers are unexpected. */
+  cancel(): void {
+    this.#pending.delete(this.id)
+  }
+  /** One service's answer; false when none was expected from it. */
+  settle(service: Service, event: QueryEvent): boolean {
+    if (this.#one !== undefined && this.#one.id === service.id) this.#one = undefined
+    else if (this.#many === undefined || !this.#many.delete(service.id)) return false
+    this.#on(event)
+    if (this.#one === undefined && (this.#many === undefined || this.#many.size === 0)) {
+      this.cancel()
+      this.#on(new QueryDone())
+    }
+    return true
+  }
+  /** Takes a reply from `from`. */
+  reply(from: Service, ok: boolean, data: Uint8Array): boolean {
+    return this.settle(from, ok ? new QueryResponse({ service: from, data }) : new QueryError({ service: from, message: new TextDecoder().decode(data) }))
+  }
   /** The deadline came first. */
-  readonly expire: () => void
+  expire(): void {
+    this.#on(new QueryTimeout({ missing: this.#one !== undefined ? [this.#one] : [...(this.#many?.values() ?? [])] }))
+  }
 }
 
 export const makeQueries = (
@@ -61,7 +104,7 @@ export const makeQueries = (
 ) =>
   Effect.gen(function*() {
     /** Queries of ours awaiting answers, by request id: a reply's handler, and the deadline. */
-    const pending = new Map<number, Waiting>()
+    const pending = new Map<number, Asked>()
     // One alarm for all their timeouts: a query arms and clears no timer of its own.
     const clock = yield* Clock.Clock
     const queryAlarm = yield* makeAlarm((now) =>
@@ -99,8 +142,20 @@ export const makeQueries = (
      * responder's hooks as an effect to run in a fiber of its own (a slow
      * responder must not hold up other traffic).
      */
+    // The query hook point of each op, made once (bounded: ops come from the network).
+    const queryPoints = new Map<string, HookPoint<Message>>()
+    const queryPoint = (op: string) => {
+      let point = queryPoints.get(op)
+      if (point === undefined) {
+        if (queryPoints.size >= 1024) queryPoints.clear()
+        point = Points.query(op) as unknown as HookPoint<Message>
+        queryPoints.set(op, point)
+      }
+      return point
+    }
+
     const answer = (from: Service, frame: QueryFrame, protocol: ProtocolName): Effect.Effect<void> => {
-      const point = Points.query(frame.op)
+      const point = queryPoint(frame.op)
       if (!hooks.has(point)) return reply(from, frame.id, false, toBytes(`no responder for op ${frame.op}`))
       // Bounded: past this many answers in progress, say so rather than queue.
       if (answering >= MAX_ANSWERING) {
@@ -109,13 +164,17 @@ export const makeQueries = (
       }
       answering++
       const query = new Message(frame.op, frame.data, from, protocol, frame.channel)
-      return hooks.run(point as unknown as HookPoint<Message>, query).pipe(
-        Effect.matchEffect({
-          onSuccess: (answered) => reply(from, frame.id, true, answered.data),
-          onFailure: (rejected) => reply(from, frame.id, false, toBytes(rejected.reason))
-        }),
-        Effect.ensuring(Effect.sync(() => answering--))
-      )
+      // The count goes down with the verdict (an answer interrupted is the member leaving).
+      return Effect.matchEffect(hooks.run(point, query), {
+        onSuccess: (answered) => {
+          answering--
+          return reply(from, frame.id, true, answered.data)
+        },
+        onFailure: (rejected) => {
+          answering--
+          return reply(from, frame.id, false, toBytes(rejected.reason))
+        }
+      })
     }
     /** Starts the answer at once (one ready now goes out in this pass), in a fiber the member owns. */
     const startAnswer = (from: Service, frame: QueryFrame, protocol: ProtocolName) => {
@@ -172,49 +231,37 @@ export const makeQueries = (
     /**
      * Sends a query to these peers; `on` sees each response or error, then
      * QueryDone once all have answered. Plain code (the round trip's hot
-     * path): the query, or why it cannot go. `expected` is who has not
-     * answered yet (emptied as answers come), `cancel` forgets the query.
-     * Peers whose connection was not ready at once (connects, fallbacks)
-     * are sent to from a fiber the member owns.
+     * path): the query awaiting answers, or why it cannot go. Peers whose
+     * connection was not ready at once (connects, fallbacks) are sent to
+     * from a fiber the member owns.
      */
     const askPeers = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>, on: (event: QueryEvent) => void) => {
       const data = toBytes(request.data)
-      const id = nextId()
-      const problem = checkFrame({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: [], data })
+      // The frame, made once: checked, then sent as it is over a connection (a datagram adds its target).
+      const frame: QueryFrame = { _tag: "Query", sender, id: nextId(), op: request.op, channel: 0, targets: NO_TARGETS, data }
+      const problem = checkFrame(frame)
       if (problem !== undefined) return new InvalidMessage({ message: problem })
-      const expected = new Map(peers.map((p) => [p.id, p]))
-      const cancel = () => pending.delete(id)
+      const at = clock.currentTimeMillisUnsafe() + Duration.toMillis(request.timeout ?? QUERY_TIMEOUT)
+      const asked = new Asked(frame.id, at, peers, pending, on)
       if (peers.length === 0) {
         on(new QueryDone())
-        return { expected, cancel }
+        return asked
       }
-      const settle = (service: Service, event: QueryEvent) => {
-        if (!expected.delete(service.id)) return false
-        on(event)
-        if (expected.size === 0) {
-          cancel()
-          on(new QueryDone())
-        }
-        return true
-      }
-      const at = clock.currentTimeMillisUnsafe() + Duration.toMillis(request.timeout ?? QUERY_TIMEOUT)
-      pending.set(id, {
-        at,
-        reply: (from, ok, bytes) =>
-          settle(from, ok ? new QueryResponse({ service: from, data: bytes }) : new QueryError({ service: from, message: new TextDecoder().decode(bytes) })),
-        expire: () => on(new QueryTimeout({ missing: [...expected.values()] }))
-      })
+      pending.set(frame.id, asked)
       queryAlarm.wakeBy(at)
       const frameFor = (peer: Service) => (protocol: ProtocolName): Frame =>
-        ({ _tag: "Query", sender, id, op: request.op, channel: 0, targets: protocol === "udp" ? [peer.id] : [], data })
-      const later = peers.filter((peer) => deliverNow(peer, frameFor(peer)) === undefined)
-      if (later.length > 0) {
+        protocol === "udp" ? { ...frame, targets: [peer.id] } : frame
+      let later: Array<Service> | undefined
+      for (const peer of peers) {
+        if (deliverNow(peer, frameFor(peer)) === undefined) (later ??= []).push(peer)
+      }
+      if (later !== undefined) {
         runNow(Effect.forEach(later, (peer) =>
           deliverTo(peer, (protocol) => Effect.succeed(frameFor(peer)(protocol))).pipe(
-            Effect.catch((e) => Effect.sync(() => settle(peer, new QueryError({ service: peer, message: e.message }))))
+            Effect.catch((e) => Effect.sync(() => asked.settle(peer, new QueryError({ service: peer, message: e.message }))))
           ), { concurrency: "unbounded", discard: true }))
       }
-      return { expected, cancel }
+      return asked
     }
 
     /** `askPeers` for targets to resolve first. */
@@ -228,8 +275,8 @@ export const makeQueries = (
       Stream.unwrap(
         Effect.gen(function*() {
           const events = yield* Queue.unbounded<QueryEvent>()
-          const { cancel } = yield* ask(request, (e) => Queue.offerUnsafe(events, e))
-          yield* Effect.addFinalizer(() => Effect.sync(cancel))
+          const asked = yield* ask(request, (e) => Queue.offerUnsafe(events, e))
+          yield* Effect.addFinalizer(() => Effect.sync(() => asked.cancel()))
           return Stream.fromQueue(events).pipe(
             Stream.takeUntil((e) => e._tag === "QueryDone" || e._tag === "QueryTimeout")
           )
@@ -239,30 +286,37 @@ export const makeQueries = (
     // The whole answer at once: no stream, no queue, no generator; one
     // wait, ended by the last answer or the query alarm.
     const queryAll = (request: QueryOptions<Targets>) =>
-      Effect.flatMap(targetsOf(request.target as Targets), (peers) =>
-        Effect.suspend(() => {
-          const started = performance.now()
-          const result = { responses: new Map<string, QueryResponse>(), errors: new Map<string, QueryError>(), missing: [] as ReadonlyArray<Service>, complete: false }
-          let wake: (() => void) | undefined
-          let ended = false
-          const asked = askPeers(peers, request, (e) => {
-            if (e._tag === "QueryResponse") result.responses.set(e.service.id, e)
-            else if (e._tag === "QueryError") result.errors.set(e.service.id, e)
-            else {
-              if (e._tag === "QueryDone") result.complete = true
-              else result.missing = e.missing
-              ended = true
-              wake?.()
-            }
-          })
-          if (asked instanceof InvalidMessage) return Effect.fail(asked)
-          const done = Effect.suspend(() => Effect.as(telemetry.queried((performance.now() - started) / 1000), result as QueryResult))
-          return Effect.callback<QueryResult>((resume) => {
-            if (ended) return resume(done)
-            wake = () => resume(done)
-            return Effect.sync(asked.cancel)
-          })
-        })).pipe((query) => traced(query, "cluster-comm.query", { op: request.op }))
+      // One service given as itself (the common case) needs no resolving.
+      (isOneService(request.target as Targets)
+        ? gather([request.target as Service], request)
+        : Effect.flatMap(targetsOf(request.target as Targets), (peers) => gather(peers, request))
+      ).pipe((query) => traced(query, "cluster-comm.query", () => ({ op: request.op })))
+    /** Asks these peers and gathers every answer (or who is missing at the timeout). */
+    const gather = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>) =>
+      Effect.suspend(() => {
+        const started = performance.now()
+        // Errors are rare: their Map is made with the first (until then, a shared empty one).
+        const result = { responses: new Map<string, QueryResponse>(), errors: NO_ERRORS as Map<string, QueryError>, missing: [] as ReadonlyArray<Service>, complete: false }
+        let wake: (() => void) | undefined
+        let ended = false
+        const asked = askPeers(peers, request, (e) => {
+          if (e._tag === "QueryResponse") result.responses.set(e.service.id, e)
+          else if (e._tag === "QueryError") (result.errors === NO_ERRORS ? (result.errors = new Map()) : result.errors).set(e.service.id, e)
+          else {
+            if (e._tag === "QueryDone") result.complete = true
+            else result.missing = e.missing
+            ended = true
+            wake?.()
+          }
+        })
+        if (asked instanceof InvalidMessage) return Effect.fail(asked)
+        const done = Effect.suspend(() => Effect.as(telemetry.queried((performance.now() - started) / 1000), result as QueryResult))
+        return Effect.callback<QueryResult>((resume) => {
+          if (ended) return resume(done)
+          wake = () => resume(done)
+          return Effect.sync(() => asked.cancel())
+        })
+      })
 
     return { query, queryAll, receiveQuery, queryNow, receiveReply }
   })
