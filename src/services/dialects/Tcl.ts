@@ -1,7 +1,7 @@
 /**
  * The Tcl package's dialect (bpacket v2), spoken beside the native one by a
  * member with `tcl: true`: on the same group and port, and over a tcp
- * listener of its own that Tcl members connect to.
+ * listener of its own that Tcl members connect to (TclLink.ts).
  *
  * Contract:
  * - In: a Tcl packet is decoded once, checked (own sid, filter), translated
@@ -24,27 +24,26 @@
  *   the package's convention; here they are data.
  */
 import { readFileSync } from "node:fs"
-import net from "node:net"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import {
   type Bpacket,
   type BpacketField,
-  bpacketLength,
   BpacketType,
   type BpacketValue,
   decodeBpacket,
   encodeBpacket
 } from "../../schema/Bpacket.ts"
 import type { ClusterConfig } from "../../schema/Config.ts"
-import { JoinError, ProtocolFailure } from "../../schema/Errors.ts"
+import { type JoinError, ProtocolFailure } from "../../schema/Errors.ts"
 import type { Frame, Sender } from "../../schema/Frame.ts"
 import { type Advertised, type ProtocolName, serviceId } from "../../schema/Service.ts"
 import type { Stats } from "../Stats.ts"
 import type { Transport } from "../Transport.ts"
 import type { InboundQueues } from "../Transport.ts"
 import type { UdpProtocol } from "../protocols/Udp.ts"
+import { makeTclLink } from "./TclLink.ts"
 
 /** The package's ttl: a peer unheard for this long is gone. */
 const TCL_TTL_MS = 600_000
@@ -276,84 +275,9 @@ export const makeTclDialect = (options: {
 
     // ---- tcp: a listener of our own, and connections to Tcl peers ----
 
-    /** Reads packets back to back from a connection, for as long as they are packets. */
-    const readPackets = (socket: net.Socket, address: string) => {
-      let buffered: Buffer = Buffer.alloc(0)
-      socket.on("data", (chunk: Buffer) => {
-        buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk])
-        while (buffered.length > 0) {
-          const length = bpacketLength(buffered, config.maxFrame)
-          if (length === undefined) return
-          if (typeof length === "string") {
-            stats.drop(length)
-            socket.destroy()
-            return
-          }
-          receivePacket(buffered.subarray(0, length), "tcp", address, 0)
-          buffered = buffered.subarray(length)
-        }
-      })
-      socket.on("error", () => {})
-    }
-
-    const accepted = new Set<net.Socket>()
-    const server = net.createServer((socket) => {
-      if (accepted.size >= config.maxConnections) {
-        socket.destroy()
-        return
-      }
-      accepted.add(socket)
-      socket.once("close", () => accepted.delete(socket))
-      stats.connection("accepted")
-      readPackets(socket, (socket.remoteAddress ?? "").replace(/^::ffff:/, ""))
-    })
-    const tcpPort = yield* Effect.acquireRelease(
-      Effect.callback<number, JoinError>((resume) => {
-        server.once("error", (e) =>
-          resume(Effect.fail(new JoinError({ reason: "AddressInUse", field: "tcl", message: `cannot open the Tcl dialect's tcp listener: ${e.message}`, cause: e }))))
-        server.listen(0, options.host, () => resume(Effect.succeed((server.address() as net.AddressInfo).port)))
-      }),
-      () =>
-        Effect.callback<void>((resume) => {
-          for (const s of accepted) s.destroy()
-          server.close(() => resume(Effect.void))
-        })
-    )
-
-    const connections = new Map<string, Promise<net.Socket>>()
-    yield* Effect.addFinalizer(() =>
-      Effect.promise(() => Promise.allSettled([...connections.values()]).then((all) => {
-        for (const r of all) if (r.status === "fulfilled") r.value.destroy()
-      }))
-    )
-    const connect = (peer: TclPeer): Promise<net.Socket> => {
-      const key = `${peer.address}:${peer.tcpPort}`
-      let socket = connections.get(key)
-      if (socket === undefined) {
-        socket = new Promise<net.Socket>((resolve, reject) => {
-          const s = net.connect({ host: peer.address, port: peer.tcpPort!, timeout: 2000 })
-          s.once("connect", () => {
-            s.setTimeout(0)
-            stats.connection("opened")
-            resolve(s)
-          })
-          s.once("timeout", () => s.destroy(new Error("connect timed out")))
-          s.once("error", reject)
-          s.once("close", () => connections.delete(key))
-          readPackets(s, peer.address)
-        })
-        connections.set(key, socket)
-        socket.catch(() => connections.delete(key))
-      }
-      return socket
-    }
-    const writeTcp = (peer: TclPeer, bytes: Uint8Array) =>
-      Effect.tryPromise({
-        try: () =>
-          connect(peer).then((s) =>
-            new Promise<void>((resolve, reject) => s.write(bytes, (e) => (e ? reject(e) : resolve())))),
-        catch: (e) => new ProtocolFailure({ protocol: "tcp", message: `to Tcl member ${peer.sid}: ${(e as Error).message}`, cause: e })
-      }).pipe(Effect.tap(() => Effect.sync(() => stats.wrote(bytes.length))))
+    const link = yield* makeTclLink({ config, stats, host: options.host, onPacket: (bytes, address) => void receivePacket(bytes, "tcp", address, 0) })
+    const tcpPort = link.port
+    const writeTcp = (peer: TclPeer, bytes: Uint8Array) => link.write({ address: peer.address, port: peer.tcpPort!, name: peer.sid }, bytes)
 
     // ---- out ----
 
