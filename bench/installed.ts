@@ -1,7 +1,8 @@
 /**
  * `--only installed`: both entries as a user installs them (from the packed
- * tarball, in an empty project), next to bare node processes and node-discover
- * (the peer with the lightest start), all in the same run:
+ * tarball, in an empty project), next to bare node processes and the peers
+ * (node-discover, cote, bonjour-service; zyre.js needs zeromq's native build,
+ * not to be had here), all in the same run:
  *
  * - load: a process's CPU to import the Effect entry, the Effect modules it
  *   uses alone, and the Promise entry (one bundled file);
@@ -61,6 +62,30 @@ const scripts: Record<string, string> = {
     d.on("added", () => {
       if (++known === Number(expect)) console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
     })
+    process.on("SIGTERM", () => process.exit(0))`,
+  "cote-member.cjs": `
+    const [name, expect] = process.argv.slice(2)
+    const cote = require("cote")
+    const r = new cote.Responder({ name, key: "bench" }, { multicast: "${GROUP}", log: false, statusLogsEnabled: false })
+    // Its discovery starts once its socket is bound: look at what it knows every 5 ms.
+    const poll = setInterval(() => {
+      if (r.discovery === undefined || Object.keys(r.discovery.nodes).length < Number(expect)) return
+      clearInterval(poll)
+      console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
+    }, 5)
+    process.on("SIGTERM", () => process.exit(0))`,
+  // mDNS on its own group and port (224.0.0.251:5353), routed through loopback in the namespace.
+  "bonjour-member.cjs": `
+    const [name, expect] = process.argv.slice(2)
+    const { Bonjour } = require("bonjour-service")
+    const b = new Bonjour()
+    b.publish({ name, type: "bench", port: 3000 + Number(name.slice(1)) })
+    const seen = new Set()
+    b.find({ type: "bench" }, (s) => {
+      if (s.name === name || seen.has(s.name)) return
+      seen.add(s.name)
+      if (seen.size === Number(expect)) console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
+    })
     process.on("SIGTERM", () => process.exit(0))`
 }
 
@@ -88,7 +113,7 @@ const install = (root: string) => {
   const project = join(scratch, "project")
   mkdirSync(project)
   writeFileSync(join(project, "package.json"), JSON.stringify({ name: "bench-installed", private: true, type: "module" }))
-  execFileSync("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", join(scratch, tarball), "node-discover@1.2.1"], { cwd: project, stdio: "ignore" })
+  execFileSync("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", join(scratch, tarball), "node-discover@1.2.1", "cote@1.2.0", "bonjour-service@1.4.4"], { cwd: project, stdio: "ignore" })
   for (const [file, text] of Object.entries(scripts)) writeFileSync(join(project, file), text)
   // A namespace with loopback alone, multicast routed through it.
   const ns = `cc-bench-${process.pid}`
@@ -157,8 +182,10 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
 
   try {
     const load = { bare: [] as Array<number>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, promiseEntry: [] as Array<number> }
-    const pairs = { promise: [] as Array<Report>, effect: [] as Array<Report>, discover: [] as Array<Report> }
-    const thirty = { promise: [] as Array<number>, discover: [] as Array<number>, bare: [] as Array<number> }
+    const peers = { nodeDiscover: "discover-member.cjs", cote: "cote-member.cjs", bonjourService: "bonjour-member.cjs" } as const
+    type Peer = keyof typeof peers
+    const pairs = { promise: [] as Array<Report>, effect: [] as Array<Report>, nodeDiscover: [] as Array<Report>, cote: [] as Array<Report>, bonjourService: [] as Array<Report> }
+    const thirty = { promise: [] as Array<number>, nodeDiscover: [] as Array<number>, cote: [] as Array<number>, bonjourService: [] as Array<number>, bare: [] as Array<number> }
     // Warm the compile cache once for each, as a deployed program's second start would be.
     for (const f of ["load-effect-entry.mjs", "load-promise-entry.mjs", "load-effect-modules.mjs"]) await once(f)
     for (let run = 0; run < runs; run++) {
@@ -169,10 +196,10 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
       load.promiseEntry.push(await once("load-promise-entry.mjs"))
       pairs.promise.push(await together("promise-member.mjs", 2))
       pairs.effect.push(await together("effect-member.mjs", 2))
-      pairs.discover.push(await together("discover-member.cjs", 2))
+      for (const peer of Object.keys(peers) as Array<Peer>) pairs[peer].push(await together(peers[peer], 2))
       if (withThirty) {
         thirty.promise.push((await together("promise-member.mjs", 30)).allKnownMs)
-        thirty.discover.push((await together("discover-member.cjs", 30)).allKnownMs)
+        for (const peer of Object.keys(peers) as Array<Peer>) thirty[peer].push((await together(peers[peer], 30)).allKnownMs)
         const t0 = Date.now()
         const bare = Array.from({ length: 30 }, () => start("bare.mjs"))
         await Promise.all(bare.map((b) => b.report))
@@ -190,13 +217,10 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
         // The library's own cost on top of loading the Effect modules it uses.
         effectEntryOwn: median(load.effectEntry) - median(load.effectModules)
       },
-      twoAtOnce: {
-        promise: { allKnownMs: m(pairs.promise, "allKnownMs"), cpuMs: m(pairs.promise, "cpuMs") },
-        effect: { allKnownMs: m(pairs.effect, "allKnownMs"), cpuMs: m(pairs.effect, "cpuMs") },
-        nodeDiscover: { allKnownMs: m(pairs.discover, "allKnownMs"), cpuMs: m(pairs.discover, "cpuMs") }
-      },
+      twoAtOnce: Object.fromEntries(Object.entries(pairs).map(([k, xs]) => [k, { allKnownMs: m(xs, "allKnownMs"), cpuMs: m(xs, "cpuMs") }])) as
+        Record<keyof typeof pairs, { allKnownMs: number; cpuMs: number }>,
       ...(withThirty
-        ? { thirtyAtOnce: { promiseMs: median(thirty.promise), nodeDiscoverMs: median(thirty.discover), bareMs: median(thirty.bare) } }
+        ? { thirtyAtOnce: Object.fromEntries(Object.entries(thirty).map(([k, xs]) => [k, median(xs)])) as Record<keyof typeof thirty, number> }
         : {}),
       runs: { load, pairs, thirty }
     }
