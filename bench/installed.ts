@@ -18,6 +18,7 @@ import { execFileSync, spawn } from "node:child_process"
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { median } from "./summary.ts"
 
 type Report = Record<string, any>
 
@@ -89,10 +90,6 @@ const scripts: Record<string, string> = {
     process.on("SIGTERM", () => process.exit(0))`
 }
 
-const median = (xs: ReadonlyArray<number>) => {
-  const s = [...xs].sort((a, b) => a - b)
-  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
-}
 const cpuMs = (r: Report) => (r.cpu.user + r.cpu.system) / 1000
 
 export const canRunInstalled = (): boolean => {

@@ -11,6 +11,7 @@ import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { chartSvg } from "./chart.ts"
 import { canRunInstalled, installedStartup } from "./installed.ts"
+import { median, percentile } from "./summary.ts"
 
 const quick = process.argv.includes("--quick")
 /** `--only discovery|installed|idle|throughput|rtt|scale` runs one section (for profiling). */
@@ -72,14 +73,6 @@ const stop = async (list: ReadonlyArray<{ child: ChildProcess }>) => {
   )
 }
 
-const median = (xs: ReadonlyArray<number>) => {
-  const s = [...xs].sort((a, b) => a - b)
-  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
-}
-const percentile = (xs: ReadonlyArray<number>, p: number) => {
-  const s = [...xs].sort((a, b) => a - b)
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!
-}
 
 // ---- discovery ----
 

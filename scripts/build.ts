@@ -24,12 +24,14 @@ await esbuild.build({
   chunkNames: "chunks/[name]-[hash]",
   outExtension: { ".js": ".mjs" }
 })
-const built = ["dist/index.mjs", "dist/schema.mjs", ...readdirSync("dist/chunks").map((f) => join("dist/chunks", f))]
-for (const file of built.filter((f) => f.endsWith(".mjs"))) {
+/** Rewrites a built file with its functions marked for eager compiling (see eager.ts). */
+const markEager = (file: string) => {
   const { code, functions } = eager(readFileSync(file, "utf8"))
   writeFileSync(file, code)
   console.log(`  ${file}: ${functions} functions marked for eager compiling`)
 }
+const built = ["dist/index.mjs", "dist/schema.mjs", ...readdirSync("dist/chunks").map((f) => join("dist/chunks", f))]
+for (const file of built.filter((f) => f.endsWith(".mjs"))) markEager(file)
 
 // Declarations from the source, with maps back into it. The source imports `./X.ts`
 // (Node runs it as is); a consumer's compiler takes `./X.js`, which it resolves to `./X.d.ts`.
@@ -70,12 +72,8 @@ await esbuild.build({
   outdir: "dist",
   outExtension: { ".js": ".mjs" }
 })
-{
-  // Our own bundle, Effect's modules included: all of it marked for eager compiling.
-  const { code, functions } = eager(readFileSync("dist/promise.mjs", "utf8"))
-  writeFileSync("dist/promise.mjs", code)
-  console.log(`  dist/promise.mjs: ${functions} functions marked for eager compiling`)
-}
+// Our own bundle, Effect's modules included: all of it marked for eager compiling.
+markEager("dist/promise.mjs")
 await esbuild.build({
   ...node,
   entryPoints: ["src/cli/main.ts"],

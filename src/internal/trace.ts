@@ -11,11 +11,10 @@ import * as Tracer from "effect/Tracer"
 export const traced = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
   name: string,
-  /** Made only when a span is: the per-message paths allocate nothing for it otherwise. */
-  attributes: () => Record<string, unknown>
+  attributes: Record<string, unknown>
 ): Effect.Effect<A, E, R> =>
   Effect.withFiber((fiber) =>
     fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer
       ? effect
-      : Effect.withSpan(effect, name, { attributes: attributes(), captureStackTrace: false })
+      : Effect.withSpan(effect, name, { attributes, captureStackTrace: false })
   )

@@ -159,12 +159,8 @@ const readVarint = (buf: Uint8Array, at: number): { value: number; next: number 
   }
 }
 
-/**
- * Where the packet at the start of `buf` ends (a stream holds packets back to
- * back): its length in bytes, `undefined` while more bytes are needed, or why
- * it can never be a packet. `limit` caps LEN.
- */
-export const bpacketLength = (buf: Uint8Array, limit: number): number | undefined | BpacketFailure => {
+/** Where a packet's fields start and where it ends; undefined while more bytes are needed. */
+const bounds = (buf: Uint8Array, limit: number): { readonly body: number; readonly total: number } | undefined | BpacketFailure => {
   if (buf.length >= 1 && buf[0] !== BPACKET_MAGIC_0) return "bpacket-invalid"
   if (buf.length >= 2 && buf[1] !== BPACKET_MAGIC_1) return "bpacket-invalid"
   if (buf.length < 3) return undefined
@@ -173,18 +169,28 @@ export const bpacketLength = (buf: Uint8Array, limit: number): number | undefine
   if (typeof len === "string") return len
   if (len.value > limit) return "bpacket-oversize"
   const total = len.next + len.value + 2
-  return buf.length < total ? undefined : total
+  return buf.length < total ? undefined : { body: len.next, total }
+}
+
+/**
+ * Where the packet at the start of `buf` ends (a stream holds packets back to
+ * back): its length in bytes, `undefined` while more bytes are needed, or why
+ * it can never be a packet. `limit` caps LEN.
+ */
+export const bpacketLength = (buf: Uint8Array, limit: number): number | undefined | BpacketFailure => {
+  const b = bounds(buf, limit)
+  return b === undefined || typeof b === "string" ? b : b.total
 }
 
 /** Decodes one whole packet (a datagram, or one cut from a stream by `bpacketLength`). */
 export const decodeBpacket = (buf: Uint8Array, limit = 65507): Bpacket | BpacketFailure => {
-  const total = bpacketLength(buf, limit)
-  if (total === undefined) return "bpacket-truncated"
-  if (typeof total === "string") return total
+  const b = bounds(buf, limit)
+  if (b === undefined) return "bpacket-truncated"
+  if (typeof b === "string") return b
+  const { body, total } = b
   if (total !== buf.length) return "bpacket-invalid"
   if (buf[total - 1] !== 0 || buf[total - 2] !== 0) return "bpacket-invalid"
-  const len = readVarint(buf, 2) as { value: number; next: number }
-  const r = new Reader(buf, len.next, total - 2)
+  const r = new Reader(buf, body, total - 2)
   const out: Record<string, unknown> = {}
   try {
     while (r.at < r.end) {

@@ -147,7 +147,7 @@ export class Hooks extends Context.Service<Hooks, {
         let effect = guarded(p.key, chain[0]!, value)
         for (let i = 1; i < chain.length; i++) effect = Effect.flatMap(effect, (v) => guarded(p.key, chain[i]!, v))
         // Only points with hooks get here: the span costs nothing when none are registered.
-        return traced(effect, "cluster-comm.hook", () => ({ point: p.key, hooks: chain.length }))
+        return traced(effect, "cluster-comm.hook", { point: p.key, hooks: chain.length })
       },
       has: (p) => points.has(p.key),
       anyFor: (direction) => active[direction] > 0

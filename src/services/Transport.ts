@@ -103,8 +103,7 @@ export class Transport extends Context.Service<Transport, {
         // The Tcl package's dialect beside ours, loaded only when asked for.
         const { makeTclDialect } = yield* Effect.promise(() => import("./dialects/Tcl.ts"))
         const host = config.remote === 0 ? "127.0.0.1" : "0.0.0.0"
-        const dialect = yield* makeTclDialect({ config, sender: self, stats, inbound, udp, native, host })
-        return dialect.transport
+        return yield* makeTclDialect({ config, sender: self, stats, inbound, udp, native, host })
       })
     )
 }

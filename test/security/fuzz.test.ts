@@ -7,7 +7,7 @@ import { Effect, Fiber, Stream } from "effect"
 import fc from "fast-check"
 import { readFileSync } from "node:fs"
 import dgram from "node:dgram"
-import { type Bpacket, decodeBpacket, encodeFrame, type Frame, type StatsSnapshot } from "cluster-comm"
+import { type Bpacket, decodeBpacket, encodeFrame, type Frame, type Message, type StatsSnapshot } from "cluster-comm"
 import { eventually, member, rawMulticast, testCluster } from "../helpers.ts"
 
 const where = { ...testCluster(12), heartbeat: "200 millis", ttl: "3 seconds" } as const
@@ -71,6 +71,19 @@ const hostileStream = (port: number, chunks: ReadonlyArray<Buffer>, pauseMs: num
     s.on("connect", next)
   })
 
+/** The first two messages `victim` gets from `friend` (sent during the storm and after it), subscribed when this returns. */
+const friendsMessages = (victim: { readonly messages: Stream.Stream<Message> }, friend: string) =>
+  Effect.gen(function*() {
+    const fiber = yield* victim.messages.pipe(
+      Stream.filter((m) => m.from.name === friend),
+      Stream.take(2),
+      Stream.runCollect,
+      Effect.forkChild
+    )
+    yield* Effect.sleep("20 millis")
+    return fiber
+  })
+
 const decodeDrops = (s: StatsSnapshot) =>
   ["truncated", "bad-magic", "unknown-version", "unknown-kind", "invalid-field", "trailing-bytes"]
     .reduce((sum, r) => sum + (s.drops[r as keyof typeof s.drops] ?? 0), 0)
@@ -84,13 +97,7 @@ describe("hostile input (bounded fuzzing)", () => {
       const tcpPort = self.protocols.find((p) => p.protocol === "tcp")!.port
       const friend = yield* member({ name: "fuzz-friend", ...where })
       yield* eventually(friend.resolve("fuzz-victim"), (s) => s.length === 1)
-      const delivered = yield* victim.messages.pipe(
-        Stream.filter((m) => m.from.name === "fuzz-friend"),
-        Stream.take(2),
-        Stream.runCollect,
-        Effect.forkChild
-      )
-      yield* Effect.sleep("20 millis")
+      const delivered = yield* friendsMessages(victim, "fuzz-friend")
       const datagrams = junk(100_000) // made before measuring: the test's own bytes are not the member's
       const before = heapAfterGc()
       const inBefore = (yield* victim.stats).framesIn
@@ -160,13 +167,7 @@ describe("hostile input (bounded fuzzing)", () => {
         (p) => p !== undefined
       )
       const tclPort = Number(/port (\d+)/.exec(new TextDecoder().decode(props!.data))![1])
-      const delivered = yield* victim.messages.pipe(
-        Stream.filter((m) => m.from.name === "tcl-friend"),
-        Stream.take(2),
-        Stream.runCollect,
-        Effect.forkChild
-      )
-      yield* Effect.sleep("20 millis")
+      const delivered = yield* friendsMessages(victim, "tcl-friend")
 
       const vectors = readFileSync(new URL("../fixtures/bpacket-v2.jsonl", import.meta.url), "utf8").trim().split("\n")
         .map((l) => Buffer.from(JSON.parse(l).hex, "hex"))

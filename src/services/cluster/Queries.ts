@@ -290,7 +290,7 @@ export const makeQueries = (
       (isOneService(request.target as Targets)
         ? gather([request.target as Service], request)
         : Effect.flatMap(targetsOf(request.target as Targets), (peers) => gather(peers, request))
-      ).pipe((query) => traced(query, "cluster-comm.query", () => ({ op: request.op })))
+      ).pipe((query) => traced(query, "cluster-comm.query", { op: request.op }))
     /** Asks these peers and gathers every answer (or who is missing at the timeout). */
     const gather = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>) =>
       Effect.suspend(() => {

@@ -176,7 +176,7 @@ export const makeSendPipeline = ({ transport, hooks, stats, discovery, sender }:
         deliveries.push(r.success)
       }
       return deliveries
-    }).pipe((send) => traced(send, "cluster-comm.sendTo", () => ({ op })))
+    }).pipe((send) => traced(send, "cluster-comm.sendTo", { op }))
 
   /**
    * Many messages with one op to one service, in order, in batch frames of up

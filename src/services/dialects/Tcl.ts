@@ -64,13 +64,6 @@ interface TclPeer {
   suspect: boolean
 }
 
-export interface TclDialect {
-  /** The Transport that speaks both dialects, over the native one. */
-  readonly transport: Transport["Service"]
-  /** The port of the tcp listener Tcl members connect to. */
-  readonly tcpPort: number
-}
-
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i
 const SID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -122,7 +115,7 @@ export const makeTclDialect = (options: {
   readonly native: Transport["Service"]
   /** Where the tcp listener binds (loopback for `remote: 0`). */
   readonly host: string
-}): Effect.Effect<TclDialect, JoinError, Scope.Scope> =>
+}): Effect.Effect<Transport["Service"], JoinError, Scope.Scope> =>
   Effect.gen(function*() {
     const { config, sender, stats, inbound, udp, native } = options
     const ourSid = sidOf(sender.instance)
@@ -283,72 +276,57 @@ export const makeTclDialect = (options: {
 
     let tags: ReadonlyArray<string> = config.tags
     const ourTags = () => tags
-    /** The fields every packet of ours starts with, as the package writes them. */
-    const head = (type: number): Array<readonly [BpacketField, BpacketValue]> => [
-      ["sid", ourSid],
-      ["hid", ourHid],
-      ["type", type],
-      ["channel", 0],
-      ["protocols", ["t", "c"]]
-    ]
-    const descriptor = (type: number, filter?: string) => {
-      const fields = head(type)
-      fields.push(["data", `t {port ${tcpPort}}`], ["known", peers.size], ["tags", [sender.name, ...tags]])
-      if (filter !== undefined) fields.push(["filter", [filter]])
-      return encodeBpacket(fields)
-    }
-    const withChannel = (fields: Array<readonly [BpacketField, BpacketValue]>, channel: number) => {
-      fields[3] = ["channel", channel]
-      return fields
-    }
+    type Fields = ReadonlyArray<readonly [BpacketField, BpacketValue]>
+    /** A packet of ours: the fields the package writes first, then `body`, then a filter naming the peer it is for. */
+    const packet = (type: number, body: Fields, to?: string, channel = 0) =>
+      encodeBpacket([
+        ["sid", ourSid],
+        ["hid", ourHid],
+        ["type", type],
+        ["channel", channel],
+        ["protocols", ["t", "c"]],
+        ...body,
+        ...(to === undefined ? [] : [["filter", [to]] as const])
+      ])
+    /** How to reach us and who we are, as a heartbeat or a discovery carries it. */
+    const descriptor = (): Fields => [["data", `t {port ${tcpPort}}`], ["known", peers.size], ["tags", [sender.name, ...tags]]]
+    /** An op the package's own packets lack (`event`, `query`) is left out. */
+    const opField = (op: string, implied: string): Fields => (op === implied ? [] : [["op", op]])
 
     /** A frame as the Tcl packets that mean it; `to` is the peer it is for (a filter names it). */
     const packetsOf = (frame: Frame, to: TclPeer | undefined): ReadonlyArray<Uint8Array> => {
       const filter = to?.sid
-      const only = (fields: Array<readonly [BpacketField, BpacketValue]>) =>
-        encodeBpacket(filter === undefined ? fields : [...fields, ["filter", [filter]]])
       switch (frame._tag) {
         case "Heartbeat":
         case "Answer":
         case "Beat":
           if (frame._tag === "Heartbeat") tags = frame.tags
-          return [descriptor(BpacketType.heartbeat, filter)]
+          return [packet(BpacketType.heartbeat, descriptor(), filter)]
         case "Probe":
           tags = frame.tags
           // As the package joins: a heartbeat, then a discovery.
-          return [descriptor(BpacketType.heartbeat, filter), descriptor(BpacketType.discovery, filter)]
+          return [packet(BpacketType.heartbeat, descriptor(), filter), packet(BpacketType.discovery, descriptor(), filter)]
         case "Leave":
-          return [only([...head(BpacketType.disconnect), ["known", peers.size], ["tags", [sender.name, ...tags]]])]
+          return [packet(BpacketType.disconnect, [["known", peers.size], ["tags", [sender.name, ...tags]]], filter)]
         case "Ping": {
           const target = byServiceId.get(frame.target)
-          return target === undefined ? [] : [only([...head(BpacketType.ping), ["data", target.sid]])]
+          return target === undefined ? [] : [packet(BpacketType.ping, [["data", target.sid]], filter)]
         }
-        case "Message": {
-          const fields = withChannel(head(BpacketType.event), frame.channel)
-          if (frame.op !== "event") fields.push(["op", frame.op])
-          fields.push(["data", frame.data])
-          return [only(fields)]
-        }
+        case "Message":
+          return [packet(BpacketType.event, [...opField(frame.op, "event"), ["data", frame.data]], filter, frame.channel)]
         case "Messages":
-          return frame.items.map((data) => packetsOf({ _tag: "Message", sender: frame.sender, op: frame.op, channel: frame.channel, targets: [], data }, to)[0]!)
-        case "Query": {
-          const fields = withChannel(head(BpacketType.query), frame.channel)
-          fields.push(["ruid", `q${ourSid}#${frame.id}`])
-          if (frame.op !== "query") fields.push(["op", frame.op])
-          fields.push(["data", frame.data], ["keepalive", true])
-          return [only(fields)]
-        }
+          return frame.items.map((data) => packet(BpacketType.event, [...opField(frame.op, "event"), ["data", data]], filter, frame.channel))
+        case "Query":
+          return [packet(BpacketType.query, [["ruid", `q${ourSid}#${frame.id}`], ...opField(frame.op, "query"), ["data", frame.data], ["keepalive", true]], filter, frame.channel)]
         case "Reply": {
           const asked = pending.get(frame.id)
           if (asked === undefined) return []
           pending.delete(frame.id)
-          const fields = head(BpacketType.response)
-          fields.push(["ruid", asked.ruid], ["keepalive", true])
-          fields.push(frame.ok ? ["data", frame.data] : ["error", utf8.decode(frame.data)])
-          return [encodeBpacket([...fields, ["filter", [asked.sid]]])]
+          const answer: readonly [BpacketField, BpacketValue] = frame.ok ? ["data", frame.data] : ["error", utf8.decode(frame.data)]
+          return [packet(BpacketType.response, [["ruid", asked.ruid], ["keepalive", true], answer], asked.sid)]
         }
         case "Repair":
-          return [only([...head(BpacketType.failed), ["data", "protocols t"]])]
+          return [packet(BpacketType.failed, [["data", "protocols t"]], filter)]
       }
     }
 
@@ -390,11 +368,11 @@ export const makeTclDialect = (options: {
       }
     }).pipe(Effect.repeat(Schedule.spaced(config.heartbeat)), Effect.forkScoped)
 
-    const transport: Transport["Service"] = {
+    // The Transport that speaks both dialects, over the native one.
+    return {
       ...native,
       multicast,
       send,
       sendNow: (protocol, to, frame) => !peers.has(to.instance) && native.sendNow(protocol, to, frame)
-    }
-    return { transport, tcpPort }
+    } satisfies Transport["Service"]
   })
