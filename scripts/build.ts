@@ -49,7 +49,7 @@ console.log(`  dist/types: ${declarations.length} declaration files`)
 // stay outside, loaded from node_modules then: inlined, every member would parse
 // Effect's http stack at its start (a bundler that splits chunks shares too much
 // of Effect between them: 280 kB a member loads against 176 kB).
-const loadedOnDemand = ["effect/observability/*", "effect/http/*", "@effect/platform-node/*"]
+const loadedOnDemand = ["effect/observability/*", "effect/http/*", "effect/persistence/*", "@effect/platform-node/*"]
 rmSync("dist/bench", { recursive: true, force: true })
 await esbuild.build({
   ...node,

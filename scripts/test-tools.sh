@@ -6,6 +6,7 @@
 missing=""
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 command -v nft >/dev/null 2>&1 || missing="$missing nftables"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 if ! command -v tclsh >/dev/null 2>&1 || ! printf 'if {[catch {package require udp; package require struct::set}]} {exit 1}\n' | tclsh >/dev/null 2>&1; then
   missing="$missing tcl tcl-udp tcllib"
 fi

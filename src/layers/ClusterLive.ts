@@ -4,6 +4,7 @@
  */
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import type * as Redis from "effect/persistence/Redis"
 import { detectHostId, interfaceAddress, newInstance } from "../internal/host.ts"
 import { type ClusterConfigInput, makeConfig } from "../schema/Config.ts"
 import type { JoinError } from "../schema/Errors.ts"
@@ -31,6 +32,11 @@ export const ClusterLive = (
 export interface LiveOptions {
   /** Protocol plug-ins, used when `config.protocols` names them. */
   readonly protocols?: ReadonlyArray<ProtocolPlugin>
+  /**
+   * The `Redis` service for the Redis source (any implementation of
+   * `effect/persistence/Redis`), instead of node-redis at `config.redis`'s URL.
+   */
+  readonly redis?: Layer.Layer<Redis.Redis, unknown>
 }
 
 /**
@@ -42,8 +48,11 @@ export const ClusterServices = (nameOrConfig: string | ClusterConfigInput = {}, 
     Effect.gen(function*() {
       const config = yield* Effect.fromResult(makeConfig(nameOrConfig))
       const sender = { hostId: config.hostId ?? detectHostId(), instance: newInstance(), name: config.name }
-      const address = config.remote === 0 ? "127.0.0.1" : interfaceAddress(config.interface) ?? "0.0.0.0"
-      return composeCluster(config, sender, address, Transport.layer(config, sender, options.protocols)).pipe(
+      const address = config.advertise ??
+        (config.hostOnly ? "127.0.0.1" : interfaceAddress(config.interface) ?? "0.0.0.0")
+      return composeCluster(config, sender, address, Transport.layer(config, sender, options.protocols), {
+        redis: options.redis
+      }).pipe(
         Layer.withSpan("cluster-comm.join", { attributes: { service: `${sender.hostId}@${sender.name}`, port: config.port } })
       )
     })

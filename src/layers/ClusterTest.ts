@@ -86,14 +86,16 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
       yield* Effect.addFinalizer(() => Effect.sync(ports.detach))
 
       // Frames travel as bytes, delayed on the Effect clock and, for udp, lost at random.
-      const carry = (to: ReadonlyArray<Receive>, protocol: ProtocolName, frame: Frame) =>
+      // A multicast passes one `DecodedOnce` to all, as the shared group socket does: that marks it as the group's.
+      const carry = (to: ReadonlyArray<Receive>, protocol: ProtocolName, frame: Frame, group = false) =>
         Effect.gen(function*() {
           const bytes = inbound.inlet.encode(frame)
           if (protocol === "udp" && bytes.length > MAX_DATAGRAM) {
             return yield* new FrameTooLarge({ protocol, size: bytes.length, limit: MAX_DATAGRAM })
           }
           const arrive = Effect.sync(() => {
-            for (const r of to) r(bytes, protocol, address, undefined, ports.udp)
+            const once = group ? {} : undefined
+            for (const r of to) r(bytes, protocol, address, undefined, ports.udp, once)
           })
           if (protocol === "udp" && network.loss > 0 && (yield* Random.next) < network.loss) return
           if (Duration.isZero(network.delay)) yield* arrive
@@ -123,7 +125,7 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
       }
       const byName = new Map<ProtocolName, Protocol>([["udp", udp]])
       if (protocols.includes("tcp")) byName.set("tcp", tcp)
-      return fromProtocols(protocols, byName, (frame) => carry(network.members(), "udp", frame), inbound)
+      return fromProtocols(protocols, byName, (frame) => carry(network.members(), "udp", frame, true), inbound)
     })
   )
 

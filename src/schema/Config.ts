@@ -4,6 +4,7 @@
  * documented defaults, and named profiles instead of scattered constants.
  * Checked by plain code: a member does not load Schema to start.
  */
+import { isIP } from "node:net"
 import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
 import * as Result from "effect/Result"
@@ -64,6 +65,55 @@ export interface ClusterConfigInput {
    * and port, each peer in the dialect it speaks (see docs/tcl.md). Default false.
    */
   readonly tcl?: boolean | undefined
+  /** Beacons on the multicast group (the zero-configuration discovery). Default true; false for networks without multicast. */
+  readonly multicast?: boolean | undefined
+  /**
+   * Members to probe by unicast, as `host:port` (the seed's `seedPort`);
+   * names are resolved again every poll (A and AAAA), so a DNS name listing
+   * every member (a Kubernetes headless service) works as a seed list.
+   */
+  readonly seeds?: ReadonlyArray<string> | undefined
+  /** The fixed udp port this member answers seed probes on (its direct udp socket). Default 0: any free port. */
+  readonly seedPort?: number | undefined
+  /**
+   * Discovery through a Redis server: a `redis://` or `rediss://` URL (user and
+   * password in it for ACLs), or `{ url, namespace }` so many clusters can share one Redis.
+   */
+  readonly redis?: string | RedisOptions | undefined
+  /** The address peers beyond the multicast group reach us at. Default: the interface's address. */
+  readonly advertise?: string | undefined
+}
+
+/** Where the Redis source connects, and the namespace its keys live under. */
+export interface RedisOptions {
+  readonly url: string
+  readonly namespace?: string | undefined
+}
+
+/** A seed, parsed: a host name or IP address and the udp port it answers probes on. */
+export interface Seed {
+  readonly host: string
+  readonly port: number
+}
+
+/** `host:port`, `[v6]:port` or `v4:port`; a string says what is wrong. */
+export const parseSeed = (s: string): Seed | string => {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(s)
+  if (m === null) return "must be host:port (an IPv6 address in brackets)"
+  const port = Number(m[3])
+  if (port < 1 || port > 65535) return "port must be 1 to 65535"
+  const host = m[1] ?? m[2]!
+  if (m[2] !== undefined && !/^[A-Za-z0-9._-]+$/.test(host)) return "host must be a DNS name or an IP address"
+  return { host, port }
+}
+
+const redisUrl = (s: string): string | undefined => {
+  try {
+    const url = new URL(s)
+    return url.protocol === "redis:" || url.protocol === "rediss:" ? undefined : "must be a redis:// or rediss:// URL"
+  } catch {
+    return "must be a redis:// or rediss:// URL"
+  }
 }
 
 /** Why a value is refused: where inside it (an item's index, a key) and what it must be. */
@@ -163,7 +213,21 @@ export const configChecks = {
   idleTimeout: duration,
   channels: list(integer(0, 65535)),
   bufferSize: integer(16, 1 << 20),
-  tcl: boolean
+  tcl: boolean,
+  multicast: boolean,
+  seeds: list(text((s) => {
+    const seed = parseSeed(s)
+    return typeof seed === "string" ? seed : undefined
+  })),
+  seedPort: integer(0, 65535),
+  redis: (v) =>
+    typeof v === "string"
+      ? text(redisUrl)(v)
+      : record({
+        url: text(redisUrl),
+        namespace: text((s) => /^[^{}\s]{1,64}$/.test(s) ? undefined : "must be 1..64 characters, no braces or spaces")
+      }, ["url"])(v),
+  advertise: text((s) => isIP(s) === 0 ? "must be an IP address" : undefined)
 } satisfies Record<keyof ClusterConfigInput, ConfigCheck>
 
 const checkInput = record(configChecks)
@@ -193,6 +257,16 @@ export interface ClusterConfig {
   readonly maxConnectionsPerPeer: number
   readonly idleTimeout: Duration.Duration
   readonly tcl: boolean
+  readonly multicast: boolean
+  readonly seeds: ReadonlyArray<Seed>
+  readonly seedPort: number
+  readonly redis: { readonly url: string; readonly namespace: string } | undefined
+  readonly advertise: string | undefined
+  /**
+   * Everything stays on this host: multicast with TTL 0 and no seeds or
+   * Redis. Then sockets bind loopback; otherwise they are open to peers.
+   */
+  readonly hostOnly: boolean
 }
 
 /**
@@ -236,10 +310,24 @@ export const makeConfig = (input: string | ClusterConfigInput): Result.Result<Cl
   if (c.tcl === true && keyring.length > 0) {
     return Result.fail(new JoinError({ reason: "InvalidConfig", field: "tcl", message: "invalid configuration field \"tcl\": the Tcl package cannot seal frames, so tcl excludes a secret or keyring" }))
   }
+  if (c.tcl === true && c.multicast === false) {
+    return Result.fail(new JoinError({ reason: "InvalidConfig", field: "tcl", message: "invalid configuration field \"tcl\": the Tcl package is found by multicast only, so tcl needs multicast" }))
+  }
   if (c.primary !== undefined && !keyring.some((k) => k.id === c.primary)) {
     return Result.fail(new JoinError({ reason: "InvalidConfig", field: "primary", message: "invalid configuration field \"primary\": not a key of the keyring" }))
   }
+  const seeds = (c.seeds ?? []).map((s) => parseSeed(s) as Seed)
+  const redis = c.redis === undefined ? undefined
+    : typeof c.redis === "string" ? { url: c.redis, namespace: "default" }
+    : { url: c.redis.url, namespace: c.redis.namespace ?? "default" }
+  const remote = c.remote ?? 0
   return Result.succeed({
+    multicast: c.multicast ?? true,
+    seeds,
+    seedPort: c.seedPort ?? 0,
+    redis,
+    advertise: c.advertise,
+    hostOnly: remote === 0 && seeds.length === 0 && redis === undefined && c.seedPort === undefined,
     keyring,
     primary: c.primary,
     allow: c.allow ?? [],
@@ -255,7 +343,7 @@ export const makeConfig = (input: string | ClusterConfigInput): Result.Result<Cl
     ttl,
     heartbeat,
     protocols: c.protocols ?? ["tcp", "udp"],
-    remote: c.remote ?? 0,
+    remote,
     interface: c.interface,
     hostId: c.hostId,
     tcpPort: c.tcpPort ?? 0,

@@ -36,7 +36,9 @@ export const Service = Schema.Struct({
   local: Schema.Boolean,
   protocols: Schema.Array(Advertised),
   tags: Schema.Array(Schema.String),
-  lastSeen: Schema.Number
+  lastSeen: Schema.Number,
+  sources: Schema.Array(Schema.Literals(["multicast", "seeds", "redis"])),
+  stale: Schema.Boolean
 })
 
 const HostId = Schema.String.check(Schema.isPattern(F.HOST_ID))
@@ -152,7 +154,15 @@ export const ClusterConfigInput = Schema.Struct({
   idleTimeout: option(DurationInput, configChecks.idleTimeout),
   channels: option(Schema.Array(Schema.Number), configChecks.channels),
   bufferSize: option(Schema.Number, configChecks.bufferSize),
-  tcl: option(Schema.Boolean, configChecks.tcl)
+  tcl: option(Schema.Boolean, configChecks.tcl),
+  multicast: option(Schema.Boolean, configChecks.multicast),
+  seeds: option(Schema.Array(Schema.String), configChecks.seeds),
+  seedPort: option(Schema.Number, configChecks.seedPort),
+  redis: option(
+    Schema.Union([Schema.String, Schema.Struct({ url: Schema.String, namespace: Schema.optional(Schema.String) })]),
+    configChecks.redis
+  ),
+  advertise: option(Schema.String, configChecks.advertise)
 })
 
 // Each Schema describes exactly the plain type the library uses: a change to

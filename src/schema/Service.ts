@@ -13,6 +13,12 @@ export type ProtocolName = string
 /** What a protocol's name must look like. */
 export const PROTOCOL_NAME = /^[a-z][a-z0-9-]{0,15}$/
 
+/**
+ * Where a member was heard of: the multicast group's beacons, unicast beats
+ * with members found through `seeds`, or the Redis registry.
+ */
+export type SourceName = "multicast" | "seeds" | "redis"
+
 /** A protocol a member speaks and how to reach it there (its port). */
 export interface Advertised {
   readonly protocol: ProtocolName
@@ -34,6 +40,10 @@ export interface Service {
   readonly protocols: ReadonlyArray<Advertised>
   readonly tags: ReadonlyArray<string>
   readonly lastSeen: number
+  /** The sources that know it now; it is lost when the last of them loses it (or it leaves). */
+  readonly sources: ReadonlyArray<SourceName>
+  /** True while only a source that is down (Redis away) knows it: kept, not lost, until that source returns. */
+  readonly stale: boolean
 }
 
 export const serviceId = (hostId: string, name: string): string => `${hostId}@${name}`

@@ -39,6 +39,7 @@ import { Registry } from "./Registry.ts"
 import { Stats, type StatsSnapshot } from "./Stats.ts"
 import { Telemetry } from "./Telemetry.ts"
 import { Transport } from "./Transport.ts"
+import { Sources, type SourceStatus } from "./Sources.ts"
 
 export { type Data, type SendOptions, SYSTEM_CHANNEL, type Targets }
 
@@ -72,7 +73,10 @@ export interface ClusterShape {
   readonly resolve: (...terms: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Service>>
   /** Services passing every clause, in order (see `Clause`: has, not, exact, some). */
   readonly resolver: (...clauses: ReadonlyArray<Clause>) => Effect.Effect<ReadonlyArray<Service>, InvalidQuery>
-  /** Sends `op` with `data` to every member (on the channel) by multicast. */
+  /**
+   * Sends `op` with `data` to every member (on the channel): by multicast to
+   * the group, and directly to members only seeds or Redis know.
+   */
   readonly broadcast: (
     op: string,
     data: Data,
@@ -154,6 +158,10 @@ export interface ClusterShape {
   readonly stats: Effect.Effect<StatsSnapshot>
   /** This member's metrics in the Prometheus text format (they are Effect `Metric`s too; see Telemetry). */
   readonly metrics: Effect.Effect<string>
+  /** Each discovery source this member runs (multicast, seeds, redis): up, connecting, or down with the last error. */
+  readonly sources: Effect.Effect<ReadonlyArray<SourceStatus>>
+  /** Every change of a source's state, from now on. */
+  readonly sourceChanges: Stream.Stream<SourceStatus>
 }
 
 export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-comm/Cluster") {
@@ -189,11 +197,13 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
   static readonly messages = Stream.unwrap(Cluster.useSync((c) => c.messages))
   static readonly stats = Cluster.use((c) => c.stats)
   static readonly metrics = Cluster.use((c) => c.metrics)
+  static readonly sources = Cluster.use((c) => c.sources)
+  static readonly sourceChanges = Stream.unwrap(Cluster.useSync((c) => c.sourceChanges))
 
-  /** The facade over the four services; `remote: 0` drops frames from other hosts. */
+  /** The facade over the four services; `hostOnly` drops frames from other hosts. */
   static readonly layer = (options: {
     readonly sender: Sender
-    readonly remote: number
+    readonly hostOnly: boolean
     readonly bufferSize: number
     readonly channels: ReadonlyArray<number>
     readonly allow: ReadonlyArray<string>
@@ -207,6 +217,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         const keyring = yield* Keyring
         const telemetry = yield* Telemetry
         const stats = yield* Stats
+        const sources = yield* Sources
         const wiring: Wiring = {
           transport: yield* Transport,
           registry,
@@ -274,7 +285,9 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           events: registry.events,
           messages,
           stats: stats.snapshot,
-          metrics: telemetry.prometheus
+          metrics: telemetry.prometheus,
+          sources: sources.status,
+          sourceChanges: sources.changes
         })
       })
     )

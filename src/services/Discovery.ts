@@ -4,6 +4,8 @@
  * cluster after one round trip. Then a heartbeat every interval (±10%
  * jitter, so members started together do not beat in step), and a leave when
  * the scope closes, so peers drop us at once instead of waiting for the ttl.
+ * Members the group does not reach (found through seeds) get the same beats
+ * and leave by unicast.
  */
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -12,7 +14,7 @@ import * as Layer from "effect/Layer"
 import * as Random from "effect/Random"
 import * as Scope from "effect/Scope"
 import type { Beacon, Frame, Sender } from "../schema/Frame.ts"
-import { type Service, serviceId } from "../schema/Service.ts"
+import { type Service, serviceId, type SourceName } from "../schema/Service.ts"
 import { applyTagChanges, type TagChange, TagError } from "../schema/Tags.ts"
 import { Registry } from "./Registry.ts"
 import { Transport } from "./Transport.ts"
@@ -32,6 +34,21 @@ const oncePer = (interval: number) => {
   }
 }
 
+/** A udp endpoint as the service Transport sends to: only its address and port are known. */
+const endpoint = (address: string, port: number, instance = ""): Service => ({
+  id: "",
+  name: "",
+  hostId: "",
+  instance,
+  address,
+  local: false,
+  protocols: [{ protocol: "udp", port }],
+  tags: [],
+  lastSeen: 0,
+  sources: [],
+  stale: false
+})
+
 /** The frames Discovery handles. */
 export type Control = Beacon | Extract<Frame, { _tag: "Leave" | "Ping" | "Repair" | "Beat" }>
 
@@ -41,6 +58,8 @@ export interface DiscoveryOptions {
   readonly heartbeat: Duration.Duration
   /** The address peers see us at (loopback for a host-only member). */
   readonly address: string
+  /** Whether the multicast group is on: without it, an answer can only come from a unicast probe. */
+  readonly multicast: boolean
 }
 
 export class Discovery extends Context.Service<Discovery, {
@@ -51,8 +70,12 @@ export class Discovery extends Context.Service<Discovery, {
    * in one tick go out in one heartbeat).
    */
   readonly updateTags: (changes: ReadonlyArray<TagChange>) => Effect.Effect<ReadonlyArray<string>, TagError>
-  /** Handles a beacon, a leave or a ping that passed the drop checks. */
-  readonly handle: (frame: Control, address: string, port: number) => Effect.Effect<void>
+  /** Handles a beacon, a leave or a ping that passed the drop checks; `viaGroup` when it came to the multicast group. */
+  readonly handle: (frame: Control, address: string, port: number, viaGroup: boolean) => Effect.Effect<void>
+  /** Sends our descriptor as a probe straight to a udp endpoint (a seed): it answers, and we know each other. */
+  readonly probe: (address: string, port: number) => Effect.Effect<void>
+  /** The descriptor version: it moves whenever our protocols, ports or tags do. */
+  readonly version: () => number
   /**
    * We could not reach `peer`: tell the cluster (a ping, at most once per
    * heartbeat per peer), so every member gives it two heartbeats to show it is alive.
@@ -81,7 +104,9 @@ export class Discovery extends Context.Service<Discovery, {
           local: true,
           protocols: transport.advertised(),
           tags,
-          lastSeen: Date.now()
+          lastSeen: Date.now(),
+          sources: [],
+          stale: false
         })
 
         // The descriptor version: it moves whenever protocols, ports or tags do,
@@ -123,25 +148,53 @@ export class Discovery extends Context.Service<Discovery, {
 
         const interval = Duration.toMillis(options.heartbeat)
         const scope = yield* Scope.Scope
+        /** A frame to each member found through seeds that the group does not reach. */
+        const toSeeded = (frame: () => Frame, what: string) =>
+          Effect.suspend(() => {
+            const peers = registry.beyondGroup().filter((s) => s.sources.includes("seeds"))
+            if (peers.length === 0) return Effect.void
+            return Effect.forEach(peers, (peer) =>
+              transport.send("udp", peer, frame()).pipe(
+                Effect.catch((e) => Effect.logDebug(`${what} to ${peer.id} not sent: ${e.message}`))
+              ), { discard: true })
+          })
         yield* Effect.gen(function*() {
           while (true) {
             const jitter = yield* Random.nextBetween(0.9, 1.1)
             yield* Effect.sleep(Duration.millis(interval * jitter))
             yield* beat
+            yield* toSeeded(() => ({ _tag: "Beat", sender, version: currentVersion() }), "beat")
           }
         }).pipe(Effect.forkScoped)
 
         yield* Effect.addFinalizer(() =>
           transport.multicast({ _tag: "Leave", sender }).pipe(
-            Effect.catch((e) => Effect.logDebug(`leave not sent: ${e.message}`))
+            Effect.catch((e) => Effect.logDebug(`leave not sent: ${e.message}`)),
+            Effect.andThen(toSeeded(() => ({ _tag: "Leave", sender }), "leave"))
           )
         )
+
+        // Answers come to our own socket, to a multicast probe or a unicast one;
+        // those from endpoints we probed directly (seeds) are the seeds' (bounded).
+        const probedDirectly = new Set<string>()
+        const sourceOf = (frame: Control, address: string, port: number, viaGroup: boolean): SourceName =>
+          viaGroup ? "multicast"
+          : frame._tag === "Answer" && options.multicast && !probedDirectly.has(`${address}:${port}`) ? "multicast"
+          : "seeds"
+        const probe = (address: string, port: number) =>
+          Effect.suspend(() => {
+            if (probedDirectly.size >= 4096) probedDirectly.clear()
+            probedDirectly.add(`${address}:${port}`)
+            return transport.send("udp", endpoint(address, port), descriptor("Probe")).pipe(
+              Effect.catch((e) => Effect.logDebug(`probe to ${address}:${port} not sent: ${e.message}`))
+            )
+          })
 
         const selfId = serviceId(sender.hostId, sender.name)
         // A pinged service has two heartbeats to show it is alive.
         const window = Duration.millis(2 * interval)
         let answerPending = false
-        const handle = (frame: Control, address: string, port: number): Effect.Effect<void> => {
+        const handle = (frame: Control, address: string, port: number, viaGroup: boolean): Effect.Effect<void> => {
           if (frame._tag === "Leave") return registry.leave(frame.sender)
           if (frame._tag === "Repair") return repairOwn(frame.protocols)
           if (frame._tag === "Ping") {
@@ -165,7 +218,7 @@ export class Discovery extends Context.Service<Discovery, {
           }
           if (frame._tag === "Beat") {
             // Beats that `beatNow` could settle never get here (see Cluster's handleNow).
-            return registry.beat(frame.sender, frame.version, address).pipe(
+            return registry.beat(frame.sender, frame.version, address, sourceOf(frame, address, port, viaGroup)).pipe(
               Effect.flatMap((known) => known === undefined ? askFor(frame.sender.instance, address, port) : Effect.void)
             )
           }
@@ -174,7 +227,8 @@ export class Discovery extends Context.Service<Discovery, {
             address,
             protocols: frame.protocols,
             tags: frame.tags,
-            version: frame.version
+            version: frame.version,
+            source: sourceOf(frame, address, port, viaGroup)
           }).pipe(
             Effect.flatMap((peer) =>
               frame._tag === "Probe" && peer !== undefined
@@ -193,18 +247,7 @@ export class Discovery extends Context.Service<Discovery, {
         const askFor = (instance: string, address: string, port: number) =>
           Effect.suspend(() => {
             if (port === 0 || !mayAsk(instance)) return Effect.void
-            const there: Service = {
-              id: "",
-              name: "",
-              hostId: "",
-              instance,
-              address,
-              local: false,
-              protocols: [{ protocol: "udp", port }],
-              tags: [],
-              lastSeen: Date.now()
-            }
-            return transport.send("udp", there, descriptor("Probe")).pipe(
+            return transport.send("udp", endpoint(address, port, instance), descriptor("Probe")).pipe(
               Effect.catch((e) => Effect.logDebug(`probe to ${address}:${port} not sent: ${e.message}`))
             )
           })
@@ -274,7 +317,7 @@ export class Discovery extends Context.Service<Discovery, {
             Effect.asVoid
           )
 
-        return Discovery.of({ self, handle, updateTags, ping, repair })
+        return Discovery.of({ self, handle, updateTags, ping, repair, probe, version: currentVersion })
       })
     )
 }

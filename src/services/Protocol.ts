@@ -18,6 +18,8 @@ export interface Inbound {
   readonly address: string
   /** The sender's port, for datagrams (its own udp port); 0 when unknown. */
   readonly port: number
+  /** It came to the multicast group (not directly to us): which discovery source heard it. */
+  readonly viaGroup: boolean
 }
 
 /** Where to reach a peer over one protocol: its address, the port it advertises there, and the peer itself. */
@@ -99,6 +101,7 @@ export type Receive = (
  * One datagram that several members of a process receive (their shared group
  * socket): a plain frame is decoded by the first and reused by the rest
  * (frames are immutable values). Sealed frames are opened by each member's own keyring.
+ * Given only for datagrams to the multicast group: its presence says so.
  */
 export interface DecodedOnce {
   frame?: Frame | DecodeFailure

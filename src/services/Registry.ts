@@ -21,7 +21,8 @@ import {
   ServiceFound,
   serviceId,
   ServiceLost,
-  ServiceUpdated
+  ServiceUpdated,
+  type SourceName
 } from "../schema/Service.ts"
 import { HookPoint, Hooks } from "./Hooks.ts"
 import { Stats } from "./Stats.ts"
@@ -34,6 +35,11 @@ export interface Sighting {
   readonly tags?: ReadonlyArray<string> | undefined
   /** The descriptor version a full beacon carries. */
   readonly version?: number | undefined
+  /**
+   * The discovery source that heard it; undefined for traffic (a message,
+   * a query), which refreshes the sources that already know the sender.
+   */
+  readonly source?: SourceName | undefined
 }
 
 export interface RegistryOptions {
@@ -69,19 +75,36 @@ export class Registry extends Context.Service<Registry, {
    * A short beat: the service of that instance, refreshed, when we know it at
    * that descriptor version; undefined when we must ask for its descriptor.
    */
-  readonly beat: (sender: Sender, version: number, address: string) => Effect.Effect<Service | undefined>
+  readonly beat: (sender: Sender, version: number, address: string, source: SourceName) => Effect.Effect<Service | undefined>
   /**
    * The synchronous fast path of `beat`, taken by nearly every beat: the
    * service refreshed, or undefined when `beat` must run (unknown instance,
    * other version or address, or membership hooks to run).
    */
-  readonly beatNow: (sender: Sender, version: number, address: string) => Service | undefined
+  readonly beatNow: (sender: Sender, version: number, address: string, source: SourceName) => Service | undefined
+  /**
+   * A source no longer knows this instance (Redis reaped it, or a full read
+   * no longer lists it): the service is lost when no source knows it any
+   * more; `left` loses it at once, whatever else knows it.
+   */
+  readonly release: (id: string, instance: string, source: SourceName, why: "left" | "expired") => Effect.Effect<void>
+  /**
+   * A source went down or came back. While it is down, services that only
+   * it knows are kept and marked `stale`, never lost.
+   */
+  readonly sourceUp: (source: SourceName, up: boolean) => void
   /**
    * Seconds from our join to finding each service found in its first
    * seconds (those were there when we joined), since the last call: plain
    * numbers, which Telemetry turns into its histogram when it publishes.
    */
   readonly takeDiscovered: () => ReadonlyArray<number>
+  /**
+   * The services the multicast group does not reach (no source but seeds or
+   * Redis knows them): broadcasts and beats go to them one by one. Cached
+   * between membership changes.
+   */
+  readonly beyondGroup: () => ReadonlyArray<Service>
   /** A service by id, synchronously (for the per-frame path). */
   readonly get: (id: string) => Service | undefined
   /** Every known service, as a snapshot. */
@@ -110,10 +133,15 @@ export class Registry extends Context.Service<Registry, {
         // Instances replaced by a newer one under the same id: heard again, they are in conflict.
         const retired = new Map<string, string>()
         const reported = new Set<string>()
+        // When each beacon source last heard each service, and which sources know it.
+        const heard = new Map<string, Heard>()
+        let downMask = 0
         const pubsub = yield* PubSub.dropping<ClusterEvent>(options.bufferSize)
         yield* Effect.addFinalizer(() => PubSub.shutdown(pubsub))
 
+        let beyond: ReadonlyArray<Service> | undefined
         const publish = (event: ClusterEvent) => {
+          beyond = undefined
           if (!PubSub.publishUnsafe(pubsub, event)) stats.drop("subscriber-full")
         }
 
@@ -141,6 +169,7 @@ export class Registry extends Context.Service<Registry, {
 
         const lose = (service: Service, why: "left" | "expired") => {
           services.delete(service.id)
+          heard.delete(service.id)
           deadlines.delete(service.id)
           retired.delete(service.id)
           byInstance.delete(service.instance)
@@ -160,16 +189,43 @@ export class Registry extends Context.Service<Registry, {
             (sighting.protocols !== undefined && !sameProtocols(known.protocols, sighting.protocols)) ||
             (sighting.tags !== undefined && !sameTags(known.tags, sighting.tags))
           ) return undefined
-          return refreshed(known)
+          return refreshed(known, sighting.source)
         }
 
-        /** Notes a sign of life in place; undefined when membership hooks must see it instead. */
-        const refreshed = (known: Service): Service | undefined => {
+        /**
+         * Notes a sign of life in place; undefined when membership hooks must
+         * see it instead. A source new to the service replaces it with one that
+         * lists the source (an update event, without the hooks: its details are the same).
+         */
+        const refreshed = (known: Service, source: SourceName | undefined): Service | undefined => {
           if (hooks.has(EVAL) || hooks.has(VALIDATE)) return undefined
-          ;(known as { lastSeen: number }).lastSeen = clock.currentTimeMillisUnsafe()
+          const now = clock.currentTimeMillisUnsafe()
+          ;(known as { lastSeen: number }).lastSeen = now
           if (deadlines.size > 0) deadlines.delete(known.id)
-          return known
+          const h = heard.get(known.id)
+          if (h === undefined) return known
+          if (source === undefined) {
+            // Traffic: a sign of life for the beacon sources that know it.
+            if (h.multicast > 0) h.multicast = now
+            if (h.seeds > 0) h.seeds = now
+            return known
+          }
+          const before = h.mask
+          mark(h, source, now)
+          return h.mask === before ? known : replace(known, h)
         }
+
+        /** The service as its sources now stand, stored and announced. */
+        const replace = (current: Service, h: Heard): Service => {
+          const service: Service = { ...current, sources: SOURCE_SETS[h.mask]!, stale: isStale(h.mask) }
+          services.set(service.id, service)
+          const beating = byInstance.get(service.instance)
+          byInstance.set(service.instance, { service, version: beating?.version })
+          publish(new ServiceUpdated({ service, previous: current }))
+          return service
+        }
+
+        const isStale = (mask: number) => mask !== 0 && (mask & ~downMask) === 0
 
         /** The service a short beat names, when we know it at that descriptor version. */
         const atVersion = (sender: Sender, version: number): Service | undefined => {
@@ -200,6 +256,11 @@ export class Registry extends Context.Service<Registry, {
               known !== undefined && known.address !== sighting.address &&
               (known.instance !== sender.instance || sighting.protocols !== undefined)
             ) {
+              // One member on this host, heard on the loopback group and at the
+              // address it advertises elsewhere: both are its own.
+              if (known.instance === sender.instance && known.local && isLocalAddress(sighting.address)) {
+                return Effect.succeed(refreshed(known, sighting.source) ?? known)
+              }
               stats.drop("spoofed")
               return Effect.succeed(undefined)
             }
@@ -224,9 +285,24 @@ export class Registry extends Context.Service<Registry, {
             return hooks.run(EVAL, serviceFrom(id, sighting, protocols, tags, now)).pipe(
               Effect.flatMap((s) => hooks.run(known === undefined ? FOUND : VALIDATE, s)),
               Effect.map((s) => {
-                // A hook may change details, never the identity the frame proved.
-                const service: Service = { ...s, id, hostId: sender.hostId, name: sender.name, instance: sender.instance }
                 const current = services.get(id)
+                // The sources are the registry's: a restart starts them afresh.
+                let h = heard.get(id)
+                if (h === undefined || current?.instance !== sender.instance) {
+                  h = { multicast: 0, seeds: 0, mask: 0 }
+                  heard.set(id, h)
+                }
+                mark(h, sighting.source ?? "multicast", now)
+                // A hook may change details, never the identity the frame proved.
+                const service: Service = {
+                  ...s,
+                  id,
+                  hostId: sender.hostId,
+                  name: sender.name,
+                  instance: sender.instance,
+                  sources: SOURCE_SETS[h.mask]!,
+                  stale: isStale(h.mask)
+                }
                 services.set(id, service)
                 deadlines.delete(id)
                 // The version last heard for this id, unless this sighting brings one.
@@ -251,12 +327,22 @@ export class Registry extends Context.Service<Registry, {
         // only the expired ones go on to `lose`. It returns when the next one
         // could expire: the oldest sign of life plus the ttl, or the nearest
         // suspicion deadline.
+        // A beacon source loses a service unheard for the ttl; Redis loses it
+        // only by saying so (`release`), so services it knows never expire here.
         const sweep = (now: number) => {
           let expired: Array<Service> | undefined
           let next = now + ttlMillis
+          const silent = (service: Service, h: Heard) => {
+            h.multicast = 0
+            h.seeds = 0
+            h.mask &= REDIS
+            if (h.mask === 0) (expired ??= []).push(service)
+            else replace(service, h)
+          }
           for (const service of services.values()) {
+            const h = heard.get(service.id)!
             const at = service.lastSeen + ttlMillis
-            if (now > at) (expired ??= []).push(service)
+            if (now > at && (h.mask & BEACONS) !== 0) silent(service, h)
             else if (at < next) next = at
           }
           if (deadlines.size > 0) {
@@ -264,7 +350,9 @@ export class Registry extends Context.Service<Registry, {
               const service = services.get(id)
               if (service === undefined) continue
               if (now > deadline) {
-                if (!expired?.includes(service)) (expired ??= []).push(service)
+                deadlines.delete(id)
+                const h = heard.get(id)!
+                if ((h.mask & BEACONS) !== 0) silent(service, h)
               } else if (deadline < next) next = deadline
             }
           }
@@ -283,17 +371,38 @@ export class Registry extends Context.Service<Registry, {
               const known = services.get(serviceId(sender.hostId, sender.name))
               return known !== undefined && known.instance === sender.instance ? lose(known, "left") : Effect.void
             }),
-          beat: (sender, version, address) =>
+          beat: (sender, version, address, source) =>
             Effect.suspend(() => {
               const known = atVersion(sender, version)
               // Known at this version: a sign of life like any other (address checks included).
               return known === undefined
                 ? Effect.succeed(undefined)
-                : observe({ sender: { hostId: known.hostId, instance: known.instance, name: known.name }, address })
+                : observe({ sender: { hostId: known.hostId, instance: known.instance, name: known.name }, address, source })
             }),
-          beatNow: (sender, version, address) => {
+          beatNow: (sender, version, address, source) => {
             const known = atVersion(sender, version)
-            return known !== undefined && known.address === address ? refreshed(known) : undefined
+            return known !== undefined && known.address === address ? refreshed(known, source) : undefined
+          },
+          release: (id, instance, source, why) =>
+            Effect.suspend(() => {
+              const known = services.get(id)
+              const h = heard.get(id)
+              if (known === undefined || h === undefined || known.instance !== instance) return Effect.void
+              if (why === "left") return lose(known, "left")
+              if (source !== "redis") h[source] = 0
+              h.mask &= ~BIT[source]
+              if (h.mask === 0) return lose(known, "expired")
+              if (SOURCE_SETS[h.mask] !== known.sources) replace(known, h)
+              return Effect.void
+            }),
+          sourceUp: (source, up) => {
+            const before = downMask
+            downMask = up ? downMask & ~BIT[source] : downMask | BIT[source]
+            if (downMask === before) return
+            for (const [id, h] of heard) {
+              const service = services.get(id)
+              if (service !== undefined && service.stale !== isStale(h.mask)) replace(service, h)
+            }
           },
           takeDiscovered: () => {
             const taken = discovered
@@ -301,6 +410,7 @@ export class Registry extends Context.Service<Registry, {
             return taken
           },
           get: (id) => services.get(id),
+          beyondGroup: () => beyond ??= [...services.values()].filter((s) => !s.sources.includes("multicast")),
           suspect: (id, window) => {
             if (!services.has(id)) return
             const deadline = clock.currentTimeMillisUnsafe() + Duration.toMillis(window)
@@ -334,6 +444,24 @@ export class Registry extends Context.Service<Registry, {
         })
       })
     )
+}
+
+/** When each beacon source last heard a service (0: it does not know it), and the sources that know it, as bits. */
+interface Heard {
+  multicast: number
+  seeds: number
+  mask: number
+}
+const BIT = { multicast: 1, seeds: 2, redis: 4 } as const
+const BEACONS = 3
+const REDIS = 4
+/** Every set of sources, made once: services share them (and compare them by identity). */
+const SOURCE_SETS: ReadonlyArray<ReadonlyArray<SourceName>> = Array.from({ length: 8 }, (_, mask) =>
+  (["multicast", "seeds", "redis"] as const).filter((s) => (mask & BIT[s]) !== 0))
+
+const mark = (h: Heard, source: SourceName, now: number) => {
+  if (source !== "redis") h[source] = now
+  h.mask |= BIT[source]
 }
 
 /** Services found this soon after our join were there when we joined. */
@@ -374,7 +502,9 @@ const serviceFrom = (
   local: isLocalAddress(s.address),
   protocols,
   tags,
-  lastSeen: now
+  lastSeen: now,
+  sources: [],
+  stale: false
 })
 
 const sameTags = (a: ReadonlyArray<string>, b: ReadonlyArray<string>) =>
@@ -384,5 +514,5 @@ const sameProtocols = (a: ReadonlyArray<Advertised>, b: ReadonlyArray<Advertised
   a === b || (a.length === b.length && a.every((p, i) => p.protocol === b[i]!.protocol && p.port === b[i]!.port))
 
 const changed = (a: Service, b: Service) =>
-  a.instance !== b.instance || a.address !== b.address || a.local !== b.local ||
+  a.sources !== b.sources || a.stale !== b.stale || a.instance !== b.instance || a.address !== b.address || a.local !== b.local ||
   !sameProtocols(a.protocols, b.protocols) || !sameTags(a.tags, b.tags)

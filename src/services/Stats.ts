@@ -34,6 +34,7 @@ export type DropReason =
   | "spoofed" // claims a live service's id from another address
   | "too-many-connections" // a connection past `maxConnections` or `maxConnectionsPerPeer`, closed at once
   | "registry-full" // a new service while `maxServices` are known
+  | "redis-invalid" // a key, script reply or event in Redis that is not a member descriptor of ours
 
 export interface StatsSnapshot {
   readonly framesIn: number

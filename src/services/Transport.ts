@@ -109,7 +109,7 @@ export class Transport extends Context.Service<Transport, {
 }
 
 /** Handles a control frame on the spot; false when it must be queued instead. */
-export type ControlNow = (frame: Frame, address: string, protocol: ProtocolName) => boolean
+export type ControlNow = (frame: Frame, address: string, protocol: ProtocolName, viaGroup: boolean) => boolean
 
 /** The queues between the sockets and the pipelines. */
 export interface InboundQueues {
@@ -121,7 +121,7 @@ export interface InboundQueues {
    * A frame decoded elsewhere (another dialect's packet, translated) goes on
    * as a decoded native one would; false when a stream reader should pause.
    */
-  readonly admit: (frame: Frame, protocol: ProtocolName, address: string, port: number) => boolean
+  readonly admit: (frame: Frame, protocol: ProtocolName, address: string, port: number, viaGroup?: boolean) => boolean
   /** Installs the reader of another dialect's datagrams: bytes starting `C0 8D` go to it, not to the native decoder. */
   readonly handleForeign: (handler: ForeignNow) => void
 }
@@ -166,14 +166,15 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         stats.drop("replayed")
         return true
       }
-      return admit(frame, protocol, address, port)
+      // The shared group socket passes `once`; a frame without it came to us directly.
+      return admit(frame, protocol, address, port, once !== undefined)
     }
-    const admit = (frame: Frame, protocol: ProtocolName, address: string, port: number): boolean => {
+    const admit = (frame: Frame, protocol: ProtocolName, address: string, port: number, viaGroup = true): boolean => {
       // Traffic takes the synchronous path only when no message waits before
       // it: nothing overtakes what a peer sent earlier.
-      if ((!isTraffic(frame) || Queue.sizeUnsafe(messages) === 0) && controlNow(frame, address, protocol)) return true
+      if ((!isTraffic(frame) || Queue.sizeUnsafe(messages) === 0) && controlNow(frame, address, protocol, viaGroup)) return true
       if (!isTraffic(frame)) {
-        if (!Queue.offerUnsafe(beacons, { frame, protocol, address, port })) stats.drop("queue-full")
+        if (!Queue.offerUnsafe(beacons, { frame, protocol, address, port, viaGroup })) stats.drop("queue-full")
         return true
       }
       const size = Queue.sizeUnsafe(messages)
@@ -181,7 +182,7 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         stats.drop("queue-full")
         return true
       }
-      Queue.offerUnsafe(messages, { frame, protocol, address, port })
+      Queue.offerUnsafe(messages, { frame, protocol, address, port, viaGroup })
       return size + 1 < capacity
     }
     const resume = Effect.sync(() => {

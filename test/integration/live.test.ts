@@ -403,7 +403,9 @@ describe("members on real sockets (one host)", () => {
         local: true,
         protocols: [{ protocol: "tcp", port: 1 }],
         tags: [],
-        lastSeen: 0
+        lastSeen: 0,
+        sources: [],
+        stale: false
       }
       const error = yield* Effect.flip(sender.sendTo(nobody, "C", "x"))
       assert.strictEqual(error._tag, "SendFailed")

@@ -11,7 +11,7 @@
  *      {"n": 3, "cmd": "services"}    {"n": 4, "cmd": "stats"}    {"n": 5, "cmd": "fail"}
  *      {"n": 6, "cmd": "sendToFake", "target": "name", "op": "C", "data": "x", "tcpPort": 1}
  *      {"n": 7, "cmd": "queryAll", "target": "name", "op": "Q", "data": "x"}
- *      {"n": 8, "cmd": "respond", "op": "Q", "data": "answer"}
+ *      {"n": 8, "cmd": "respond", "op": "Q", "data": "answer"}    {"n": 9, "cmd": "sources"}
  */
 import { createInterface } from "node:readline"
 import { NodeRuntime } from "@effect/platform-node"
@@ -55,7 +55,20 @@ const run = (c: Command): Effect.Effect<unknown, { readonly _tag: string }, Clus
         return ds.map((d) => ({ id: d.service.id, protocol: d.protocol }))
       })
     case "services":
-      return Cluster.services.pipe(Effect.map((ss) => ss.map((s) => ({ id: s.id, name: s.name, address: s.address, local: s.local, tags: s.tags, protocols: s.protocols.map((p) => p.protocol) }))))
+      return Cluster.services.pipe(Effect.map((ss) =>
+        ss.map((s) => ({
+          id: s.id,
+          name: s.name,
+          address: s.address,
+          local: s.local,
+          tags: s.tags,
+          protocols: s.protocols.map((p) => p.protocol),
+          sources: s.sources,
+          stale: s.stale
+        }))
+      ))
+    case "sources":
+      return Cluster.sources
     case "queryAll":
       return Cluster.queryAll({ target: c.target!, op: c.op!, data: c.data!, timeout: "3 seconds" }).pipe(
         Effect.map((r) => ({
@@ -77,7 +90,7 @@ const main = Effect.gen(function*() {
   yield* cluster.events.pipe(
     Stream.runForEach((e) =>
       Effect.sync(() => {
-        if (e._tag === "ServiceFound") say({ found: e.service.id, address: e.service.address })
+        if (e._tag === "ServiceFound") say({ found: e.service.id, address: e.service.address, sources: e.service.sources })
         else if (e._tag === "ServiceLost") say({ lost: e.service.id, why: e.why })
       })
     ),

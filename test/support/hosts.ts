@@ -5,6 +5,7 @@
  * interfaces. Agents (test/support/agent.ts) run inside a host with `ip netns exec`.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { rmSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
 import type { ClusterConfigInput } from "cluster-comm"
@@ -21,10 +22,10 @@ export const canUseNamespaces = (): boolean => {
   }
 }
 
-const ip = (...args: ReadonlyArray<string>) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] })
+export const ip = (...args: ReadonlyArray<string>) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] })
 
 /** Removes namespaces left by test runs whose process is gone (a crash, a kill). */
-const removeStale = () => {
+export const removeStale = () => {
   const list = execFileSync("ip", ["netns", "list"], { encoding: "utf8" })
   for (const line of list.split("\n")) {
     const m = /^(cc-(\d+)-\S+)/.exec(line)
@@ -33,6 +34,7 @@ const removeStale = () => {
       process.kill(Number(m[2]), 0)
     } catch {
       ip("netns", "del", m[1]!)
+      rmSync(`/etc/netns/${m[1]}`, { recursive: true, force: true })
     }
   }
 }
@@ -43,15 +45,18 @@ export interface Host {
   readonly iface: string
 }
 
-/** Whether `nft` (packet loss rules) can be used. */
-export const canUseNft = (): boolean => {
+/** Whether a command runs here (`--version` answers). */
+export const hasCommand = (command: string): boolean => {
   try {
-    execFileSync("nft", ["--version"], { stdio: "ignore" })
+    execFileSync(command, ["--version"], { stdio: "ignore" })
     return true
   } catch {
     return false
   }
 }
+
+/** Whether `nft` (packet loss rules) can be used. */
+export const canUseNft = (): boolean => hasCommand("nft")
 
 /** Runs a command inside a host's namespace (e.g. `ip link set eth0 down`). */
 export const inHost = (host: Host, ...command: ReadonlyArray<string>) =>

@@ -41,8 +41,8 @@ const MAX_POINT_SETS = 1024
 export const SYSTEM_CHANNEL = 1
 
 export interface ReceiveOptions {
-  /** 0: frames from other hosts are dropped. */
-  readonly remote: number
+  /** Frames from other hosts are dropped (multicast with TTL 0, no seeds, no Redis). */
+  readonly hostOnly: boolean
   readonly bufferSize: number
   /** CIDRs remote frames must come from (none: any). */
   readonly allow: ReadonlyArray<string>
@@ -154,7 +154,7 @@ export const makeReceivePipeline = (
       }
       const local = isLocalAddress(address)
       if (!local) {
-        if (options.remote === 0) {
+        if (options.hostOnly) {
           stats.drop("non-local")
           return false
         }
@@ -243,8 +243,8 @@ export const makeReceivePipeline = (
     }
     let publishing = false
 
-    yield* pump(transport.takeBeacons, ({ frame, address, port }) =>
-      isTraffic(frame) ? Effect.void : discovery.handle(frame, address, port))
+    yield* pump(transport.takeBeacons, ({ frame, address, port, viaGroup }) =>
+      isTraffic(frame) ? Effect.void : discovery.handle(frame, address, port, viaGroup))
     yield* pump(transport.takeMessages, ({ frame, protocol, address }) =>
       frame._tag === "Message" ? receiveMessage(frame, protocol, address) :
       frame._tag === "Messages" ? receiveData(frame, frame.items, protocol, address) :
@@ -258,9 +258,10 @@ export const makeReceivePipeline = (
     // pump idle), queries and replies: a round trip without a pass through
     // the message queue on either side.
     // Admission is checked here once, as the pump checks what it takes.
-    transport.handleNow((frame, address, protocol) =>
+    transport.handleNow((frame, address, protocol, viaGroup) =>
       frame._tag === "Beat"
-        ? !admitted(frame, address) || registry.beatNow(frame.sender, frame.version, address) !== undefined
+        ? !admitted(frame, address) ||
+          registry.beatNow(frame.sender, frame.version, address, viaGroup ? "multicast" : "seeds") !== undefined
         : !isTraffic(frame) || messageLine.busy || onCallback !== undefined
         ? false
         : !admitted(frame, address)

@@ -36,7 +36,7 @@ export interface SendOptions {
 /** The most data a `sendAll` batch frame carries. */
 const BATCH_BYTES = 60 * 1024
 
-export const makeSendPipeline = ({ transport, hooks, stats, discovery, sender }: Wiring, targetsOf: TargetsOf) => {
+export const makeSendPipeline = ({ transport, hooks, stats, discovery, registry, sender }: Wiring, targetsOf: TargetsOf) => {
   const checked = (frame: MessageFrame) => {
     const problem = checkFrame(frame)
     return problem === undefined ? Effect.succeed(frame) : Effect.fail(new InvalidMessage({ message: problem }))
@@ -86,17 +86,32 @@ export const makeSendPipeline = ({ transport, hooks, stats, discovery, sender }:
       Effect.flatMap((o) => hooks.run(Points.channel(o.channel, "send"), o))
     )
 
-  /** Sends `op` with `data` to every member (on the channel) by multicast. */
+  /**
+   * Sends `op` with `data` to every member (on the channel): by multicast to
+   * the group, then directly (with fallback) to each member the group does
+   * not reach. Like a datagram, a direct copy that fails is not the caller's
+   * failure: the peer is pinged and the failure logged.
+   */
   const broadcast = (op: string, data: Data, send?: SendOptions) =>
     Effect.suspend(() => {
       const out: Outgoing = { op, data: toBytes(data), channel: send?.channel ?? 0, targets: [], protocol: "udp" }
       return prepared(out).pipe(
-        Effect.flatMap((o) => outbound(o, "udp")),
-        Effect.flatMap((frame) => transport.multicast(frame)),
-        Effect.tap(() => Effect.sync(() => {
-          stats.frameOut("udp")
-          stats.message("out", op)
-        }))
+        Effect.flatMap((o) =>
+          outbound(o, "udp").pipe(
+            Effect.flatMap((frame) => transport.multicast(frame)),
+            Effect.tap(() => Effect.sync(() => {
+              stats.frameOut("udp")
+              stats.message("out", op)
+            })),
+            Effect.andThen(Effect.suspend(() => {
+              const beyond = registry.beyondGroup()
+              return beyond.length === 0 ? Effect.void : Effect.forEach(beyond, (peer) =>
+                deliverTo(peer, (protocol) => outbound(o, protocol)).pipe(
+                  Effect.catch((e) => Effect.logDebug(`broadcast to ${peer.id} not delivered: ${e.message}`))
+                ), { concurrency: "unbounded", discard: true })
+            }))
+          )
+        )
       )
     })
 

@@ -13,7 +13,7 @@ export const TcpProtocol: ProtocolPlugin = {
   name: "tcp",
   id: 1,
   make: ({ config, inlet, stats }) => {
-    const host = config.remote === 0 ? "127.0.0.1" : "0.0.0.0"
+    const host = config.hostOnly ? "127.0.0.1" : "0.0.0.0"
     let wanted = config.tcpPort
     return makeStreamProtocol({
       name: "tcp",

@@ -157,11 +157,14 @@ export const UdpProtocol = {
       }
 
       const groupCache: SenderCache = {}
-      yield* joinGroup(config.port, config.address, iface, (bytes, from, once) =>
-        inlet.receive(bytes, "udp", from.address, groupCache, from.port, once))
+      if (config.multicast) {
+        yield* joinGroup(config.port, config.address, iface, (bytes, from, once) =>
+          inlet.receive(bytes, "udp", from.address, groupCache, from.port, once))
+      }
 
+      // Our own socket: probe answers, direct datagrams, and seed probes (on `seedPort` when fixed).
       const direct = yield* open({ type: "udp4" })
-      yield* bind(direct, 0, local ? "127.0.0.1" : "0.0.0.0")
+      yield* bind(direct, config.seedPort, config.hostOnly ? "127.0.0.1" : "0.0.0.0")
       yield* trying(`cannot send multicast through ${iface}`, "NoMulticast", () => {
         direct.setMulticastInterface(iface)
         direct.setMulticastTTL(config.remote)
@@ -194,7 +197,8 @@ export const UdpProtocol = {
         port: direct.address().port,
         maxFrame: MAX_DATAGRAM,
         send: (to: Endpoint, frame: Frame) => transmit(frame, to.port, to.address),
-        multicast: (frame: Frame) => transmit(frame, config.port, config.address),
+        // Without the group, there is no one to multicast to: broadcasts go to members one by one.
+        multicast: config.multicast ? (frame: Frame) => transmit(frame, config.port, config.address) : () => Effect.void,
         multicastBytes: (bytes: Uint8Array) => sendBytes(bytes, config.port, config.address)
       } satisfies UdpProtocol
     })

@@ -1,0 +1,280 @@
+/**
+ * The Redis source: membership through a Redis server, for members the
+ * multicast group does not reach. Built only on the `Redis` service of
+ * `effect/persistence/Redis`: the user's layer, or node-redis through
+ * `@effect/platform-node`'s `NodeRedis` for a URL (loaded only then).
+ *
+ * Per heartbeat one script call (see RedisScripts.ts) refreshes us and reaps
+ * the dead; joins, updates and losses arrive by pub/sub, each with the
+ * revision it made. A gap in the revisions, or a revision gone back (Redis
+ * restarted empty), brings a full read. The source never fails the member:
+ * while Redis is away it reports `down`, the registry keeps what only Redis
+ * knows as stale, and it reconnects with a capped, jittered back-off.
+ * Messages never pass through Redis: it carries membership only.
+ */
+import { isIP } from "node:net"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import type * as Redis from "effect/persistence/Redis"
+import * as Queue from "effect/Queue"
+import * as Random from "effect/Random"
+import * as References from "effect/References"
+import * as Scope from "effect/Scope"
+import type { ClusterConfig } from "../../schema/Config.ts"
+import { decodeFrame, encodeFrame, isDecodeFailure, type Sender } from "../../schema/Frame.ts"
+import { serviceId } from "../../schema/Service.ts"
+import { Discovery } from "../Discovery.ts"
+import { Keyring, SEALED_MAGIC } from "../Keyring.ts"
+import { Registry, type Sighting } from "../Registry.ts"
+import { Sources } from "../Sources.ts"
+import { Stats } from "../Stats.ts"
+import { makeScripts, redisKeys } from "./RedisScripts.ts"
+
+export interface RedisSourceOptions {
+  readonly config: ClusterConfig
+  readonly sender: Sender
+  /** The `Redis` service to use; without it, node-redis at `config.redis.url`. */
+  readonly redis?: Layer.Layer<Redis.Redis, unknown> | undefined
+}
+
+/** How long a member stays in the set unrefreshed: two beats and a little, so one lost beat is forgiven. */
+export const redisTtl = (config: ClusterConfig) =>
+  Math.min(Duration.toMillis(config.ttl), Math.round(2.2 * Duration.toMillis(config.heartbeat)))
+
+/** The longest wait between attempts to reach a Redis that is away. */
+const MAX_BACKOFF_MILLIS = 5000
+
+/** node-redis for a URL (ACL user and password, `rediss://` for TLS, all in the URL). */
+const nodeRedis = (url: string, connectTimeout: number): Layer.Layer<Redis.Redis, unknown> =>
+  Layer.unwrap(Effect.promise(() => import("@effect/platform-node/NodeRedis")).pipe(
+    Effect.map((m) => m.layer({ url, disableOfflineQueue: true, socket: { connectTimeout } }))
+  ))
+
+export const RedisSource = {
+  layer: (options: RedisSourceOptions) =>
+    Layer.effectDiscard(Effect.gen(function*() {
+      const { config, sender } = options
+      const discovery = yield* Discovery
+      const registry = yield* Registry
+      const sources = yield* Sources
+      const keyring = yield* Keyring
+      const stats = yield* Stats
+      // Loaded here, not at the top: a member without Redis never loads it (nor the Schema it uses).
+      const RedisModule = yield* Effect.promise(() => import("effect/persistence/Redis"))
+      const scripts = makeScripts(RedisModule)
+      const heartbeat = Duration.toMillis(config.heartbeat)
+      const ttl = redisTtl(config)
+      const keys = redisKeys(config.redis?.namespace ?? "default", config.address, config.port)
+      const layer = options.redis ?? nodeRedis(config.redis!.url, Math.max(1000, heartbeat))
+      // A command that has not answered within a heartbeat has failed (a frozen or unreachable Redis).
+      const timeout = Duration.millis(Math.max(500, heartbeat))
+
+      // Our descriptor, made again only when it changes: address NUL Heartbeat frame, sealed when we have a key.
+      let described: { version: number; sealed: boolean; text: string } | undefined
+      const descriptor = () => {
+        const version = discovery.version()
+        const sealed = keyring.enabled()
+        if (described?.version === version && described.sealed === sealed) return { text: described.text, changed: false }
+        const self = discovery.self()
+        const plain = Buffer.concat([
+          Buffer.from(`${self.address}\0`),
+          encodeFrame({ _tag: "Heartbeat", sender, protocols: self.protocols, tags: self.tags, version })
+        ])
+        const changed = described !== undefined
+        described = { version, sealed, text: (sealed ? keyring.seal(plain, 0) : plain).toString("base64") }
+        return { text: described.text, changed }
+      }
+
+      /** A descriptor read from Redis, or undefined (counted) when it is not one of ours. */
+      const decode = (instance: string, text: string): Sighting | undefined => {
+        const bytes = Buffer.from(text, "base64")
+        let plain: Uint8Array = bytes
+        if (keyring.enabled() || bytes[0] === SEALED_MAGIC) {
+          const opened = keyring.open(bytes)
+          if (typeof opened === "string") {
+            stats.drop(opened)
+            return undefined
+          }
+          plain = opened.frame
+        }
+        const nul = plain.indexOf(0)
+        const address = nul > 0 && nul <= 45 ? Buffer.from(plain.subarray(0, nul)).toString("latin1") : ""
+        const frame = isIP(address) === 0 ? undefined : decodeFrame(plain.subarray(nul + 1))
+        if (frame === undefined || isDecodeFailure(frame) || frame._tag !== "Heartbeat" || frame.sender.instance !== instance) {
+          stats.drop("redis-invalid")
+          return undefined
+        }
+        return { sender: frame.sender, address, protocols: frame.protocols, tags: frame.tags, version: frame.version, source: "redis" }
+      }
+
+      // Members Redis told us of, by instance: its events name instances only.
+      const known = new Map<string, string>()
+      const learn = (instance: string, text: string) =>
+        Effect.suspend(() => {
+          if (instance === sender.instance) return Effect.void
+          const sighting = decode(instance, text)
+          if (sighting === undefined) return Effect.void
+          known.set(instance, serviceId(sighting.sender.hostId, sighting.sender.name))
+          return Effect.asVoid(registry.observe(sighting))
+        })
+      const forget = (instance: string, why: "left" | "expired") =>
+        Effect.suspend(() => {
+          const id = known.get(instance)
+          if (id === undefined) return Effect.void
+          known.delete(instance)
+          return registry.release(id, instance, "redis", why)
+        })
+
+      /** One connection's life: from a built `Redis` until it fails for good. */
+      const session = (redis: Redis.Redis["Service"]) =>
+        Effect.gen(function*() {
+          let seen = 0 // the highest revision applied
+          let lastRev = -1 // the revision the last heartbeat reported
+          let expectBy = 0 // a revision events should have brought by the next beat
+          let missed = false // a gap in the events: read everything at the next beat
+
+          const readAll = (releaseMissing: boolean) =>
+            Effect.gen(function*() {
+              const reply = yield* redis.eval(scripts.read)(keys).pipe(Effect.timeout(timeout))
+              if (!Array.isArray(reply) || typeof reply[0] !== "number") {
+                stats.drop("redis-invalid")
+                return
+              }
+              const listed = new Set<string>()
+              for (let i = 1; i + 1 < reply.length; i += 2) {
+                const instance = reply[i]
+                const text = reply[i + 1]
+                if (typeof instance !== "string" || typeof text !== "string" || !/^[0-9a-f]{16}$/.test(instance)) {
+                  stats.drop("redis-invalid")
+                  continue
+                }
+                listed.add(instance)
+                yield* learn(instance, text)
+              }
+              if (releaseMissing) {
+                for (const instance of [...known.keys()]) if (!listed.has(instance)) yield* forget(instance, "expired")
+              }
+              seen = Math.max(seen, reply[0])
+            })
+
+          const onEvent = (message: string) =>
+            Effect.suspend(() => {
+              const [revText, kind, instance, text] = message.split(" ", 4)
+              const rev = Number(revText)
+              if (!Number.isSafeInteger(rev) || instance === undefined || !/^[0-9a-f]{16}$/.test(instance)) {
+                stats.drop("redis-invalid")
+                return Effect.void
+              }
+              if (rev > seen + 1) missed = true
+              if (rev > seen) seen = rev
+              switch (kind) {
+                case "join":
+                case "update":
+                  return text === undefined ? Effect.void : learn(instance, text)
+                case "left":
+                  return forget(instance, "left")
+                case "lost":
+                  return forget(instance, "expired")
+                default:
+                  stats.drop("redis-invalid")
+                  return Effect.void
+              }
+            })
+
+          const events = yield* redis.subscribe(keys.channel)
+          yield* Effect.gen(function*() {
+            while (true) {
+              const batch = yield* Queue.takeAll(events)
+              for (const m of batch) yield* onEvent(m.message)
+            }
+          }).pipe(Effect.forkScoped)
+
+          let failures = 0
+          let pendingRelease = 0 // after a restart, when to read again and let go of who did not come back
+          while (true) {
+            const { text, changed } = descriptor()
+            const beat = yield* Effect.exit(
+              redis.eval(scripts.heartbeat)(keys, sender.instance, ttl, text, changed).pipe(Effect.timeout(timeout))
+            )
+            if (Exit.isFailure(beat)) {
+              if (changed) described = undefined // announce it again when Redis is back
+              failures++
+              const error = describe(RedisModule, beat.cause)
+              yield* sources.report("redis", "down", error)
+              // node-redis gave up on this client (it does after a socket timeout): build a new one.
+              if (/closed|ClientClosed|The client is closed/i.test(error) || failures >= 30) return
+            } else {
+              const [rev] = beat.value
+              const wasDown = failures > 0 || lastRev < 0
+              failures = 0
+              if (expectBy > 0 && seen < expectBy) missed = true
+              if (lastRev >= 0 && rev < lastRev) {
+                // Redis lost its data (restarted empty): everyone registers again
+                // within a beat; who has not after a ttl is let go.
+                yield* Effect.ignore(readAll(false))
+                pendingRelease = Date.now() + ttl
+              } else if (wasDown || missed || (pendingRelease > 0 && Date.now() >= pendingRelease)) {
+                missed = false
+                if (Date.now() >= pendingRelease) pendingRelease = 0
+                yield* Effect.ignore(readAll(pendingRelease === 0))
+              }
+              // Events up to this revision should have come before the next beat.
+              expectBy = rev > seen ? rev : 0
+              lastRev = rev
+              yield* sources.report("redis", "up")
+            }
+            const jitter = yield* Random.nextBetween(0.9, 1.1)
+            yield* Effect.sleep(Duration.millis(heartbeat * jitter))
+          }
+        })
+
+      let current: Redis.Redis["Service"] | undefined
+      yield* Effect.gen(function*() {
+        let wait = Math.min(250, heartbeat)
+        while (true) {
+          const scope = yield* Scope.make()
+          const built = yield* Effect.exit(
+            Layer.buildWithScope(layer, scope).pipe(
+              Effect.timeout(Duration.millis(Math.max(2000, 2 * heartbeat))),
+              // node-redis logs every socket error; the source reports its state itself, once a change.
+              Effect.provideService(References.MinimumLogLevel, "Error")
+            )
+          )
+          if (Exit.isSuccess(built)) {
+            current = Context.get(built.value, RedisModule.Redis)
+            wait = Math.min(250, heartbeat)
+            yield* session(current).pipe(Effect.provideService(Scope.Scope, scope), Effect.exit)
+            current = undefined
+          } else {
+            yield* sources.report("redis", "down", describe(RedisModule, built.cause))
+          }
+          yield* Scope.close(scope, Exit.void)
+          const jitter = yield* Random.nextBetween(0.5, 1.5)
+          yield* Effect.sleep(Duration.millis(wait * jitter))
+          wait = Math.min(wait * 2, MAX_BACKOFF_MILLIS)
+          yield* sources.report("redis", "connecting")
+        }
+      }).pipe(Effect.forkScoped)
+
+      // Leaving: out of the set at once, so every member hears it now (best effort: Redis may be away).
+      yield* Effect.addFinalizer(() =>
+        Effect.suspend(() =>
+          current === undefined ? Effect.void : Effect.ignore(
+            current.eval(scripts.leave)(keys, sender.instance).pipe(Effect.timeout(timeout))
+          )
+        )
+      )
+    }))
+}
+
+/** Why Redis failed, in one line: the client's own message, not a cause tree. */
+const describe = (R: typeof Redis, cause: Cause.Cause<unknown>): string => {
+  const e = Cause.squash(cause)
+  const inner = e instanceof R.RedisError ? e.cause : e
+  const text = Cause.isTimeoutError(inner) ? "no answer in time" : inner instanceof Error ? inner.message : String(inner)
+  return text.split("\n", 1)[0]!.slice(0, 300)
+}

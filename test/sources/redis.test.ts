@@ -1,0 +1,178 @@
+/**
+ * The Redis source against a real redis-server on loopback: members with
+ * multicast off find each other through it, talk directly, see crashes,
+ * leaves, a frozen Redis (nobody lost, marked stale) and a Redis restarted
+ * empty (everyone back, nobody lost); garbage in its keys is counted, never
+ * fatal; sealed descriptors show Redis only ids and expiry times.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber, Stream } from "effect"
+import { type Cluster, type ClusterEvent, HookPoint } from "cluster-comm"
+import { collect, eventually, leavable, member, testCluster } from "../helpers.ts"
+import { startAgent } from "../support/hosts.ts"
+import { canRunRedis, startRedis } from "../support/redis.ts"
+
+const cluster = testCluster(42)
+const base = { ...cluster, multicast: false, advertise: "127.0.0.1", heartbeat: "200 millis", ttl: "600 millis" } as const
+
+const names = (c: Cluster["Service"]) => Effect.map(c.services, (ss) => ss.map((s) => s.name).sort().join())
+const state = (c: Cluster["Service"]) => Effect.map(c.sources, (ss) => ss.find((s) => s.source === "redis")?.state)
+/** Every loss a member sees from now on, as `name why`. */
+const losses = (c: Cluster["Service"]) =>
+  Effect.gen(function*() {
+    const seen: Array<string> = []
+    yield* c.events.pipe(
+      Stream.runForEach((e: ClusterEvent) => Effect.sync(() => e._tag === "ServiceLost" && seen.push(`${e.service.name} ${e.why}`))),
+      Effect.forkChild
+    )
+    yield* Effect.yieldNow
+    return seen
+  })
+
+describe.skipIf(!canRunRedis())("redis source", () => {
+  it.live("members find each other through Redis only, and exchange sendTo, broadcast and query", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis()
+      const a = yield* member({ ...base, name: "a", redis: redis.url })
+      const b = yield* member({ ...base, name: "b", redis: { url: redis.url, namespace: "default" } })
+      yield* eventually(names(a), (n) => n === "b")
+      yield* eventually(names(b), (n) => n === "a")
+      const [seen] = yield* b.services
+      assert.deepStrictEqual(seen!.sources, ["redis"])
+      assert.isFalse(seen!.stale)
+      yield* eventually(state(a), (s) => s === "up")
+
+      const atB = yield* collect(b, 2)
+      yield* a.sendTo("b", "C", "direct")
+      yield* a.broadcast("B", "to all")
+      assert.deepStrictEqual((yield* Fiber.join(atB)).map((m) => m.text).sort(), ["direct", "to all"])
+      yield* b.hook(HookPoint.query("Q"), (q) => Effect.succeed(`re: ${q.text}`))
+      const answered = yield* a.queryAll({ target: "b", op: "Q", data: "ping", timeout: "2 seconds" })
+      assert.deepStrictEqual([...answered.responses.values()].map((r) => r.text), ["re: ping"])
+    }))
+
+  it.live("a leave is seen at once; a crash (SIGKILL) is noticed within a few heartbeats", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis()
+      const a = yield* member({ ...base, name: "watcher", redis: redis.url })
+      const b = yield* leavable({ ...base, name: "leaver", redis: redis.url })
+      const crashing = yield* startAgent(undefined, { ...base, name: "crasher", redis: redis.url })
+      yield* eventually(names(a), (n) => n === "crasher,leaver", "5 seconds")
+      yield* b.leave
+      yield* eventually(names(a), (n) => n === "crasher", "150 millis")
+      yield* crashing.kill("SIGKILL")
+      // Its entry expires 440 ms after its last beat; the next script call reaps it.
+      yield* eventually(names(a), (n) => n === "", "1500 millis")
+    }))
+
+  it.live("Redis frozen: nobody is lost, members only Redis knows are stale; thawed, all is well", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis()
+      const a = yield* member({ ...base, name: "a", redis: redis.url })
+      const b = yield* member({ ...base, name: "b", redis: redis.url })
+      yield* eventually(names(a), (n) => n === "b")
+      const lostAtA = yield* losses(a)
+      yield* redis.freeze
+      yield* eventually(state(a), (s) => s === "down", "3 seconds")
+      const [stale] = yield* eventually(a.services, (ss) => ss[0]?.stale === true)
+      assert.deepStrictEqual(stale!.sources, ["redis"])
+      yield* Effect.sleep("3 seconds")
+      assert.strictEqual(yield* names(a), "b")
+      yield* redis.thaw
+      yield* eventually(state(a), (s) => s === "up", "5 seconds")
+      yield* eventually(a.services, (ss) => ss.length === 1 && ss[0]!.stale === false)
+      yield* Effect.sleep("1 second")
+      assert.strictEqual(yield* names(a), "b")
+      assert.strictEqual(yield* names(b), "a")
+      assert.deepStrictEqual(lostAtA, [])
+    }))
+
+  it.live("Redis restarted empty: every member registers again, nobody is lost", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis()
+      const a = yield* member({ ...base, name: "a", redis: redis.url })
+      const b = yield* member({ ...base, name: "b", redis: redis.url })
+      const c = yield* member({ ...base, name: "c", redis: redis.url })
+      yield* eventually(names(a), (n) => n === "b,c")
+      const lostAtA = yield* losses(a)
+      yield* redis.restart
+      // Back in the set within a beat or so of the reconnect.
+      yield* eventually(redis.cli("ZCARD", `cluster-comm:{default/${cluster.address}:${cluster.port}}:members`), (n) => n.trim() === "3", "5 seconds")
+      yield* Effect.sleep("1500 millis")
+      assert.strictEqual(yield* names(a), "b,c")
+      assert.strictEqual(yield* names(c), "a,b")
+      assert.deepStrictEqual(lostAtA, [])
+      // A member that joins after the restart is found as usual.
+      yield* member({ ...base, name: "d", redis: redis.url })
+      yield* eventually(names(b), (n) => n === "a,c,d")
+    }))
+
+  it.live("Redis down at the start: the member joins anyway, and finds the others once Redis is there", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis()
+      yield* redis.kill
+      const a = yield* member({ ...base, name: "a", redis: redis.url })
+      const down = yield* eventually(a.sources, (ss) => ss.some((s) => s.source === "redis" && s.state === "down"))
+      assert.match(down.find((s) => s.source === "redis")!.error ?? "", /ECONNREFUSED|connect/i)
+      yield* redis.start
+      const b = yield* member({ ...base, name: "b", redis: redis.url })
+      yield* eventually(names(a), (n) => n === "b", "8 seconds")
+      yield* eventually(names(b), (n) => n === "a")
+    }))
+
+  it.live("garbage in the cluster's keys and channel is dropped and counted, and members carry on", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis()
+      const a = yield* member({ ...base, name: "a", redis: redis.url })
+      const prefix = `cluster-comm:{default/${cluster.address}:${cluster.port}}`
+      yield* redis.cli("ZADD", `${prefix}:members`, "99999999999999", "0123456789abcdef")
+      yield* redis.cli("SET", `${prefix}:d:0123456789abcdef`, "bm90IGEgZGVzY3JpcHRvcg==")
+      yield* redis.cli("ZADD", `${prefix}:members`, "99999999999999", "not an instance")
+      yield* redis.cli("PUBLISH", `${prefix}:events`, "1 join 0123456789abcdef %%%")
+      yield* redis.cli("PUBLISH", `${prefix}:events`, "garbage")
+      yield* redis.cli("INCRBY", `${prefix}:rev`, "100") // a gap: a full read follows
+      const b = yield* member({ ...base, name: "b", redis: redis.url })
+      yield* eventually(names(a), (n) => n === "b")
+      const stats = yield* eventually(a.stats, (s) => (s.drops["redis-invalid"] ?? 0) >= 3)
+      assert.isAtLeast(stats.drops["redis-invalid"] ?? 0, 3)
+      assert.strictEqual(yield* names(b), "a")
+      assert.strictEqual(yield* state(a), "up")
+    }))
+
+  it.live("with a secret, Redis holds sealed descriptors; a member without the key ignores them", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis()
+      const secret = "correct horse battery staple"
+      const a = yield* member({ ...base, name: "sealed-a", secret, redis: redis.url })
+      const b = yield* member({ ...base, name: "sealed-b", secret, redis: redis.url })
+      const outsider = yield* member({ ...base, name: "outsider", redis: redis.url })
+      yield* eventually(names(a), (n) => n === "sealed-b")
+      const dump = yield* redis.cli("--scan", "--pattern", "cluster-comm:*:d:*")
+      assert.isAbove(dump.trim().split("\n").length, 1)
+      for (const key of dump.trim().split("\n")) {
+        const value = yield* redis.cli("GET", key)
+        assert.notInclude(Buffer.from(value.trim(), "base64").toString("latin1"), "sealed-")
+      }
+      const seen = yield* eventually(outsider.stats, (s) => (s.drops["unknown-key"] ?? 0) >= 2)
+      assert.isAtLeast(seen.drops["unknown-key"] ?? 0, 2)
+      assert.strictEqual(yield* names(outsider), "")
+      assert.strictEqual(yield* names(b), "sealed-a")
+    }))
+
+  it.live("an ACL user and password in the URL", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis({
+        args: ["--user", "default", "off", "--user", "member", "on", ">s3cret", "~cluster-comm:*", "&cluster-comm:*", "+@all"],
+        cliArgs: ["--user", "member", "--pass", "s3cret", "--no-auth-warning"],
+        auth: "member:s3cret"
+      })
+      const a = yield* member({ ...base, name: "a", redis: redis.url })
+      const b = yield* member({ ...base, name: "b", redis: redis.url })
+      yield* eventually(names(a), (n) => n === "b")
+      yield* eventually(names(b), (n) => n === "a")
+      // A wrong password: the source says why, and the member still runs.
+      const wrong = yield* member({ ...base, name: "c", redis: redis.url.replace("s3cret", "wrong") })
+      const status = yield* eventually(wrong.sources, (ss) => ss.some((s) => s.state === "down"))
+      assert.match(status[0]!.error ?? "", /WRONGPASS|invalid|auth/i)
+    }))
+})
