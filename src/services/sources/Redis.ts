@@ -68,6 +68,8 @@ export const RedisSource = {
       const scripts = makeScripts(RedisModule)
       const heartbeat = Duration.toMillis(config.heartbeat)
       const ttl = redisTtl(config)
+      // Members reconnect with node-redis' back-off (at most about 2.2 s) and beat: time enough for all.
+      const restartGrace = Math.max(5000, 3 * ttl)
       const keys = redisKeys(config.redis?.namespace ?? "default", config.address, config.port)
       const layer = options.redis ?? nodeRedis(config.redis!.url, Math.max(1000, heartbeat))
       // A command that has not answered within a heartbeat has failed (a frozen or unreachable Redis).
@@ -194,11 +196,12 @@ export const RedisSource = {
           }).pipe(Effect.forkScoped)
 
           let failures = 0
-          let pendingRelease = 0 // after a restart, when to read again and let go of who did not come back
+          let epoch: string | undefined
+          let pendingRelease = 0 // after trouble, when to read again and let go of who did not come back
           while (true) {
             const { text, changed } = descriptor()
             const beat = yield* Effect.exit(
-              redis.eval(scripts.heartbeat)(keys, sender.instance, ttl, text, changed).pipe(Effect.timeout(timeout))
+              redis.eval(scripts.heartbeat)(keys, sender.instance, ttl, text, changed, sender.instance).pipe(Effect.timeout(timeout))
             )
             if (Exit.isFailure(beat)) {
               if (changed) described = undefined // announce it again when Redis is back
@@ -208,19 +211,24 @@ export const RedisSource = {
               // node-redis gave up on this client (it does after a socket timeout): build a new one.
               if (/closed|ClientClosed|The client is closed/i.test(error) || failures >= 30) return
             } else {
-              const [rev] = beat.value
-              const wasDown = failures > 0 || lastRev < 0
+              const [rev, , , redisEpoch] = beat.value
+              const first = lastRev < 0
+              const restarted = (epoch !== undefined && redisEpoch !== epoch) || (!first && rev < lastRev)
+              const back = failures > 0 || restarted
+              epoch = redisEpoch
               failures = 0
               if (expectBy > 0 && seen < expectBy) missed = true
-              if (lastRev >= 0 && rev < lastRev) {
-                // Redis lost its data (restarted empty): everyone registers again
-                // within a beat; who has not after a ttl is let go.
+              if (back) {
+                // Back after trouble (Redis away, or restarted empty): everyone
+                // registers again within a beat of reconnecting; who has not
+                // by the grace's end is let go.
                 yield* Effect.ignore(readAll(false))
-                pendingRelease = Date.now() + ttl
-              } else if (wasDown || missed || (pendingRelease > 0 && Date.now() >= pendingRelease)) {
+                pendingRelease = Date.now() + restartGrace
                 missed = false
-                if (Date.now() >= pendingRelease) pendingRelease = 0
-                yield* Effect.ignore(readAll(pendingRelease === 0))
+              } else if (first || missed || (pendingRelease > 0 && Date.now() >= pendingRelease)) {
+                missed = false
+                pendingRelease = 0
+                yield* Effect.ignore(readAll(true))
               }
               // Events up to this revision should have come before the next beat.
               expectBy = rev > seen ? rev : 0

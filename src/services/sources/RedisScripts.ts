@@ -43,11 +43,13 @@ const ABANDONED_MILLIS = 24 * 3600 * 1000
  * store its descriptor, and reap up to 64 expired members. After a gap in
  * which no member reached Redis (it was frozen or away), reaping waits one
  * ttl so every live member can beat again before anyone is declared lost.
- * Returns [rev, server time ms, 1 if this call (re)registered us].
+ * Returns [rev, server time ms, 1 if this call (re)registered us, epoch]:
+ * the epoch is set by the first call to an empty Redis, so a Redis that
+ * restarted empty shows a new one.
  */
 export const makeScripts = (Redis: typeof RedisModule) => ({
   heartbeat: Redis.script(
-  (keys: RedisKeys, instance: string, ttlMillis: number, descriptor: string, changed: boolean) => [
+  (keys: RedisKeys, instance: string, ttlMillis: number, descriptor: string, changed: boolean, epoch: string) => [
     keys.members,
     keys.rev,
     keys.clock,
@@ -58,7 +60,8 @@ export const makeScripts = (Redis: typeof RedisModule) => ({
     changed ? "1" : "0",
     keys.descriptorPrefix,
     keys.channel,
-    ABANDONED_MILLIS
+    ABANDONED_MILLIS,
+    epoch
   ],
   {
     numberOfKeys: 4,
@@ -74,6 +77,7 @@ if last == nil or now - last > ttl * 0.75 then
   grace = now + ttl
 end
 redis.call('HSET', KEYS[3], 'last', now, 'grace', grace)
+redis.call('HSETNX', KEYS[3], 'epoch', ARGV[8])
 redis.call('PEXPIRE', KEYS[3], keep)
 if now > grace then
   local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 64)
@@ -99,10 +103,10 @@ else
   rev = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
 redis.call('PEXPIRE', KEYS[2], keep)
-return { rev, now, added }
+return { rev, now, added, redis.call('HGET', KEYS[3], 'epoch') }
 `
   }
-  ).withReturnType<readonly [number, number, number]>(),
+  ).withReturnType<readonly [number, number, number, string]>(),
 
   /** The leave: this member out of the set, at once, with a `left` event (nothing when already gone). */
   leave: Redis.script(
