@@ -4,6 +4,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { HookPoint } from "cluster-comm"
 import { collect, eventually, leavable, member, testCluster } from "./helpers.ts"
+import { canRunRedis, startRedis } from "./support/redis.ts"
 
 // The real command, run as a child process (the source the binary is built from).
 const main = fileURLToPath(new URL("../src/cli/main.ts", import.meta.url))
@@ -40,7 +41,7 @@ describe("the cluster-comm command", () => {
       assert.includeMembers(services.map((s) => s.name), ["cli-a", "cli-b"])
       assert.deepStrictEqual(services.find((s) => s.name === "cli-a")?.tags, ["web"])
       const tableOut = yield* cli("members", ...flags)
-      assert.match(tableOut.out, /^NAME\s+ID\s+ADDRESS\s+LOCAL\s+PROTOCOLS\s+TAGS\s+SEEN/m)
+      assert.match(tableOut.out, /^NAME\s+ID\s+ADDRESS\s+LOCAL\s+PROTOCOLS\s+TAGS\s+SOURCES\s+SEEN/m)
       assert.match(tableOut.out, /cli-a\s+\S+@cli-a\s+127\.0\.0\.1\s+yes\s+tcp:\d+ udp:\d+\s+web/)
 
       const atA = yield* collect(a, 2)
@@ -91,5 +92,33 @@ describe("the cluster-comm command", () => {
       const held = spawnSync(process.execPath, [main, "doctor", "--port", String(where.port), "--secret-file", "/no/such/file"], { encoding: "utf8" })
       assert.strictEqual(held.status, 2)
       assert.match(held.stderr, /^error: cannot read the secret file/)
+    }), 60_000)
+
+  it.live.skipIf(!canRunRedis())("--redis and --no-multicast reach members through Redis; doctor checks Redis and seeds", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis({
+        args: ["--user", "default", "off", "--user", "ops", "on", ">pw", "~cluster-comm:*", "&cluster-comm:*", "+@all"],
+        auth: "ops:pw"
+      })
+      const beyond = [...flags, "--no-multicast", "--advertise", "127.0.0.1", "--redis", redis.url]
+      yield* member({ name: "cli-redis", ...where, multicast: false, advertise: "127.0.0.1", redis: redis.url })
+      const listed = yield* cli("members", ...beyond, "--json")
+      assert.strictEqual(listed.code, 0, listed.err)
+      const services = JSON.parse(listed.out) as Array<{ name: string; sources: Array<string> }>
+      assert.deepStrictEqual(services.map((s) => [s.name, s.sources]), [["cli-redis", ["redis"]]])
+
+      const doctor = yield* cli("doctor", ...beyond, "--seeds", "localhost:23999")
+      assert.strictEqual(doctor.code, 0, doctor.out + doctor.err)
+      assert.match(doctor.out, /ok {3}Redis at redis:\/\/127\.0\.0\.1:\d+ answers/)
+      assert.notInclude(doctor.out, "pw") // the password is never printed
+      assert.match(doctor.out, /round trip [\d.]+ ms/)
+      assert.match(doctor.out, /clock offset to Redis -?\d+ ms/)
+      assert.match(doctor.out, /1 member\(s\) registered/)
+      assert.match(doctor.out, /seed localhost:23999 is .*127\.0\.0\.1/)
+      assert.notInclude(doctor.out, "own beacon") // no multicast, no beacon check
+
+      const wrong = yield* cli("doctor", ...flags, "--no-multicast", "--redis", redis.url.replace(":pw@", ":nope@"))
+      assert.strictEqual(wrong.code, 1)
+      assert.match(wrong.out, /FAIL cannot use Redis at .*: Redis refused the credentials/)
     }), 60_000)
 })

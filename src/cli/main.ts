@@ -6,18 +6,19 @@
  *   cluster-comm send <target> <op> <data>
  *   cluster-comm broadcast <op> <data>
  *   cluster-comm query <target> <op> <data>
- *   cluster-comm doctor                   what is wrong with this host's setup
+ *   cluster-comm doctor                   what is wrong with this host's setup (multicast, Redis, seeds)
  *
  * Every configuration option is a flag (--name, --port, --address, --remote,
- * --interface, --secret-file, ...). Exit codes: 0 done, 1 it failed (nothing
+ * --interface, --secret-file, --redis, --seeds, --no-multicast, ...). Exit codes: 0 done, 1 it failed (nothing
  * found, a send failed, a check failed), 2 bad usage or configuration. Errors
  * are one line on stderr.
  */
 import { readFileSync } from "node:fs"
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Console, Context, Data, Effect, Layer, Option, Schedule, Stream } from "effect"
+import { Console, Context, Data, Effect, Layer, Logger, Option, Schedule, Stream } from "effect"
 import { Argument, Command, Flag } from "effect/cli"
 import { interfaceAddress } from "../internal/host.ts"
+import { type Check, checkRedis, checkSeeds } from "./doctor.ts"
 import { ClusterLive } from "../layers/ClusterLive.ts"
 import type { ClusterConfigInput } from "../schema/Config.ts"
 import type { Service } from "../schema/Service.ts"
@@ -39,6 +40,12 @@ const config = {
   protocols: Flag.String("protocols").pipe(Flag.withDescription("direct protocols in order, e.g. tcp,udp"), Flag.optional),
   tags: Flag.String("tags").pipe(Flag.withDescription("this member's tags, comma separated"), Flag.optional),
   allow: Flag.String("allow").pipe(Flag.withDescription("networks accepted with --remote, e.g. 10.1.0.0/16,10.2.0.0/16"), Flag.optional),
+  redis: Flag.String("redis").pipe(Flag.withDescription("discovery through Redis too, e.g. redis://user:pass@host:6379"), Flag.optional),
+  namespace: Flag.String("namespace").pipe(Flag.withDescription("with --redis: the namespace the cluster's keys live under"), Flag.optional),
+  seeds: Flag.String("seeds").pipe(Flag.withDescription("members to probe by unicast, e.g. 10.0.0.5:23000,cluster.svc.local:23000"), Flag.optional),
+  seedPort: Flag.Int("seed-port").pipe(Flag.withDescription("the fixed udp port this member answers seed probes on"), Flag.optional),
+  noMulticast: Flag.Boolean("no-multicast").pipe(Flag.withDescription("no multicast beacons (networks without multicast)"), Flag.withDefault(false)),
+  advertise: Flag.String("advertise").pipe(Flag.withDescription("the address peers beyond the group reach this member at"), Flag.optional),
   wait: Flag.Int("wait").pipe(Flag.withDescription("milliseconds to listen before answering (default 500)"), Flag.withDefault(500))
 }
 
@@ -62,7 +69,14 @@ const configOf = (f: Flags): Effect.Effect<ClusterConfigInput, Fail> =>
         secret: secretFile === undefined ? undefined : readFileSync(secretFile, "utf8").trim(),
         protocols: list(f.protocols),
         tags: list(f.tags),
-        allow: list(f.allow)
+        allow: list(f.allow),
+        redis: Option.isSome(f.redis)
+          ? Option.isSome(f.namespace) ? { url: f.redis.value, namespace: f.namespace.value } : f.redis.value
+          : undefined,
+        seeds: list(f.seeds),
+        seedPort: some(f.seedPort),
+        multicast: f.noMulticast ? false : undefined,
+        advertise: some(f.advertise)
       }
       for (const k of Object.keys(c)) if (c[k] === undefined) delete c[k]
       return c as ClusterConfigInput
@@ -103,6 +117,7 @@ const row = (s: Service) => ({
   local: s.local ? "yes" : "no",
   protocols: s.protocols.map((p) => `${p.protocol}:${p.port}`).join(" "),
   tags: s.tags.join(","),
+  sources: s.sources.join(",") + (s.stale ? " (stale)" : ""),
   seen: ago(s.lastSeen)
 })
 
@@ -190,11 +205,19 @@ const doctor = Command.make("doctor", { ...config }, (f) =>
   Effect.gen(function*() {
     const c = yield* configOf(f)
     const remote = (c.remote ?? 0) > 0
-    const lines: Array<[ok: boolean, text: string]> = []
+    const multicast = c.multicast !== false
+    const lines: Array<Check> = []
     const iface = remote ? interfaceAddress(c.interface) : "127.0.0.1"
-    lines.push([iface !== undefined, iface === undefined
-      ? `no usable interface${c.interface ? ` named ${c.interface}` : ""} for multicast`
-      : `multicast goes through ${iface}${remote ? "" : " (loopback: this host only, TTL 0)"}`])
+    if (multicast) {
+      lines.push([iface !== undefined, iface === undefined
+        ? `no usable interface${c.interface ? ` named ${c.interface}` : ""} for multicast`
+        : `multicast goes through ${iface}${remote ? "" : " (loopback: this host only, TTL 0)"}`])
+    }
+    if (c.redis !== undefined) {
+      const { url, namespace } = typeof c.redis === "string" ? { url: c.redis, namespace: undefined } : c.redis
+      lines.push(...yield* checkRedis(url, namespace ?? "default", c.address ?? "230.230.230.230", c.port ?? 23000))
+    }
+    if (c.seeds !== undefined) lines.push(...yield* checkSeeds(c.seeds))
     const others = Object.entries((yield* Effect.promise(() => import("node:os"))).networkInterfaces())
       .flatMap(([name, addrs]) => (addrs ?? []).filter((a) => a.family === "IPv4" && !a.internal).map((a) => `${name} ${a.address}`))
     if (others.length > 1) lines.push([true, `several interfaces: ${others.join(", ")}; pick one with --interface`])
@@ -216,7 +239,7 @@ const doctor = Command.make("doctor", { ...config }, (f) =>
         : e.message])
       return undefined
     })))
-    if (heard !== undefined) {
+    if (heard !== undefined && multicast) {
       lines.push([heard, heard
         ? "joined the group and heard its own beacon"
         : "joined, but did not hear its own beacon: multicast is dropped (a firewall, or no multicast route)"])
@@ -242,5 +265,7 @@ cli.pipe(
     })
   ),
   Effect.provide(NodeServices.layer),
+  // stdout is the command's output (tables, JSON); the library's log lines go to stderr.
+  Effect.provideService(Logger.LogToStderr, true),
   NodeRuntime.runMain
 )

@@ -244,23 +244,28 @@ export const RedisSource = {
       yield* Effect.gen(function*() {
         let wait = Math.min(250, heartbeat)
         while (true) {
-          const scope = yield* Scope.make()
-          const built = yield* Effect.exit(
-            Layer.buildWithScope(layer, scope).pipe(
-              Effect.timeout(Duration.millis(Math.max(2000, 2 * heartbeat))),
-              // node-redis logs every socket error; the source reports its state itself, once a change.
-              Effect.provideService(References.MinimumLogLevel, "Error")
-            )
+          // The connection lives in a scope of its own, closed when its session ends or the member leaves.
+          yield* Effect.acquireUseRelease(
+            Scope.make(),
+            (scope) =>
+              Effect.gen(function*() {
+                const built = yield* Effect.exit(
+                  Layer.buildWithScope(layer, scope).pipe(
+                    Effect.timeout(Duration.millis(Math.max(2000, 2 * heartbeat))),
+                    // node-redis logs every socket error; the source reports its state itself, once a change.
+                    Effect.provideService(References.MinimumLogLevel, "Error")
+                  )
+                )
+                if (Exit.isFailure(built)) return yield* sources.report("redis", "down", describe(RedisModule, built.cause))
+                current = Context.get(built.value, RedisModule.Redis)
+                wait = Math.min(250, heartbeat)
+                yield* session(current).pipe(Effect.provideService(Scope.Scope, scope), Effect.exit)
+              }),
+            (scope) => {
+              current = undefined
+              return Scope.close(scope, Exit.void)
+            }
           )
-          if (Exit.isSuccess(built)) {
-            current = Context.get(built.value, RedisModule.Redis)
-            wait = Math.min(250, heartbeat)
-            yield* session(current).pipe(Effect.provideService(Scope.Scope, scope), Effect.exit)
-            current = undefined
-          } else {
-            yield* sources.report("redis", "down", describe(RedisModule, built.cause))
-          }
-          yield* Scope.close(scope, Exit.void)
           const jitter = yield* Random.nextBetween(0.5, 1.5)
           yield* Effect.sleep(Duration.millis(wait * jitter))
           wait = Math.min(wait * 2, MAX_BACKOFF_MILLIS)
