@@ -7,7 +7,7 @@
  */
 export { ClusterLive, ClusterServices, type LiveOptions } from "./layers/ClusterLive.ts"
 export { ClusterTest, MemoryNetwork, type MemoryNetworkOptions } from "./layers/ClusterTest.ts"
-export { type ClusterConfig, type ClusterConfigInput, makeConfig, Profiles } from "./schema/Config.ts"
+export { type ClusterConfig, type ClusterConfigInput, makeConfig, Profiles, type RedisOptions } from "./schema/Config.ts"
 export {
   ChannelError,
   FrameTooLarge,
@@ -60,7 +60,8 @@ export {
   ServiceFound,
   serviceId,
   ServiceLost,
-  ServiceUpdated
+  ServiceUpdated,
+  type SourceName
 } from "./schema/Service.ts"
 export {
   type Channels,
@@ -83,6 +84,7 @@ export {
   SEAL_OVERHEAD
 } from "./services/Keyring.ts"
 export { Registry, type Sighting } from "./services/Registry.ts"
+export { Sources, type SourceStatus } from "./services/Sources.ts"
 export { type DropReason, Stats, type StatsSnapshot } from "./services/Stats.ts"
 export { socketDir } from "./services/protocols/Unix.ts"
 export type {

@@ -35,6 +35,7 @@ import { Cluster, type Data, type SendOptions, type Targets } from "./services/C
 import type { HookPoint } from "./services/Hooks.ts"
 import type { KeySpec } from "./services/Keyring.ts"
 import type { StatsSnapshot } from "./services/Stats.ts"
+import type { SourceStatus } from "./services/Sources.ts"
 
 export type { ClusterConfigInput } from "./schema/Config.ts"
 export {
@@ -61,12 +62,14 @@ export {
   ServiceConflict,
   ServiceFound,
   ServiceLost,
-  ServiceUpdated
+  ServiceUpdated,
+  type SourceName
 } from "./schema/Service.ts"
 export type { Data, SendOptions, Targets } from "./services/Cluster.ts"
 export { HookPoint } from "./services/Hooks.ts"
 export { KeyringError, type KeySpec } from "./services/Keyring.ts"
 export type { StatsSnapshot } from "./services/Stats.ts"
+export type { SourceStatus } from "./services/Sources.ts"
 
 /** What `join` takes besides the configuration. */
 export interface JoinOptions extends LiveOptions {
@@ -87,6 +90,8 @@ export interface MemberEvents {
   updated: [service: Service, previous: Service]
   conflict: [service: Service, instances: readonly [kept: string, rejected: string]]
   message: [message: Message]
+  /** A discovery source changed state (Redis down, connecting, up again). */
+  source: [status: SourceStatus]
 }
 
 const signals = ["SIGINT", "SIGTERM"] as const
@@ -131,6 +136,7 @@ export class Member extends EventEmitter<MemberEvents> {
           return void this.emit("conflict", e.service, e.instances)
       }
     })
+    this.#pump(cluster.sourceChanges, (status) => void this.emit("source", status))
     ;(this as EventEmitter).on("newListener", (event: string | symbol) => {
       if (event !== "message" || this.#listening) return
       this.#listening = true
@@ -239,6 +245,11 @@ export class Member extends EventEmitter<MemberEvents> {
   }
   #iterate<A, E>(stream: Stream.Stream<A, E>): AsyncIterable<A> {
     return Stream.toAsyncIterableWith(stream, this.#now(Effect.context<never>()))
+  }
+
+  /** Each discovery source this member runs (multicast, seeds, redis) and its state. */
+  sources(): ReadonlyArray<SourceStatus> {
+    return this.#now(this.#cluster.sources)
   }
 
   /** Frames in and out, and drops by reason. */

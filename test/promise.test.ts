@@ -19,6 +19,7 @@ import {
   TagError
 } from "cluster-comm/promise"
 import { collect, eventually, member, testCluster } from "./helpers.ts"
+import { canRunRedis, startRedis } from "./support/redis.ts"
 
 const where = { ...testCluster(22), heartbeat: "200 millis", ttl: "2 seconds" } as const
 const until = async (done: () => boolean, within = 5000) => {
@@ -179,5 +180,24 @@ describe("the Promise API (cluster-comm/promise)", () => {
       yield* run("opted-out", "SIGTERM", false)
       yield* Effect.promise(() => until(() => lost.some((l) => l.startsWith("opted-out")), 5000))
       assert.include(lost, "opted-out expired")
+    }), 30_000)
+
+  it.live.skipIf(!canRunRedis())("a Promise member through Redis: sources() and `source` events as Redis goes and comes back", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis()
+      const beyond = { multicast: false, advertise: "127.0.0.1", redis: redis.url }
+      const plain = yield* joined("plain-redis", beyond)
+      const changes: Array<string> = []
+      plain.on("source", (s) => changes.push(`${s.source} ${s.state}`))
+      yield* member({ name: "effect-redis", ...where, ...beyond })
+      yield* Effect.promise(() => until(() => plain.resolve("effect-redis").length === 1))
+      assert.deepStrictEqual(plain.services()[0]!.sources, ["redis"])
+      yield* Effect.promise(() => until(() => plain.sources()[0]?.state === "up"))
+      yield* redis.freeze
+      yield* Effect.promise(() => until(() => changes.includes("redis down")))
+      assert.isTrue(plain.services()[0]!.stale)
+      yield* redis.thaw
+      yield* Effect.promise(() => until(() => plain.sources()[0]?.state === "up" && !plain.services()[0]!.stale))
+      assert.deepStrictEqual(changes.slice(-1), ["redis up"])
     }), 30_000)
 })
