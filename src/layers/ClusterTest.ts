@@ -7,6 +7,7 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import type * as Redis from "effect/persistence/Redis"
 import * as Random from "effect/Random"
 import { newInstance } from "../internal/host.ts"
 import { type ClusterConfigInput, makeConfig } from "../schema/Config.ts"
@@ -77,7 +78,7 @@ export class MemoryNetwork {
   }
 }
 
-const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolName>, address: string) =>
+const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolName>, address: string, multicast = true) =>
   Layer.effect(
     Transport,
     Effect.gen(function*() {
@@ -125,7 +126,7 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
       }
       const byName = new Map<ProtocolName, Protocol>([["udp", udp]])
       if (protocols.includes("tcp")) byName.set("tcp", tcp)
-      return fromProtocols(protocols, byName, (frame) => carry(network.members(), "udp", frame, true), inbound)
+      return fromProtocols(protocols, byName, (frame) => multicast ? carry(network.members(), "udp", frame, true) : Effect.void, inbound)
     })
   )
 
@@ -137,13 +138,19 @@ const transportOn = (network: MemoryNetwork, protocols: ReadonlyArray<ProtocolNa
 export const ClusterTest = (
   network: MemoryNetwork,
   nameOrConfig: string | ClusterConfigInput = {},
-  options: { readonly address?: string } = {}
+  options: {
+    readonly address?: string
+    /** A `Redis` service for the Redis source (a fake one on the test clock, or a real one). */
+    readonly redis?: Layer.Layer<Redis.Redis, unknown>
+  } = {}
 ): Layer.Layer<Cluster, JoinError> =>
   Layer.unwrap(
     Effect.gen(function*() {
       const config = yield* Effect.fromResult(makeConfig(nameOrConfig))
       const sender = { hostId: config.hostId ?? "00000000abcd", instance: newInstance(), name: config.name }
       const address = options.address ?? "127.0.0.1"
-      return composeCluster(config, sender, address, transportOn(network, config.protocols, address))
+      return composeCluster(config, sender, address, transportOn(network, config.protocols, address, config.multicast), {
+        redis: options.redis
+      })
     })
   )

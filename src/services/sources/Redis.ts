@@ -14,6 +14,7 @@
  */
 import { isIP } from "node:net"
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -63,6 +64,7 @@ export const RedisSource = {
       const sources = yield* Sources
       const keyring = yield* Keyring
       const stats = yield* Stats
+      const clock = yield* Clock.Clock
       // Loaded here, not at the top: a member without Redis never loads it (nor the Schema it uses).
       const RedisModule = yield* Effect.promise(() => import("effect/persistence/Redis"))
       const scripts = makeScripts(RedisModule)
@@ -223,9 +225,9 @@ export const RedisSource = {
                 // registers again within a beat of reconnecting; who has not
                 // by the grace's end is let go.
                 yield* Effect.ignore(readAll(false))
-                pendingRelease = Date.now() + restartGrace
+                pendingRelease = clock.currentTimeMillisUnsafe() + restartGrace
                 missed = false
-              } else if (first || missed || (pendingRelease > 0 && Date.now() >= pendingRelease)) {
+              } else if (first || missed || (pendingRelease > 0 && clock.currentTimeMillisUnsafe() >= pendingRelease)) {
                 missed = false
                 pendingRelease = 0
                 yield* Effect.ignore(readAll(true))

@@ -8,6 +8,7 @@
  */
 import { lookup } from "node:dns/promises"
 import { isIP } from "node:net"
+import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -45,7 +46,7 @@ export const SeedsSource = {
       const backoff = new Map<string, { next: number; wait: number }>()
 
       const poll = Effect.gen(function*() {
-        const now = Date.now()
+        const now = yield* Clock.currentTimeMillis
         const services = yield* registry.list
         const known = (address: string, port: number) =>
           services.some((s) => s.address === address && s.protocols.some((p) => p.protocol === "udp" && p.port === port))

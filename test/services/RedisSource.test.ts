@@ -1,0 +1,117 @@
+/**
+ * The Redis source's protocol on the test clock, against a fake `Redis`
+ * (test/support/fakeRedis.ts): losses published once for the whole cluster,
+ * one script call a member a beat, a frozen Redis loses nobody, a Redis
+ * restarted empty is refilled within a beat, missed events bring a full read.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Layer, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import { Cluster, type ClusterConfigInput, ClusterTest, MemoryNetwork } from "cluster-comm"
+import { makeFakeRedis, type FakeRedis } from "../support/fakeRedis.ts"
+
+const on = (network: MemoryNetwork, fake: FakeRedis, name: string, extra: ClusterConfigInput = {}) =>
+  Layer.build(ClusterTest(network, { name, multicast: false, ...extra }, { redis: fake.layer })).pipe(
+    Effect.map((ctx) => Context.get(ctx, Cluster))
+  )
+const names = (c: Cluster["Service"]) => Effect.map(c.services, (ss) => ss.map((s) => s.name).sort().join())
+/** Moves the test clock on in steps, so the members' fibers run between them. */
+const pass = (millis: number, step = 50) =>
+  Effect.gen(function*() {
+    for (let t = 0; t < millis; t += step) yield* TestClock.adjust(`${step} millis`)
+  })
+const losses = (fake: FakeRedis) => fake.published.filter((m) => m.includes(" lost ") || m.includes(" left "))
+
+describe("the Redis source's protocol (fake Redis, test clock)", () => {
+  it.effect("members meet through it; a dead member is lost once for all, within the ttl; one script call a member a beat", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const fake = makeFakeRedis()
+      const a = yield* on(network, fake, "a")
+      const b = yield* on(network, fake, "b")
+      const c = yield* on(network, fake, "c")
+      yield* pass(1500)
+      assert.strictEqual(yield* names(a), "b,c")
+      assert.strictEqual(yield* names(c), "a,b")
+      assert.deepStrictEqual((yield* a.services).map((s) => s.sources), [["redis"], ["redis"]])
+
+      // Steady state: 10 s, about 10 beats each, and no full read.
+      const before = { ...fake.calls }
+      yield* pass(10_000, 100)
+      const beats = fake.calls.heartbeat - before.heartbeat
+      assert.isAtMost(beats, 3 * 12) // heartbeats of 0.9..1.1 s
+      assert.isAtLeast(beats, 3 * 9)
+      assert.strictEqual(fake.calls.read - before.read, 0)
+
+      // c's link is cut (as a crash looks from the cluster): lost once, within ttl 2.2 s + a beat.
+      fake.cut((yield* c.self).instance, true)
+      yield* pass(3300)
+      assert.strictEqual(yield* names(a), "b")
+      assert.strictEqual(yield* names(b), "a")
+      assert.deepStrictEqual(losses(fake).map((m) => m.split(" ").slice(1).join(" ")), [`lost ${(yield* c.self).instance}`])
+    }))
+
+  it.effect("frozen for 10 s: nobody lost, Redis-only members stale; thawed: fresh again, still nobody lost", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const fake = makeFakeRedis()
+      const a = yield* on(network, fake, "a")
+      yield* on(network, fake, "b")
+      yield* pass(1500)
+      fake.freeze()
+      yield* pass(10_000, 100)
+      const [b] = yield* a.services
+      assert.strictEqual(b!.name, "b")
+      assert.isTrue(b!.stale)
+      assert.strictEqual((yield* a.sources).find((s) => s.source === "redis")!.state, "down")
+      fake.thaw()
+      yield* pass(3000)
+      assert.isFalse((yield* a.services)[0]!.stale)
+      assert.strictEqual((yield* a.sources).find((s) => s.source === "redis")!.state, "up")
+      assert.deepStrictEqual(losses(fake), [])
+    }))
+
+  it.effect("restarted empty: every member is back in the set within a beat; one slow to return is not lost meanwhile", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const fake = makeFakeRedis()
+      const a = yield* on(network, fake, "a")
+      yield* on(network, fake, "b")
+      const c = yield* on(network, fake, "c")
+      yield* pass(1500)
+      const lost: Array<string> = []
+      yield* a.events.pipe(
+        Stream.runForEach((e) => Effect.sync(() => e._tag === "ServiceLost" && lost.push(e.service.name))),
+        Effect.forkChild
+      )
+      fake.flush()
+      fake.cut((yield* c.self).instance, true) // c reconnects late
+      yield* pass(1150) // one beat (1 s, +10% jitter)
+      assert.strictEqual(fake.size(), 2)
+      yield* pass(1850)
+      fake.cut((yield* c.self).instance, false)
+      yield* pass(1150)
+      assert.strictEqual(fake.size(), 3)
+      yield* pass(8000, 100) // past the grace after which those who did not come back are let go
+      assert.strictEqual(yield* names(a), "b,c")
+      assert.deepStrictEqual(lost, [])
+      assert.deepStrictEqual(losses(fake), [])
+    }))
+
+  it.effect("events missed (a gap in revisions) bring a full read at the next beat", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const fake = makeFakeRedis()
+      const a = yield* on(network, fake, "a")
+      yield* pass(1500)
+      const reads = fake.calls.read
+      fake.deafen(true)
+      yield* on(network, fake, "late")
+      yield* pass(300)
+      fake.deafen(false)
+      assert.strictEqual(yield* names(a), "")
+      yield* pass(2500)
+      assert.strictEqual(yield* names(a), "late")
+      assert.isAtLeast(fake.calls.read - reads, 1)
+    }))
+})

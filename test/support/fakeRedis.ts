@@ -1,0 +1,155 @@
+/**
+ * A fake `Redis` service on the Effect clock, for the Redis source's protocol
+ * tests under TestClock: the three scripts (told apart by their text) done in
+ * TypeScript with the same semantics as their Lua, pub/sub in memory, and
+ * faults: `freeze` (commands hang, as with SIGSTOP), `cut` (one member's
+ * commands fail, as when it loses its link), `flush` (restarted empty).
+ * It counts script calls, so tests can check the engine cost per beat.
+ * The Lua itself runs against a real redis-server in test/sources/redis.test.ts.
+ */
+import { createHash } from "node:crypto"
+import { Clock, Deferred, Effect, Layer } from "effect"
+import * as Redis from "effect/persistence/Redis"
+
+interface State {
+  members: Map<string, number>
+  strings: Map<string, string>
+  rev: number
+  clock: { last?: number; grace: number; epoch?: string }
+}
+
+export interface FakeRedis {
+  readonly layer: Layer.Layer<Redis.Redis>
+  /** Script calls so far, by kind. */
+  readonly calls: { heartbeat: number; read: number; leave: number }
+  /** Every message published, in order. */
+  readonly published: Array<string>
+  /** Commands hang until `thaw`. */
+  freeze(): void
+  thaw(): void
+  /** This member's commands fail (its link to Redis is cut). */
+  cut(instance: string, on: boolean): void
+  /** Everything gone, as after a restart without persistence. */
+  flush(): void
+  /** Pub/sub messages are lost while deaf (a subscriber that reconnected late). */
+  deafen(on: boolean): void
+  /** How many members the set holds. */
+  size(): number
+}
+
+const fresh = (): State => ({ members: new Map(), strings: new Map(), rev: 0, clock: { grace: 0 } })
+
+export const makeFakeRedis = (): FakeRedis => {
+  let state = fresh()
+  const scripts = new Map<string, "heartbeat" | "read" | "leave">()
+  const listeners = new Map<string, Set<(m: Redis.RedisMessage) => void>>()
+  let frozen: Deferred.Deferred<void> | undefined
+  const cutOff = new Set<string>()
+  const calls = { heartbeat: 0, read: 0, leave: 0 }
+  const published: Array<string> = []
+
+  let deaf = false
+  const publish = (channel: string, message: string) => {
+    published.push(message)
+    if (deaf) return
+    for (const l of listeners.get(channel) ?? []) l({ channel, message })
+  }
+
+  const heartbeat = (now: number, keys: ReadonlyArray<string>, argv: ReadonlyArray<string>) => {
+    const [members, , , descKey] = keys
+    const [instance, ttlText, descriptor, changed, prefix, channel, , epoch] = argv as Array<string>
+    const ttl = Number(ttlText)
+    if (state.clock.last === undefined || now - state.clock.last > ttl * 0.75) state.clock.grace = now + ttl
+    state.clock.last = now
+    state.clock.epoch ??= epoch
+    if (now > state.clock.grace) {
+      const dead = [...state.members].filter(([m, at]) => at <= now && m !== instance).slice(0, 64)
+      for (const [m] of dead) {
+        state.members.delete(m)
+        state.strings.delete(prefix + m)
+        publish(channel!, `${++state.rev} lost ${m}`)
+      }
+    }
+    const added = state.members.has(instance!) ? 0 : 1
+    state.members.set(instance!, now + ttl)
+    state.strings.set(descKey!, descriptor!)
+    void members
+    if (added === 1 || changed === "1") publish(channel!, `${++state.rev} ${added === 1 ? "join" : "update"} ${instance} ${descriptor}`)
+    return [state.rev, now, added, state.clock.epoch!]
+  }
+
+  const run = (kind: "heartbeat" | "read" | "leave", now: number, keys: ReadonlyArray<string>, argv: ReadonlyArray<string>) => {
+    calls[kind]++
+    if (kind === "heartbeat") return heartbeat(now, keys, argv)
+    if (kind === "read") {
+      const out: Array<unknown> = [state.rev]
+      for (const m of [...state.members].sort((a, b) => a[1] - b[1]).map(([m]) => m)) out.push(m, state.strings.get(argv[0] + m) ?? "")
+      return out
+    }
+    const [instance, channel] = argv as Array<string>
+    if (state.members.delete(instance!)) {
+      state.strings.delete(keys[2]!)
+      publish(channel!, `${++state.rev} left ${instance}`)
+    }
+    return 1
+  }
+
+  const send = <A>(command: string, ...args: ReadonlyArray<string>): Effect.Effect<A, Redis.RedisError> =>
+    Effect.gen(function*() {
+      if (frozen !== undefined) yield* Deferred.await(frozen)
+      const now = yield* Clock.currentTimeMillis
+      if (command === "SCRIPT" && args[0] === "LOAD") {
+        const lua = args[1]!
+        const sha = createHash("sha1").update(lua).digest("hex")
+        scripts.set(sha, lua.includes("HSETNX") ? "heartbeat" : lua.includes("ZRANGE', KEYS[1], 0, -1") ? "read" : "leave")
+        return sha as A
+      }
+      if (command === "EVALSHA") {
+        const kind = scripts.get(args[0]!)
+        if (kind === undefined) return yield* new Redis.RedisError({ cause: new Error("NOSCRIPT") })
+        const n = Number(args[1])
+        const keys = args.slice(2, 2 + n)
+        const argv = args.slice(2 + n)
+        const instance = kind === "read" ? undefined : argv[0]
+        if (instance !== undefined && cutOff.has(instance)) return yield* new Redis.RedisError({ cause: new Error("connection lost") })
+        return run(kind, now, keys, argv) as A
+      }
+      return yield* new Redis.RedisError({ cause: new Error(`fake Redis does not do ${command}`) })
+    })
+
+  const layer = Layer.effect(Redis.Redis, Redis.make({
+    send,
+    subscribe: (channel, onMessage) =>
+      Effect.acquireRelease(
+        Effect.sync(() => {
+          const set = listeners.get(channel) ?? new Set()
+          listeners.set(channel, set)
+          set.add(onMessage)
+          return set
+        }),
+        (set) => Effect.sync(() => set.delete(onMessage))
+      ).pipe(Effect.as(Effect.never)),
+    connect: Effect.succeed({ send, close: Effect.void })
+  }))
+
+  return {
+    layer,
+    calls,
+    published,
+    freeze: () => {
+      frozen ??= Deferred.makeUnsafe<void>()
+    },
+    thaw: () => {
+      if (frozen !== undefined) Deferred.doneUnsafe(frozen, Effect.void)
+      frozen = undefined
+    },
+    cut: (instance, on) => void (on ? cutOff.add(instance) : cutOff.delete(instance)),
+    flush: () => {
+      state = fresh()
+    },
+    deafen: (on) => {
+      deaf = on
+    },
+    size: () => state.members.size
+  }
+}
