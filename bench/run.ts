@@ -11,10 +11,11 @@ import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { chartSvg } from "./chart.ts"
 import { canRunInstalled, installedStartup } from "./installed.ts"
+import { hasRedisServer, reach, type ReachRun } from "./reach.ts"
 import { median, percentile } from "./summary.ts"
 
 const quick = process.argv.includes("--quick")
-/** `--only discovery|installed|idle|throughput|rtt|scale` runs one section (for profiling). */
+/** `--only discovery|installed|idle|throughput|rtt|scale|reach` runs one section (for profiling). */
 const only = process.argv.includes("--only") ? process.argv[process.argv.indexOf("--only") + 1] : undefined
 const runs = (section: string) => only === undefined || only === section
 const here = (f: string) => fileURLToPath(new URL(f, import.meta.url))
@@ -444,6 +445,26 @@ try {
       ])
     }
     if (curve.length > 1) rows.push(["scale: memory per known service", `${fmt(perService, 0)} bytes (heap slope, ${first.members} to ${last.members} members)`, "-", "-"])
+  }
+
+  if (runs("reach") && hasRedisServer()) {
+    // N members through one redis-server, next to the same N on multicast, in this run.
+    const n = quick ? 20 : Number(process.env.BENCH_REACH ?? 1000)
+    const perProcess = quick ? 10 : 50
+    const runsOf: Array<ReachRun> = []
+    for (const [k, mode] of (["redis", "multicast"] as const).entries()) {
+      runsOf.push(await reach(spawn, stop, mode, n, perProcess, PORT + 80 + k, quick ? 2 : 5))
+      await new Promise((r) => setTimeout(r, 500))
+    }
+    results.reach = runsOf
+    for (const r of runsOf) {
+      rows.push([
+        `reach: ${r.members} members on ${r.mode} (${r.processes} processes)`,
+        `all know all ${fmt(r.allKnowAllMs / 1000, 2)} s after the last start; a join known to all ${fmt(r.joinKnownToAllMs, 0)} ms after the joiner's start${r.joinKnownToAllAfterRegistrationMs === undefined ? "" : `, ${fmt(r.joinKnownToAllAfterRegistrationMs, 1)} ms after its join event left Redis (target < 50 ms)`} (the joiner knows all in ${fmt(r.joinerKnowsAllMs, 0)} ms); a crash noticed by all in ${fmt(r.crashNoticedMs / 1000, 2)} s`,
+        `${fmt(r.cpuMsPerMemberPerBeat, 3)} ms CPU a member a heartbeat; heap ${fmt(r.heapPerMemberKiB, 0)} KiB, rss ${fmt(r.rssPerMemberKiB, 0)} KiB a member; fewest known ${r.fewestKnown} of ${r.members - 1}`,
+        r.redis === undefined ? "-" : `Redis: ${fmt(r.redis.commandsPerSec, 0)} commands/s, ${fmt(r.redis.scriptCallsPerMemberPerBeat, 2)} script calls a member a beat (target <= 1.2), ${fmt(r.redis.cpuShareOfCore * 100, 1)}% of a core (target < 10%), ${fmt(r.redis.usedMemoryBytes / 1024 / 1024, 1)} MiB`
+      ])
+    }
   }
 
   const count = Number(process.env.BENCH_COUNT ?? (quick ? 5_000 : 500_000))

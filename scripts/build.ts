@@ -53,7 +53,7 @@ const loadedOnDemand = ["effect/observability/*", "effect/http/*", "effect/persi
 rmSync("dist/bench", { recursive: true, force: true })
 await esbuild.build({
   ...node,
-  entryPoints: ["bench/member.ts", "bench/peer.ts", "bench/scale.ts"],
+  entryPoints: ["bench/member.ts", "bench/peer.ts", "bench/scale.ts", "bench/reach-host.ts"],
   minify: true,
   external: loadedOnDemand,
   outdir: "dist/bench",

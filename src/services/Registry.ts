@@ -341,8 +341,10 @@ export class Registry extends Context.Service<Registry, {
           }
           for (const service of services.values()) {
             const h = heard.get(service.id)!
+            // Known to Redis alone: nothing to expire here, and no reason to wake.
+            if ((h.mask & BEACONS) === 0) continue
             const at = service.lastSeen + ttlMillis
-            if (now > at && (h.mask & BEACONS) !== 0) silent(service, h)
+            if (now > at) silent(service, h)
             else if (at < next) next = at
           }
           if (deadlines.size > 0) {
