@@ -10,6 +10,7 @@
 import { Effect, Stream } from "effect"
 import { Cluster, type ClusterConfigInput, ClusterLive } from "cluster-comm"
 import { knowsOthers } from "./knows.ts"
+import { sampleFields, sampleStart } from "./sample.ts"
 
 const [prefix = "r", count = "10", expect = "9", port = "23970", heartbeat = "1000", mode = "redis", redisUrl = ""] = process.argv.slice(2)
 const beat = Number(heartbeat)
@@ -63,19 +64,10 @@ process.on("message", (m: { sample?: boolean; watch?: string; watchLost?: string
   if (m.watch !== undefined) return whenAll(found, m.watch, (at) => process.send?.({ seen: m.watch, at }))
   if (m.watchLost !== undefined) return whenAll(lost, m.watchLost, (at) => process.send?.({ lostAll: m.watchLost, at }))
   if (!m.sample) return
-  const cpu = process.cpuUsage()
-  const at = performance.now()
-  ;(globalThis as { gc?: () => void }).gc?.()
+  const start = sampleStart()
   Promise.all(clusters.map((c) => Effect.runPromise(c.services))).then((lists) => {
-    const memory = process.memoryUsage()
     process.send?.({
-      sampled: true,
-      at,
-      cpu,
-      cpuAfter: process.cpuUsage(),
-      atAfter: performance.now(),
-      heapUsed: memory.heapUsed,
-      rss: memory.rss,
+      ...sampleFields(start),
       fewestKnown: Math.min(...lists.map((l) => l.length))
     })
   })

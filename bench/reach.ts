@@ -134,7 +134,11 @@ export const reach = async (spawn: Spawn, stop: (list: ReadonlyArray<Child>) => 
     await sleep(2 * heartbeatMs) // past the join storm
 
     // Steady state: CPU and memory a member, Redis' own counters.
-    const sample = () => Promise.all(hosts.map((h) => (h.send({ sample: true }), h.next("sampled"))))
+    const sample = () =>
+      Promise.all(hosts.map((h) => {
+        h.send({ sample: true })
+        return h.next("sampled")
+      }))
     const before = await sample()
     const infoBefore = redis?.info()
     const t0 = performance.now()

@@ -12,6 +12,7 @@ import { Session } from "node:inspector"
 import { Effect } from "effect"
 import { Cluster, ClusterLive } from "cluster-comm"
 import { knowsOthers } from "./knows.ts"
+import { sampleFields, sampleStart } from "./sample.ts"
 
 const [prefix = "s", count = "10", expect = "9", port = "23960", heartbeat = "1000"] = process.argv.slice(2)
 const beat = Number(heartbeat)
@@ -46,23 +47,13 @@ process.on("message", (m: { sample?: boolean }) => {
   }
   // The GC and the reading below are the bench's own work: the CPU between
   // two samples is counted from the end of one to the start of the next.
-  const cpu = process.cpuUsage()
-  const at = performance.now()
+  const start = sampleStart()
   // Frames counted here and again after the sample's own work: the window
   // between two samples runs from the end of one to the start of the next.
   const framesInAt = clusters.reduce((n, c) => n + Effect.runSync(c.stats).framesIn, 0)
-  ;(globalThis as { gc?: () => void }).gc?.()
   Promise.all(clusters.map((c) => Effect.runPromise(Effect.all([c.services, c.stats])))).then((lists) => {
-    const memory = process.memoryUsage()
     process.send?.({
-      sampled: true,
-      at,
-      cpu,
-      cpuAfter: process.cpuUsage(),
-      atAfter: performance.now(),
-      heapUsed: memory.heapUsed,
-      external: memory.external + memory.arrayBuffers,
-      rss: memory.rss,
+      ...sampleFields(start),
       fewestKnown: Math.min(...lists.map(([l]) => l.length)),
       framesInAt,
       framesIn: lists.reduce((n, [, s]) => n + s.framesIn, 0),
