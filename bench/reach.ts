@@ -40,6 +40,9 @@ export const hasRedisServer = (): boolean => {
   }
 }
 
+/** Servers this section started, ended by their PIDs if the bench is interrupted. */
+export const servers = new Set<ChildProcess>()
+
 /** A redis-server of the bench's own on loopback, ended by its PID. */
 const startRedis = async () => {
   const port = await freePort()
@@ -47,6 +50,8 @@ const startRedis = async () => {
   const child = spawnProcess("redis-server", [
     "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, "--maxclients", "10100"
   ], { stdio: ["ignore", "pipe", "inherit"] })
+  servers.add(child)
+  child.once("exit", () => servers.delete(child))
   await new Promise<void>((resolve, reject) => {
     let out = ""
     const timer = setTimeout(() => reject(new Error(`redis-server did not start: ${out}`)), 10_000)

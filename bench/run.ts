@@ -11,7 +11,7 @@ import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { chartSvg } from "./chart.ts"
 import { canRunInstalled, installedStartup } from "./installed.ts"
-import { hasRedisServer, reach, type ReachRun } from "./reach.ts"
+import { hasRedisServer, reach, type ReachRun, servers } from "./reach.ts"
 import { median, percentile } from "./summary.ts"
 
 const quick = process.argv.includes("--quick")
@@ -24,6 +24,13 @@ const PORT = 23950 + Math.floor(Math.random() * 40)
 
 type Msg = Record<string, any>
 const children = new Set<ChildProcess>()
+// Interrupted (Ctrl-C, a timeout): end every process we started, by its PID, then stop.
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    for (const child of [...children, ...servers]) child.kill("SIGKILL")
+    process.exit(130)
+  })
+}
 
 const spawn = (file: string, args: ReadonlyArray<string>, extraArgv: ReadonlyArray<string> = []) => {
   // BENCH_PROFILE=dir: every child writes a CPU profile there (`--cpu-prof`).

@@ -15,7 +15,7 @@ interface State {
   members: Map<string, number>
   strings: Map<string, string>
   rev: number
-  clock: { last?: number; grace: number; epoch?: string }
+  epoch?: string
 }
 
 export interface FakeRedis {
@@ -37,7 +37,7 @@ export interface FakeRedis {
   size(): number
 }
 
-const fresh = (): State => ({ members: new Map(), strings: new Map(), rev: 0, clock: { grace: 0 } })
+const fresh = (): State => ({ members: new Map(), strings: new Map(), rev: 0 })
 
 export const makeFakeRedis = (): FakeRedis => {
   let state = fresh()
@@ -56,15 +56,15 @@ export const makeFakeRedis = (): FakeRedis => {
   }
 
   const heartbeat = (now: number, keys: ReadonlyArray<string>, argv: ReadonlyArray<string>) => {
-    const [members, , , descKey] = keys
-    const [instance, ttlText, descriptor, changed, prefix, channel, , epoch] = argv as Array<string>
+    const [, , descKey] = keys
+    const [instance, ttlText, descriptor, change, prefix, channel, , epoch] = argv as Array<string>
     const ttl = Number(ttlText)
-    if (state.clock.last === undefined || now - state.clock.last > ttl * 0.75) state.clock.grace = now + ttl
-    state.clock.last = now
-    state.clock.epoch ??= epoch
-    if (now > state.clock.grace) {
-      const dead = [...state.members].filter(([m, at]) => at <= now && m !== instance).slice(0, 64)
-      for (const [m] of dead) {
+    state.epoch ??= epoch
+    const due = [...state.members].filter(([m, at]) => at <= now && m !== instance).slice(0, 64)
+    for (const [m, at] of due) {
+      // Long expired: no one reached Redis to reap it in time (it was frozen); one more ttl.
+      if (now - at > ttl) state.members.set(m, now + ttl)
+      else {
         state.members.delete(m)
         state.strings.delete(prefix + m)
         publish(channel!, `${++state.rev} lost ${m}`)
@@ -72,10 +72,9 @@ export const makeFakeRedis = (): FakeRedis => {
     }
     const added = state.members.has(instance!) ? 0 : 1
     state.members.set(instance!, now + ttl)
-    state.strings.set(descKey!, descriptor!)
-    void members
-    if (added === 1 || changed === "1") publish(channel!, `${++state.rev} ${added === 1 ? "join" : "update"} ${instance} ${descriptor}`)
-    return [state.rev, now, added, state.clock.epoch!]
+    if (added === 1 || change !== "0") state.strings.set(descKey!, descriptor!)
+    if (added === 1 || change === "1") publish(channel!, `${++state.rev} ${added === 1 ? "join" : "update"} ${instance} ${descriptor}`)
+    return [state.rev, now, added, state.epoch!]
   }
 
   const run = (kind: "heartbeat" | "read" | "leave", now: number, keys: ReadonlyArray<string>, argv: ReadonlyArray<string>) => {
@@ -101,7 +100,7 @@ export const makeFakeRedis = (): FakeRedis => {
       if (command === "SCRIPT" && args[0] === "LOAD") {
         const lua = args[1]!
         const sha = createHash("sha1").update(lua).digest("hex")
-        scripts.set(sha, lua.includes("HSETNX") ? "heartbeat" : lua.includes("ZRANGE', KEYS[1], 0, -1") ? "read" : "leave")
+        scripts.set(sha, lua.includes("ZADD") ? "heartbeat" : lua.includes("ZRANGE', KEYS[1], 0, -1") ? "read" : "leave")
         return sha as A
       }
       if (command === "EVALSHA") {

@@ -46,6 +46,9 @@ export interface RedisSourceOptions {
 export const redisTtl = (config: ClusterConfig) =>
   Math.min(Duration.toMillis(config.ttl), Math.round(2.2 * Duration.toMillis(config.heartbeat)))
 
+/** Every this many beats the descriptor is stored again (it lives a day in Redis). */
+const REFRESH_BEATS = 3600
+
 /** The longest wait between attempts to reach a Redis that is away. */
 const MAX_BACKOFF_MILLIS = 5000
 
@@ -115,30 +118,36 @@ export const RedisSource = {
         return { sender: frame.sender, address, protocols: frame.protocols, tags: frame.tags, version: frame.version, source: "redis" }
       }
 
-      // Members Redis told us of, by instance: its events name instances only.
-      const known = new Map<string, string>()
+      // Members Redis told us of, by instance (its events name instances only),
+      // with the descriptor last applied: the same one again is not decoded again.
+      const known = new Map<string, { readonly id: string; readonly text: string }>()
       const learn = (instance: string, text: string) =>
         Effect.suspend(() => {
           if (instance === sender.instance) return Effect.void
+          const before = known.get(instance)
+          if (before?.text === text && registry.get(before.id)?.instance === instance) return Effect.void
           const sighting = decode(instance, text)
           if (sighting === undefined) return Effect.void
-          known.set(instance, serviceId(sighting.sender.hostId, sighting.sender.name))
+          known.set(instance, { id: serviceId(sighting.sender.hostId, sighting.sender.name), text })
           return Effect.asVoid(registry.observe(sighting))
         })
       const forget = (instance: string, why: "left" | "expired") =>
         Effect.suspend(() => {
-          const id = known.get(instance)
-          if (id === undefined) return Effect.void
+          const entry = known.get(instance)
+          if (entry === undefined) return Effect.void
           known.delete(instance)
-          return registry.release(id, instance, "redis", why)
+          return registry.release(entry.id, instance, "redis", why)
         })
 
       /** One connection's life: from a built `Redis` until it fails for good. */
       const session = (redis: Redis.Redis["Service"]) =>
         Effect.gen(function*() {
-          let seen = 0 // the highest revision applied
+          let seen = 0 // the highest revision applied (0: nothing read yet)
           let lastRev = -1 // the revision the last heartbeat reported
-          let expectBy = 0 // a revision events should have brought by the next beat
+          // The revision a heartbeat reported, two beats back: events must have
+          // brought it by now, however busy this process (a join storm) has been.
+          let expectBy = 0
+          let expectNext = 0
           let missed = false // a gap in the events: read everything at the next beat
 
           const readAll = (releaseMissing: boolean) =>
@@ -173,7 +182,7 @@ export const RedisSource = {
                 stats.drop("redis-invalid")
                 return Effect.void
               }
-              if (rev > seen + 1) missed = true
+              if (seen > 0 && rev > seen + 1) missed = true
               if (rev > seen) seen = rev
               switch (kind) {
                 case "join":
@@ -198,12 +207,20 @@ export const RedisSource = {
           }).pipe(Effect.forkScoped)
 
           let failures = 0
+          let beats = 0
           let epoch: string | undefined
           let pendingRelease = 0 // after trouble, when to read again and let go of who did not come back
           while (true) {
             const { text, changed } = descriptor()
             const beat = yield* Effect.exit(
-              redis.eval(scripts.heartbeat)(keys, sender.instance, ttl, text, changed, sender.instance).pipe(Effect.timeout(timeout))
+              redis.eval(scripts.heartbeat)(
+                keys,
+                sender.instance,
+                ttl,
+                text,
+                changed ? "changed" : ++beats % REFRESH_BEATS === 0 ? "refresh" : "none",
+                sender.instance
+              ).pipe(Effect.timeout(timeout))
             )
             if (Exit.isFailure(beat)) {
               if (changed) described = undefined // announce it again when Redis is back
@@ -220,6 +237,7 @@ export const RedisSource = {
               epoch = redisEpoch
               failures = 0
               if (expectBy > 0 && seen < expectBy) missed = true
+              expectBy = expectNext
               if (back) {
                 // Back after trouble (Redis away, or restarted empty): everyone
                 // registers again within a beat of reconnecting; who has not
@@ -233,7 +251,7 @@ export const RedisSource = {
                 yield* Effect.ignore(readAll(true))
               }
               // Events up to this revision should have come before the next beat.
-              expectBy = rev > seen ? rev : 0
+              expectNext = rev > seen ? rev : 0
               lastRev = rev
               yield* sources.report("redis", "up")
             }

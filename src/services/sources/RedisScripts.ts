@@ -4,8 +4,10 @@
  * - `members`: a sorted set of member instances scored by expiry, on the
  *   server's clock (`TIME`), so members' clocks never matter;
  * - `d:<instance>`: each member's descriptor (sealed when the cluster has a key);
- * - `rev`: a counter that moves with every join, update, leave and loss;
- * - `clock`: when a script last ran, to tell a frozen Redis from dead members;
+ * - `state`: a hash: `rev`, a counter that moves with every join, update,
+ *   leave and loss; `epoch`, set by the first call to an empty Redis (a Redis
+ *   restarted empty shows a new one); `kept`, when the keys' lifetime is next
+ *   extended;
  * - the `events` channel: `<rev> <join|update|left|lost> <instance> [descriptor]`.
  * One script call per member per heartbeat refreshes it and reaps the
  * expired, each loss published once, atomically, for the whole cluster.
@@ -14,8 +16,7 @@ import type * as RedisModule from "effect/persistence/Redis"
 
 export interface RedisKeys {
   readonly members: string
-  readonly rev: string
-  readonly clock: string
+  readonly state: string
   readonly descriptorPrefix: string
   readonly channel: string
 }
@@ -24,8 +25,7 @@ export const redisKeys = (namespace: string, group: string, port: number): Redis
   const base = `cluster-comm:{${namespace}/${group}:${port}}`
   return {
     members: `${base}:members`,
-    rev: `${base}:rev`,
-    clock: `${base}:clock`,
+    state: `${base}:state`,
     descriptorPrefix: `${base}:d:`,
     channel: `${base}:events`
   }
@@ -40,83 +40,85 @@ const ABANDONED_MILLIS = 24 * 3600 * 1000
  *
  * The heartbeat: refresh this member (ZADD with expiry now + ttl; a member new
  * to the set, such as after Redis restarted empty, is announced as a join),
- * store its descriptor, and reap up to 64 expired members. After a gap in
- * which no member reached Redis (it was frozen or away), reaping waits one
- * ttl so every live member can beat again before anyone is declared lost.
- * Returns [rev, server time ms, 1 if this call (re)registered us, epoch]:
- * the epoch is set by the first call to an empty Redis, so a Redis that
- * restarted empty shows a new one.
+ * store its descriptor when new, changed or due a refresh (it lives a day),
+ * and reap up to 64 expired members. An entry that expired more than a ttl ago
+ * was not reaped in time because no member reached Redis (it was frozen or
+ * away): it gets one more ttl, so every live member can beat first. Four
+ * commands a call in steady state: the cost a member adds to Redis each beat.
+ * Returns [rev, server time ms, 1 if this call (re)registered us, epoch].
  */
 export const makeScripts = (Redis: typeof RedisModule) => ({
   heartbeat: Redis.script(
-  (keys: RedisKeys, instance: string, ttlMillis: number, descriptor: string, changed: boolean, epoch: string) => [
-    keys.members,
-    keys.rev,
-    keys.clock,
-    `${keys.descriptorPrefix}${instance}`,
-    instance,
-    ttlMillis,
-    descriptor,
-    changed ? "1" : "0",
-    keys.descriptorPrefix,
-    keys.channel,
-    ABANDONED_MILLIS,
-    epoch
-  ],
-  {
-    numberOfKeys: 4,
-    lua: `
+    (keys: RedisKeys, instance: string, ttlMillis: number, descriptor: string, change: "none" | "changed" | "refresh", epoch: string) => [
+      keys.members,
+      keys.state,
+      `${keys.descriptorPrefix}${instance}`,
+      instance,
+      ttlMillis,
+      descriptor,
+      change === "changed" ? "1" : change === "refresh" ? "2" : "0",
+      keys.descriptorPrefix,
+      keys.channel,
+      ABANDONED_MILLIS,
+      epoch
+    ],
+    {
+      numberOfKeys: 3,
+      lua: `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 local keep = tonumber(ARGV[7])
-local clock = redis.call('HMGET', KEYS[3], 'last', 'grace')
-local last = tonumber(clock[1])
-local grace = tonumber(clock[2]) or 0
-if last == nil or now - last > ttl * 0.75 then
-  grace = now + ttl
+local state = redis.call('HMGET', KEYS[2], 'rev', 'epoch', 'kept')
+local rev = tonumber(state[1]) or 0
+local epoch = state[2]
+if not epoch then
+  epoch = ARGV[8]
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
 end
-redis.call('HSET', KEYS[3], 'last', now, 'grace', grace)
-redis.call('HSETNX', KEYS[3], 'epoch', ARGV[8])
-redis.call('PEXPIRE', KEYS[3], keep)
-if now > grace then
-  local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 64)
-  for _, m in ipairs(dead) do
-    if m ~= ARGV[1] then
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 64)
+for i = 1, #due, 2 do
+  local m = due[i]
+  if m ~= ARGV[1] then
+    if now - tonumber(due[i + 1]) > ttl then
+      redis.call('ZADD', KEYS[1], now + ttl, m)
+    else
       redis.call('ZREM', KEYS[1], m)
       redis.call('DEL', ARGV[5] .. m)
-      local r = redis.call('INCR', KEYS[2])
-      redis.call('PUBLISH', ARGV[6], r .. ' lost ' .. m)
+      rev = redis.call('HINCRBY', KEYS[2], 'rev', 1)
+      redis.call('PUBLISH', ARGV[6], rev .. ' lost ' .. m)
     end
   end
 end
 local added = redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('SET', KEYS[4], ARGV[3], 'PX', ttl * 4)
-redis.call('PEXPIRE', KEYS[1], keep)
-local rev
+if added == 1 or ARGV[4] ~= '0' then
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', keep)
+end
 if added == 1 or ARGV[4] == '1' then
-  rev = redis.call('INCR', KEYS[2])
+  rev = redis.call('HINCRBY', KEYS[2], 'rev', 1)
   local kind = 'update'
   if added == 1 then kind = 'join' end
   redis.call('PUBLISH', ARGV[6], rev .. ' ' .. kind .. ' ' .. ARGV[1] .. ' ' .. ARGV[3])
-else
-  rev = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
-redis.call('PEXPIRE', KEYS[2], keep)
-return { rev, now, added, redis.call('HGET', KEYS[3], 'epoch') }
+if now > (tonumber(state[3]) or 0) then
+  redis.call('HSET', KEYS[2], 'kept', now + keep / 2)
+  redis.call('PEXPIRE', KEYS[1], keep)
+  redis.call('PEXPIRE', KEYS[2], keep)
+end
+return { rev, now, added, epoch }
 `
-  }
+    }
   ).withReturnType<readonly [number, number, number, string]>(),
 
   /** The leave: this member out of the set, at once, with a `left` event (nothing when already gone). */
   leave: Redis.script(
-  (keys: RedisKeys, instance: string) => [keys.members, keys.rev, `${keys.descriptorPrefix}${instance}`, instance, keys.channel],
+    (keys: RedisKeys, instance: string) => [keys.members, keys.state, `${keys.descriptorPrefix}${instance}`, instance, keys.channel],
   {
     numberOfKeys: 3,
     lua: `
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('DEL', KEYS[3])
-  local r = redis.call('INCR', KEYS[2])
+  local r = redis.call('HINCRBY', KEYS[2], 'rev', 1)
   redis.call('PUBLISH', ARGV[2], r .. ' left ' .. ARGV[1])
 end
 return 1
@@ -129,11 +131,11 @@ return 1
    * for every member in the set (expired ones too: the reaper alone removes).
    */
   read: Redis.script(
-  (keys: RedisKeys) => [keys.members, keys.rev, keys.descriptorPrefix],
+    (keys: RedisKeys) => [keys.members, keys.state, keys.descriptorPrefix],
   {
     numberOfKeys: 2,
     lua: `
-local out = { tonumber(redis.call('GET', KEYS[2]) or '0') }
+local out = { tonumber(redis.call('HGET', KEYS[2], 'rev')) or 0 }
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   out[#out + 1] = m
   out[#out + 1] = redis.call('GET', ARGV[1] .. m) or ''
