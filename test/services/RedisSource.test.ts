@@ -15,10 +15,14 @@ const on = (network: MemoryNetwork, fake: FakeRedis, name: string, extra: Cluste
     Effect.map((ctx) => Context.get(ctx, Cluster))
   )
 const names = (c: Cluster["Service"]) => Effect.map(c.services, (ss) => ss.map((s) => s.name).sort().join())
-/** Moves the test clock on in steps, so the members' fibers run between them. */
+/** Moves the test clock on in steps, so the members' fibers (and the link's) run between them. */
 const pass = (millis: number, step = 50) =>
   Effect.gen(function*() {
-    for (let t = 0; t < millis; t += step) yield* TestClock.adjust(`${step} millis`)
+    for (let t = 0; t < millis; t += step) {
+      yield* TestClock.adjust(`${step} millis`)
+      // The process's Redis link runs fibers of its own (shared by the members): let them run too.
+      yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+    }
   })
 const losses = (fake: FakeRedis) => fake.published.filter((m) => m.includes(" lost ") || m.includes(" left "))
 

@@ -13,9 +13,7 @@
  * Messages never pass through Redis: it carries membership only.
  */
 import { isIP } from "node:net"
-import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -23,8 +21,6 @@ import * as Layer from "effect/Layer"
 import type * as Redis from "effect/persistence/Redis"
 import * as Queue from "effect/Queue"
 import * as Random from "effect/Random"
-import * as References from "effect/References"
-import * as Scope from "effect/Scope"
 import type { ClusterConfig } from "../../schema/Config.ts"
 import { decodeFrame, encodeFrame, isDecodeFailure, type Sender } from "../../schema/Frame.ts"
 import { serviceId } from "../../schema/Service.ts"
@@ -33,6 +29,7 @@ import { Keyring, SEALED_MAGIC } from "../Keyring.ts"
 import { Registry, type Sighting } from "../Registry.ts"
 import { Sources } from "../Sources.ts"
 import { Stats } from "../Stats.ts"
+import { acquireLink, describe } from "./RedisLink.ts"
 import { makeScripts, redisKeys } from "./RedisScripts.ts"
 
 export interface RedisSourceOptions {
@@ -48,9 +45,6 @@ export const redisTtl = (config: ClusterConfig) =>
 
 /** Every this many beats the descriptor is stored again (it lives a day in Redis). */
 const REFRESH_BEATS = 3600
-
-/** The longest wait between attempts to reach a Redis that is away. */
-const MAX_BACKOFF_MILLIS = 5000
 
 /** node-redis for a URL (ACL user and password, `rediss://` for TLS, all in the URL). */
 const nodeRedis = (url: string, connectTimeout: number): Layer.Layer<Redis.Redis, unknown> =>
@@ -139,78 +133,97 @@ export const RedisSource = {
           return registry.release(entry.id, instance, "redis", why)
         })
 
-      /** One connection's life: from a built `Redis` until it fails for good. */
-      const session = (redis: Redis.Redis["Service"]) =>
-        Effect.gen(function*() {
-          let seen = 0 // the highest revision applied (0: nothing read yet)
-          let lastRev = -1 // the revision the last heartbeat reported
-          // The revision a heartbeat reported, two beats back: events must have
-          // brought it by now, however busy this process (a join storm) has been.
-          let expectBy = 0
-          let expectNext = 0
-          let missed = false // a gap in the events: read everything at the next beat
+      // The process's link to this Redis (one connection and subscription for all its members).
+      const link = acquireLink(
+        RedisModule,
+        options.redis ?? config.redis!.url,
+        layer,
+        Duration.millis(Math.max(2000, 2 * heartbeat)),
+        Effect.runForkWith(yield* Effect.context<never>())
+      )
+      yield* Effect.addFinalizer(() => Effect.sync(link.release))
 
-          const readAll = (releaseMissing: boolean) =>
-            Effect.gen(function*() {
-              const reply = yield* redis.eval(scripts.read)(keys).pipe(Effect.timeout(timeout))
-              if (!Array.isArray(reply) || typeof reply[0] !== "number") {
+      /** This member's view of Redis: events in order, a beat a heartbeat, reads when something was missed. */
+      const session = Effect.gen(function*() {
+        let seen = 0 // the highest revision applied (0: nothing read yet)
+        let lastRev = -1 // the revision the last heartbeat reported
+        // The revision a heartbeat reported, two beats back: events must have
+        // brought it by now, however busy this process (a join storm) has been.
+        let expectBy = 0
+        let expectNext = 0
+        let missed = false // a gap in the events: read everything at the next beat
+
+        const readAll = (redis: Redis.Redis["Service"], releaseMissing: boolean) =>
+          Effect.gen(function*() {
+            const reply = yield* redis.eval(scripts.read)(keys).pipe(Effect.timeout(timeout))
+            if (!Array.isArray(reply) || typeof reply[0] !== "number") {
+              stats.drop("redis-invalid")
+              return
+            }
+            const listed = new Set<string>()
+            for (let i = 1; i + 1 < reply.length; i += 2) {
+              const instance = reply[i]
+              const text = reply[i + 1]
+              if (typeof instance !== "string" || typeof text !== "string" || !/^[0-9a-f]{16}$/.test(instance)) {
                 stats.drop("redis-invalid")
-                return
+                continue
               }
-              const listed = new Set<string>()
-              for (let i = 1; i + 1 < reply.length; i += 2) {
-                const instance = reply[i]
-                const text = reply[i + 1]
-                if (typeof instance !== "string" || typeof text !== "string" || !/^[0-9a-f]{16}$/.test(instance)) {
-                  stats.drop("redis-invalid")
-                  continue
-                }
-                listed.add(instance)
-                yield* learn(instance, text)
-              }
-              if (releaseMissing) {
-                for (const instance of [...known.keys()]) if (!listed.has(instance)) yield* forget(instance, "expired")
-              }
-              seen = Math.max(seen, reply[0])
-            })
+              listed.add(instance)
+              yield* learn(instance, text)
+            }
+            if (releaseMissing) {
+              for (const instance of [...known.keys()]) if (!listed.has(instance)) yield* forget(instance, "expired")
+            }
+            seen = Math.max(seen, reply[0])
+          })
 
-          const onEvent = (message: string) =>
-            Effect.suspend(() => {
-              const [revText, kind, instance, text] = message.split(" ", 4)
-              const rev = Number(revText)
-              if (!Number.isSafeInteger(rev) || instance === undefined || !/^[0-9a-f]{16}$/.test(instance)) {
+        const onEvent = (message: string) =>
+          Effect.suspend(() => {
+            const [revText, kind, instance, text] = message.split(" ", 4)
+            const rev = Number(revText)
+            if (!Number.isSafeInteger(rev) || instance === undefined || !/^[0-9a-f]{16}$/.test(instance)) {
+              stats.drop("redis-invalid")
+              return Effect.void
+            }
+            if (seen > 0 && rev > seen + 1) missed = true
+            if (rev > seen) seen = rev
+            switch (kind) {
+              case "join":
+              case "update":
+                return text === undefined ? Effect.void : learn(instance, text)
+              case "left":
+                return forget(instance, "left")
+              case "lost":
+                return forget(instance, "expired")
+              default:
                 stats.drop("redis-invalid")
                 return Effect.void
-              }
-              if (seen > 0 && rev > seen + 1) missed = true
-              if (rev > seen) seen = rev
-              switch (kind) {
-                case "join":
-                case "update":
-                  return text === undefined ? Effect.void : learn(instance, text)
-                case "left":
-                  return forget(instance, "left")
-                case "lost":
-                  return forget(instance, "expired")
-                default:
-                  stats.drop("redis-invalid")
-                  return Effect.void
-              }
-            })
-
-          const events = yield* redis.subscribe(keys.channel)
-          yield* Effect.gen(function*() {
-            while (true) {
-              const batch = yield* Queue.takeAll(events)
-              for (const m of batch) yield* onEvent(m.message)
             }
-          }).pipe(Effect.forkScoped)
+          })
 
-          let failures = 0
-          let beats = 0
-          let epoch: string | undefined
-          let pendingRelease = 0 // after trouble, when to read again and let go of who did not come back
+        const events = yield* Queue.unbounded<string>()
+        const stop = link.listen(keys.channel, (m) => void Queue.offerUnsafe(events, m))
+        yield* Effect.addFinalizer(() => Effect.sync(stop))
+        yield* Effect.gen(function*() {
           while (true) {
+            const batch = yield* Queue.takeAll(events)
+            for (const m of batch) yield* onEvent(m)
+          }
+        }).pipe(Effect.forkScoped)
+
+        let failures = 0
+        let beats = 0
+        let epoch: string | undefined
+        let generation = 0
+        let pendingRelease = 0 // after trouble, when to read again and let go of who did not come back
+        while (true) {
+          // Not until our events arrive: a beat before that could miss the answers to it.
+          const redis = link.subscribed(keys.channel) ? link.current() : undefined
+          if (redis === undefined) {
+            failures++
+            const why = link.error()
+            yield* sources.report("redis", why === undefined || why === "connecting" ? "connecting" : "down", why)
+          } else {
             const { text, changed } = descriptor()
             const beat = yield* Effect.exit(
               redis.eval(scripts.heartbeat)(
@@ -227,87 +240,53 @@ export const RedisSource = {
               failures++
               const error = describe(RedisModule, beat.cause)
               yield* sources.report("redis", "down", error)
-              // node-redis gave up on this client (it does after a socket timeout): build a new one.
-              if (/closed|ClientClosed|The client is closed/i.test(error) || failures >= 30) return
+              // node-redis gave up on this client (it does after a socket timeout): the link connects afresh.
+              if (/closed|ClientClosed/i.test(error)) link.broken()
             } else {
               const [rev, , , redisEpoch] = beat.value
               const first = lastRev < 0
               const restarted = (epoch !== undefined && redisEpoch !== epoch) || (!first && rev < lastRev)
-              const back = failures > 0 || restarted
+              // A new connection (its subscription new too): events may have been missed.
+              const reconnected = generation !== 0 && generation !== link.generation()
+              const back = failures > 0 || restarted || reconnected
+              generation = link.generation()
               epoch = redisEpoch
               failures = 0
               if (expectBy > 0 && seen < expectBy) missed = true
               expectBy = expectNext
-              if (back) {
+              if (back && !first) {
                 // Back after trouble (Redis away, or restarted empty): everyone
                 // registers again within a beat of reconnecting; who has not
                 // by the grace's end is let go.
-                yield* Effect.ignore(readAll(false))
+                yield* Effect.ignore(readAll(redis, false))
                 pendingRelease = clock.currentTimeMillisUnsafe() + restartGrace
                 missed = false
               } else if (first || missed || (pendingRelease > 0 && clock.currentTimeMillisUnsafe() >= pendingRelease)) {
                 missed = false
                 pendingRelease = 0
-                yield* Effect.ignore(readAll(true))
+                yield* Effect.ignore(readAll(redis, true))
               }
               // Events up to this revision should have come before the next beat.
               expectNext = rev > seen ? rev : 0
               lastRev = rev
               yield* sources.report("redis", "up")
             }
-            const jitter = yield* Random.nextBetween(0.9, 1.1)
-            yield* Effect.sleep(Duration.millis(heartbeat * jitter))
           }
-        })
-
-      let current: Redis.Redis["Service"] | undefined
-      yield* Effect.gen(function*() {
-        let wait = Math.min(250, heartbeat)
-        while (true) {
-          // The connection lives in a scope of its own, closed when its session ends or the member leaves.
-          yield* Effect.acquireUseRelease(
-            Scope.make(),
-            (scope) =>
-              Effect.gen(function*() {
-                const built = yield* Effect.exit(
-                  Layer.buildWithScope(layer, scope).pipe(
-                    Effect.timeout(Duration.millis(Math.max(2000, 2 * heartbeat))),
-                    // node-redis logs every socket error; the source reports its state itself, once a change.
-                    Effect.provideService(References.MinimumLogLevel, "Error")
-                  )
-                )
-                if (Exit.isFailure(built)) return yield* sources.report("redis", "down", describe(RedisModule, built.cause))
-                current = Context.get(built.value, RedisModule.Redis)
-                wait = Math.min(250, heartbeat)
-                yield* session(current).pipe(Effect.provideService(Scope.Scope, scope), Effect.exit)
-              }),
-            (scope) => {
-              current = undefined
-              return Scope.close(scope, Exit.void)
-            }
-          )
-          const jitter = yield* Random.nextBetween(0.5, 1.5)
-          yield* Effect.sleep(Duration.millis(wait * jitter))
-          wait = Math.min(wait * 2, MAX_BACKOFF_MILLIS)
-          yield* sources.report("redis", "connecting")
+          // Until the first beat, look again soon: joining should not wait a heartbeat for the link.
+          const jitter = yield* Random.nextBetween(0.9, 1.1)
+          yield* Effect.sleep(Duration.millis(lastRev < 0 ? Math.min(25, heartbeat) : heartbeat * jitter))
         }
-      }).pipe(Effect.forkScoped)
+      })
+      yield* Effect.forkScoped(session)
 
       // Leaving: out of the set at once, so every member hears it now (best effort: Redis may be away).
       yield* Effect.addFinalizer(() =>
-        Effect.suspend(() =>
-          current === undefined ? Effect.void : Effect.ignore(
-            current.eval(scripts.leave)(keys, sender.instance).pipe(Effect.timeout(timeout))
+        Effect.suspend(() => {
+          const redis = link.current()
+          return redis === undefined ? Effect.void : Effect.ignore(
+            redis.eval(scripts.leave)(keys, sender.instance).pipe(Effect.timeout(timeout))
           )
-        )
+        })
       )
     }))
-}
-
-/** Why Redis failed, in one line: the client's own message, not a cause tree. */
-const describe = (R: typeof Redis, cause: Cause.Cause<unknown>): string => {
-  const e = Cause.squash(cause)
-  const inner = e instanceof R.RedisError ? e.cause : e
-  const text = Cause.isTimeoutError(inner) ? "no answer in time" : inner instanceof Error ? inner.message : String(inner)
-  return text.split("\n", 1)[0]!.slice(0, 300)
 }
