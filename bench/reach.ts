@@ -96,6 +96,14 @@ const startRedis = async () => {
   return { url, info, stop, joinEvent }
 }
 
+/** Calls by command over a window, from INFO's commandstats (commands inside scripts included). */
+const commandCalls = (before: Record<string, string>, after: Record<string, string>) =>
+  Object.fromEntries(
+    Object.keys(after).filter((k) => k.startsWith("cmdstat_")).map((k) => [
+      k.slice(8),
+      Number(/calls=(\d+)/.exec(after[k]!)?.[1] ?? 0) - Number(/calls=(\d+)/.exec(before[k] ?? "")?.[1] ?? 0)
+    ]).filter(([, n]) => (n as number) > 0)
+  )
 const evalshaCalls = (info: Record<string, string>) => Number(/calls=(\d+)/.exec(info.cmdstat_evalsha ?? "")?.[1] ?? 0)
 const redisCpuSeconds = (info: Record<string, string>) => Number(info.used_cpu_sys) + Number(info.used_cpu_user)
 
@@ -122,6 +130,8 @@ export interface ReachRun {
     readonly scriptCallsPerMemberPerBeat: number
     readonly cpuShareOfCore: number
     readonly usedMemoryBytes: number
+    /** Calls by command in the steady-state window. */
+    readonly calls: Record<string, number>
   }
 }
 
@@ -192,7 +202,8 @@ export const reach = async (spawn: Spawn, stop: (list: ReadonlyArray<Child>) => 
           commandsPerSec: ((Number(infoAfter.total_commands_processed) - Number(infoBefore.total_commands_processed)) * 1000) / wallMs,
           scriptCallsPerMemberPerBeat: (evalshaCalls(infoAfter) - evalshaCalls(infoBefore)) / n / (wallMs / heartbeatMs),
           cpuShareOfCore: ((redisCpuSeconds(infoAfter) - redisCpuSeconds(infoBefore)) * 1000) / wallMs,
-          usedMemoryBytes: Number(infoAfter.used_memory)
+          usedMemoryBytes: Number(infoAfter.used_memory),
+          calls: commandCalls(infoBefore, infoAfter)
         }
       })
     }

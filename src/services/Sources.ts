@@ -29,7 +29,7 @@ export class Sources extends Context.Service<Sources, {
   readonly status: Effect.Effect<ReadonlyArray<SourceStatus>>
   /** Every change of state, from now on. */
   readonly changes: Stream.Stream<SourceStatus>
-  /** A source reports its state (a no-op when unchanged); the registry marks what only a down source knows as stale. */
+  /** A source reports its state (a no-op when unchanged); the registry marks what only a down source knows as stale (not while connecting). */
   readonly report: (source: SourceName, state: SourceStatus["state"], error?: string) => Effect.Effect<void>
 }>()("cluster-comm/Sources") {
   static readonly layer = (running: ReadonlyArray<SourceName>) =>
@@ -49,7 +49,7 @@ export class Sources extends Context.Service<Sources, {
             if (current !== undefined && current.state === state && current.error === error) return Effect.void
             const status: SourceStatus = { source, state, error: state === "up" ? undefined : error, since: Date.now() }
             states.set(source, status)
-            registry.sourceUp(source, state === "up")
+            registry.sourceUp(source, state !== "down")
             const line = `discovery source ${source} is ${state}${status.error === undefined ? "" : `: ${status.error}`}`
             return PubSub.publish(pubsub, status).pipe(
               Effect.andThen(state === "down" ? Effect.logWarning(line) : Effect.logInfo(line))

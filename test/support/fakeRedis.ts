@@ -13,7 +13,7 @@ import * as Redis from "effect/persistence/Redis"
 
 interface State {
   members: Map<string, number>
-  strings: Map<string, string>
+  descriptors: Map<string, string>
   rev: number
   epoch?: string
 }
@@ -37,7 +37,7 @@ export interface FakeRedis {
   size(): number
 }
 
-const fresh = (): State => ({ members: new Map(), strings: new Map(), rev: 0 })
+const fresh = (): State => ({ members: new Map(), descriptors: new Map(), rev: 0 })
 
 export const makeFakeRedis = (): FakeRedis => {
   let state = fresh()
@@ -55,39 +55,40 @@ export const makeFakeRedis = (): FakeRedis => {
     for (const l of listeners.get(channel) ?? []) l({ channel, message })
   }
 
-  const heartbeat = (now: number, keys: ReadonlyArray<string>, argv: ReadonlyArray<string>) => {
-    const [, , descKey] = keys
-    const [instance, ttlText, descriptor, change, prefix, channel, , epoch] = argv as Array<string>
-    const ttl = Number(ttlText)
+  const heartbeat = (now: number, argv: ReadonlyArray<string>) => {
+    const [instance, leaseText, descriptor, changed, channel, , epoch] = argv as Array<string>
+    const lease = Number(leaseText)
     state.epoch ??= epoch
     const due = [...state.members].filter(([m, at]) => at <= now && m !== instance).slice(0, 64)
     for (const [m, at] of due) {
-      // Long expired: no one reached Redis to reap it in time (it was frozen); one more ttl.
-      if (now - at > ttl) state.members.set(m, now + ttl)
+      // Long expired: no one reached Redis to reap it in time (it was frozen); one more lease.
+      if (now - at > lease) state.members.set(m, now + lease)
       else {
         state.members.delete(m)
-        state.strings.delete(prefix + m)
+        state.descriptors.delete(m)
         publish(channel!, `${++state.rev} lost ${m}`)
       }
     }
     const added = state.members.has(instance!) ? 0 : 1
-    state.members.set(instance!, now + ttl)
-    if (added === 1 || change !== "0") state.strings.set(descKey!, descriptor!)
-    if (added === 1 || change === "1") publish(channel!, `${++state.rev} ${added === 1 ? "join" : "update"} ${instance} ${descriptor}`)
+    state.members.set(instance!, now + lease)
+    if (added === 1 || changed === "1") {
+      state.descriptors.set(instance!, descriptor!)
+      publish(channel!, `${++state.rev} ${added === 1 ? "join" : "update"} ${instance} ${descriptor}`)
+    }
     return [state.rev, now, added, state.epoch!]
   }
 
-  const run = (kind: "heartbeat" | "read" | "leave", now: number, keys: ReadonlyArray<string>, argv: ReadonlyArray<string>) => {
+  const run = (kind: "heartbeat" | "read" | "leave", now: number, argv: ReadonlyArray<string>) => {
     calls[kind]++
-    if (kind === "heartbeat") return heartbeat(now, keys, argv)
+    if (kind === "heartbeat") return heartbeat(now, argv)
     if (kind === "read") {
       const out: Array<unknown> = [state.rev]
-      for (const m of [...state.members].sort((a, b) => a[1] - b[1]).map(([m]) => m)) out.push(m, state.strings.get(argv[0] + m) ?? "")
+      for (const [m] of [...state.members].sort((a, b) => a[1] - b[1])) out.push(m, state.descriptors.get(m) ?? "")
       return out
     }
     const [instance, channel] = argv as Array<string>
     if (state.members.delete(instance!)) {
-      state.strings.delete(keys[2]!)
+      state.descriptors.delete(instance!)
       publish(channel!, `${++state.rev} left ${instance}`)
     }
     return 1
@@ -107,11 +108,10 @@ export const makeFakeRedis = (): FakeRedis => {
         const kind = scripts.get(args[0]!)
         if (kind === undefined) return yield* new Redis.RedisError({ cause: new Error("NOSCRIPT") })
         const n = Number(args[1])
-        const keys = args.slice(2, 2 + n)
         const argv = args.slice(2 + n)
         const instance = kind === "read" ? undefined : argv[0]
         if (instance !== undefined && cutOff.has(instance)) return yield* new Redis.RedisError({ cause: new Error("connection lost") })
-        return run(kind, now, keys, argv) as A
+        return run(kind, now, argv) as A
       }
       return yield* new Redis.RedisError({ cause: new Error(`fake Redis does not do ${command}`) })
     })

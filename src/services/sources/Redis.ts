@@ -43,8 +43,8 @@ export interface RedisSourceOptions {
 export const redisTtl = (config: ClusterConfig) =>
   Math.min(Duration.toMillis(config.ttl), Math.round(2.2 * Duration.toMillis(config.heartbeat)))
 
-/** Every this many beats the descriptor is stored again (it lives a day in Redis). */
-const REFRESH_BEATS = 3600
+/** The longest lease a late member asks for, in ttls. */
+const MAX_LEASE_FACTOR = 5
 
 /** node-redis for a URL (ACL user and password, `rediss://` for TLS, all in the URL). */
 const nodeRedis = (url: string, connectTimeout: number): Layer.Layer<Redis.Redis, unknown> =>
@@ -207,12 +207,16 @@ export const RedisSource = {
         yield* Effect.gen(function*() {
           while (true) {
             const batch = yield* Queue.takeAll(events)
-            for (const m of batch) yield* onEvent(m)
+            for (let i = 0; i < batch.length; i++) {
+              yield* onEvent(batch[i]!)
+              // A join storm brings thousands: let this process's beats through between them.
+              if (i % 64 === 63) yield* Effect.yieldNow
+            }
           }
         }).pipe(Effect.forkScoped)
 
         let failures = 0
-        let beats = 0
+        let lastBeatAt = 0
         let epoch: string | undefined
         let generation = 0
         let pendingRelease = 0 // after trouble, when to read again and let go of who did not come back
@@ -225,13 +229,19 @@ export const RedisSource = {
             yield* sources.report("redis", why === undefined || why === "connecting" ? "connecting" : "down", why)
           } else {
             const { text, changed } = descriptor()
+            // An adaptive lease: a member whose beats come late (its process is
+            // starved, say in a join storm) asks for a longer one, so it is not
+            // reaped alive; a crash is still noticed within the lease last asked.
+            const now = clock.currentTimeMillisUnsafe()
+            const lease = lastBeatAt === 0 ? ttl : Math.min(MAX_LEASE_FACTOR * ttl, Math.max(ttl, Math.round(2.2 * (now - lastBeatAt))))
+            lastBeatAt = now
             const beat = yield* Effect.exit(
               redis.eval(scripts.heartbeat)(
                 keys,
                 sender.instance,
-                ttl,
+                lease,
                 text,
-                changed ? "changed" : ++beats % REFRESH_BEATS === 0 ? "refresh" : "none",
+                changed,
                 sender.instance
               ).pipe(Effect.timeout(timeout))
             )
@@ -239,7 +249,8 @@ export const RedisSource = {
               if (changed) described = undefined // announce it again when Redis is back
               failures++
               const error = describe(RedisModule, beat.cause)
-              yield* sources.report("redis", "down", error)
+              // One slow answer is not an outage (a busy process, a busy Redis): down at the second.
+              if (failures >= 2) yield* sources.report("redis", "down", error)
               // node-redis gave up on this client (it does after a socket timeout): the link connects afresh.
               if (/closed|ClientClosed/i.test(error)) link.broken()
             } else {

@@ -1,9 +1,10 @@
 /**
  * The Redis source's keys and Lua scripts. Per cluster, under one hash tag
- * (so a Redis Cluster keeps them in one slot):
+ * (so a Redis Cluster keeps them in one slot), every key a script touches
+ * named in its KEYS:
  * - `members`: a sorted set of member instances scored by expiry, on the
  *   server's clock (`TIME`), so members' clocks never matter;
- * - `d:<instance>`: each member's descriptor (sealed when the cluster has a key);
+ * - `descriptors`: a hash, instance -> descriptor (sealed when the cluster has a key);
  * - `state`: a hash: `rev`, a counter that moves with every join, update,
  *   leave and loss; `epoch`, set by the first call to an empty Redis (a Redis
  *   restarted empty shows a new one); `kept`, when the keys' lifetime is next
@@ -16,8 +17,8 @@ import type * as RedisModule from "effect/persistence/Redis"
 
 export interface RedisKeys {
   readonly members: string
+  readonly descriptors: string
   readonly state: string
-  readonly descriptorPrefix: string
   readonly channel: string
 }
 
@@ -25,8 +26,8 @@ export const redisKeys = (namespace: string, group: string, port: number): Redis
   const base = `cluster-comm:{${namespace}/${group}:${port}}`
   return {
     members: `${base}:members`,
+    descriptors: `${base}:descriptors`,
     state: `${base}:state`,
-    descriptorPrefix: `${base}:d:`,
     channel: `${base}:events`
   }
 }
@@ -37,27 +38,27 @@ const ABANDONED_MILLIS = 24 * 3600 * 1000
 /**
  * The scripts, made with the `effect/persistence/Redis` module (loaded only
  * when a member uses Redis).
- *
- * The heartbeat: refresh this member (ZADD with expiry now + ttl; a member new
- * to the set, such as after Redis restarted empty, is announced as a join),
- * store its descriptor when new, changed or due a refresh (it lives a day),
- * and reap up to 64 expired members. An entry that expired more than a ttl ago
- * was not reaped in time because no member reached Redis (it was frozen or
- * away): it gets one more ttl, so every live member can beat first. Four
- * commands a call in steady state: the cost a member adds to Redis each beat.
- * Returns [rev, server time ms, 1 if this call (re)registered us, epoch].
  */
 export const makeScripts = (Redis: typeof RedisModule) => ({
+  /**
+   * The heartbeat: refresh this member (ZADD with expiry now + lease; a member
+   * new to the set, such as after Redis restarted empty, is announced as a
+   * join), store its descriptor when new or changed, and reap up to 64 expired
+   * members. An entry that expired more than its lease ago was not reaped in
+   * time because no member reached Redis (it was frozen or away): it gets one
+   * more lease, so every live member can beat first. Four commands a call in
+   * steady state: the cost a member adds to Redis each beat.
+   * Returns [rev, server time ms, 1 if this call (re)registered us, epoch].
+   */
   heartbeat: Redis.script(
-    (keys: RedisKeys, instance: string, ttlMillis: number, descriptor: string, change: "none" | "changed" | "refresh", epoch: string) => [
+    (keys: RedisKeys, instance: string, leaseMillis: number, descriptor: string, changed: boolean, epoch: string) => [
       keys.members,
+      keys.descriptors,
       keys.state,
-      `${keys.descriptorPrefix}${instance}`,
       instance,
-      ttlMillis,
+      leaseMillis,
       descriptor,
-      change === "changed" ? "1" : change === "refresh" ? "2" : "0",
-      keys.descriptorPrefix,
+      changed ? "1" : "0",
       keys.channel,
       ABANDONED_MILLIS,
       epoch
@@ -67,43 +68,42 @@ export const makeScripts = (Redis: typeof RedisModule) => ({
       lua: `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-local keep = tonumber(ARGV[7])
-local state = redis.call('HMGET', KEYS[2], 'rev', 'epoch', 'kept')
+local lease = tonumber(ARGV[2])
+local keep = tonumber(ARGV[6])
+local state = redis.call('HMGET', KEYS[3], 'rev', 'epoch', 'kept')
 local rev = tonumber(state[1]) or 0
 local epoch = state[2]
 if not epoch then
-  epoch = ARGV[8]
-  redis.call('HSET', KEYS[2], 'epoch', epoch)
+  epoch = ARGV[7]
+  redis.call('HSET', KEYS[3], 'epoch', epoch)
 end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 64)
 for i = 1, #due, 2 do
   local m = due[i]
   if m ~= ARGV[1] then
-    if now - tonumber(due[i + 1]) > ttl then
-      redis.call('ZADD', KEYS[1], now + ttl, m)
+    if now - tonumber(due[i + 1]) > lease then
+      redis.call('ZADD', KEYS[1], now + lease, m)
     else
       redis.call('ZREM', KEYS[1], m)
-      redis.call('DEL', ARGV[5] .. m)
-      rev = redis.call('HINCRBY', KEYS[2], 'rev', 1)
-      redis.call('PUBLISH', ARGV[6], rev .. ' lost ' .. m)
+      redis.call('HDEL', KEYS[2], m)
+      rev = redis.call('HINCRBY', KEYS[3], 'rev', 1)
+      redis.call('PUBLISH', ARGV[5], rev .. ' lost ' .. m)
     end
   end
 end
-local added = redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-if added == 1 or ARGV[4] ~= '0' then
-  redis.call('SET', KEYS[3], ARGV[3], 'PX', keep)
-end
+local added = redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
 if added == 1 or ARGV[4] == '1' then
-  rev = redis.call('HINCRBY', KEYS[2], 'rev', 1)
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  rev = redis.call('HINCRBY', KEYS[3], 'rev', 1)
   local kind = 'update'
   if added == 1 then kind = 'join' end
-  redis.call('PUBLISH', ARGV[6], rev .. ' ' .. kind .. ' ' .. ARGV[1] .. ' ' .. ARGV[3])
+  redis.call('PUBLISH', ARGV[5], rev .. ' ' .. kind .. ' ' .. ARGV[1] .. ' ' .. ARGV[3])
 end
 if now > (tonumber(state[3]) or 0) then
-  redis.call('HSET', KEYS[2], 'kept', now + keep / 2)
+  redis.call('HSET', KEYS[3], 'kept', now + keep / 2)
   redis.call('PEXPIRE', KEYS[1], keep)
   redis.call('PEXPIRE', KEYS[2], keep)
+  redis.call('PEXPIRE', KEYS[3], keep)
 end
 return { rev, now, added, epoch }
 `
@@ -112,36 +112,43 @@ return { rev, now, added, epoch }
 
   /** The leave: this member out of the set, at once, with a `left` event (nothing when already gone). */
   leave: Redis.script(
-    (keys: RedisKeys, instance: string) => [keys.members, keys.state, `${keys.descriptorPrefix}${instance}`, instance, keys.channel],
-  {
-    numberOfKeys: 3,
-    lua: `
+    (keys: RedisKeys, instance: string) => [keys.members, keys.descriptors, keys.state, instance, keys.channel],
+    {
+      numberOfKeys: 3,
+      lua: `
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('DEL', KEYS[3])
-  local r = redis.call('HINCRBY', KEYS[2], 'rev', 1)
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  local r = redis.call('HINCRBY', KEYS[3], 'rev', 1)
   redis.call('PUBLISH', ARGV[2], r .. ' left ' .. ARGV[1])
 end
 return 1
 `
-  }
+    }
   ).withReturnType<number>(),
 
   /**
    * The full read, atomic: [rev, instance, descriptor, instance, descriptor, ...]
-   * for every member in the set (expired ones too: the reaper alone removes).
+   * for every member in the set (expired ones too: the reaper alone removes),
+   * the descriptors fetched a thousand at a time.
    */
   read: Redis.script(
-    (keys: RedisKeys) => [keys.members, keys.state, keys.descriptorPrefix],
-  {
-    numberOfKeys: 2,
-    lua: `
-local out = { tonumber(redis.call('HGET', KEYS[2], 'rev')) or 0 }
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  out[#out + 1] = m
-  out[#out + 1] = redis.call('GET', ARGV[1] .. m) or ''
+    (keys: RedisKeys) => [keys.members, keys.descriptors, keys.state],
+    {
+      numberOfKeys: 3,
+      lua: `
+local out = { tonumber(redis.call('HGET', KEYS[3], 'rev')) or 0 }
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+for from = 1, #ids, 1000 do
+  local chunk = {}
+  for i = from, math.min(from + 999, #ids) do chunk[#chunk + 1] = ids[i] end
+  local descs = redis.call('HMGET', KEYS[2], unpack(chunk))
+  for i = 1, #chunk do
+    out[#out + 1] = chunk[i]
+    out[#out + 1] = descs[i] or ''
+  end
 end
 return out
 `
-  }
-).withReturnType<ReadonlyArray<unknown>>()
+    }
+  ).withReturnType<ReadonlyArray<unknown>>()
 })
