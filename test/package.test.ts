@@ -5,6 +5,7 @@ import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import { testCluster } from "./helpers.ts"
+import { canRunRedis } from "./support/redis.ts"
 
 // One file, in order: build once, then the bench smoke run and the packed package.
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -32,6 +33,13 @@ describe("the built package", () => {
       assert.property(results, key)
     }
     assert.isAbove(results.throughput_100B.clusterMsgPerSec, 0)
+    // The reach section (with redis-server installed): both modes ran, every member knew every other.
+    if (canRunRedis()) {
+      assert.deepStrictEqual(results.reach.failed, [])
+      assert.deepStrictEqual(results.reach.runs.map((r: { mode: string }) => r.mode), ["redis", "multicast"])
+      for (const r of results.reach.runs) assert.strictEqual(r.fewestKnown, r.members - 1)
+      assert.isAbove(results.reach.runs[0].redis.scriptCallsPerMemberPerBeat, 0)
+    }
     // The chart drawn from the same figures (a full run writes docs/benchmarks.svg).
     const chart = readFileSync(`${root}bench/results/chart.svg`, "utf8")
     assert.match(chart, /^<svg /)

@@ -34,6 +34,17 @@ const oncePer = (interval: number) => {
   }
 }
 
+/** The services seeds know that the group does not reach, from the registry's cached list (remembered per list). */
+const seededMemo = new WeakMap<ReadonlyArray<Service>, ReadonlyArray<Service>>()
+const seededOnly = (beyond: ReadonlyArray<Service>): ReadonlyArray<Service> => {
+  let peers = seededMemo.get(beyond)
+  if (peers === undefined) {
+    peers = beyond.filter((s) => s.sources.includes("seeds"))
+    seededMemo.set(beyond, peers)
+  }
+  return peers
+}
+
 /** A udp endpoint as the service Transport sends to: only its address and port are known. */
 const endpoint = (address: string, port: number, instance = ""): Service => ({
   id: "",
@@ -151,7 +162,9 @@ export class Discovery extends Context.Service<Discovery, {
         /** A frame to each member found through seeds that the group does not reach. */
         const toSeeded = (frame: () => Frame, what: string) =>
           Effect.suspend(() => {
-            const peers = registry.beyondGroup().filter((s) => s.sources.includes("seeds"))
+            const beyond = registry.beyondGroup()
+            if (beyond.length === 0) return Effect.void
+            const peers = seededOnly(beyond)
             if (peers.length === 0) return Effect.void
             return Effect.forEach(peers, (peer) =>
               transport.send("udp", peer, frame()).pipe(
