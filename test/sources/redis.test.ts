@@ -5,12 +5,14 @@
  * empty (everyone back, nobody lost); garbage in its keys is counted, never
  * fatal; sealed descriptors show Redis only ids and expiry times.
  */
+import { readFileSync } from "node:fs"
+import { NodeRedis } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Stream } from "effect"
-import { type Cluster, type ClusterEvent, HookPoint } from "cluster-comm"
+import { Context, Effect, Fiber, Layer, Stream } from "effect"
+import { Cluster, type ClusterEvent, ClusterLive, HookPoint } from "cluster-comm"
 import { collect, eventually, leavable, member, testCluster } from "../helpers.ts"
-import { startAgent } from "../support/hosts.ts"
-import { canRunRedis, startRedis } from "../support/redis.ts"
+import { hasCommand, startAgent } from "../support/hosts.ts"
+import { canRunRedis, startRedis, testCertificates } from "../support/redis.ts"
 
 const cluster = testCluster(42)
 const base = { ...cluster, multicast: false, advertise: "127.0.0.1", heartbeat: "200 millis", ttl: "600 millis" } as const
@@ -178,5 +180,21 @@ describe.skipIf(!canRunRedis())("redis source", () => {
       const wrong = yield* member({ ...base, name: "c", redis: redis.url.replace("s3cret", "wrong") })
       const status = yield* eventually(wrong.sources, (ss) => ss.some((s) => s.state === "down"))
       assert.match(status[0]!.error ?? "", /WRONGPASS|invalid|auth/i)
+    }))
+
+  it.live.skipIf(!hasCommand("openssl", ["version"]))("TLS: rediss:// with the CA given through a NodeRedis layer; without it, the source says why", () =>
+    Effect.gen(function*() {
+      const certs = yield* testCertificates
+      const redis = yield* startRedis({ tls: certs })
+      assert.match(redis.url, /^rediss:/)
+      const layer = NodeRedis.layer({ url: redis.url, socket: { tls: true, ca: readFileSync(certs.ca) } })
+      const a = yield* Layer.build(ClusterLive({ ...base, name: "tls-a" }, { redis: layer })).pipe(Effect.map((ctx) => Context.get(ctx, Cluster)))
+      const b = yield* Layer.build(ClusterLive({ ...base, name: "tls-b" }, { redis: layer })).pipe(Effect.map((ctx) => Context.get(ctx, Cluster)))
+      yield* eventually(names(a), (n) => n === "tls-b")
+      yield* eventually(names(b), (n) => n === "tls-a")
+      // The URL alone: the server's certificate is not trusted, and the source says so.
+      const untrusted = yield* member({ ...base, name: "tls-c", redis: redis.url })
+      const status = yield* eventually(untrusted.sources, (ss) => ss.some((s) => s.state === "down"))
+      assert.match(status[0]!.error ?? "", /certificate|self.signed|verify/i)
     }))
 })

@@ -45,10 +45,10 @@ export interface Host {
   readonly iface: string
 }
 
-/** Whether a command runs here (`--version` answers). */
-export const hasCommand = (command: string): boolean => {
+/** Whether a command runs here (`--version`, or the arguments given, answer). */
+export const hasCommand = (command: string, args: ReadonlyArray<string> = ["--version"]): boolean => {
   try {
-    execFileSync(command, ["--version"], { stdio: "ignore" })
+    execFileSync(command, args, { stdio: "ignore" })
     return true
   } catch {
     return false

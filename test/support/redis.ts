@@ -5,7 +5,7 @@
  * kills it and starts an empty one on the same port.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect } from "effect"
@@ -41,6 +41,8 @@ export interface RedisOptions {
   readonly cliArgs?: ReadonlyArray<string>
   /** The user and password the URL carries. */
   readonly auth?: string
+  /** Serve TLS only (a `rediss://` URL), with this certificate and key. */
+  readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string }
 }
 
 const inNs = (host: Host | undefined, command: string, args: ReadonlyArray<string>): [string, Array<string>] =>
@@ -55,7 +57,11 @@ export const startRedis = (options: RedisOptions = {}) =>
       let child: ChildProcess | undefined
       const launch = Effect.callback<void, Error>((resume) => {
         const [command, args] = inNs(options.host, "redis-server", [
-          "--port", String(port), "--bind", bind, "--save", "", "--appendonly", "no",
+          ...(options.tls === undefined
+            ? ["--port", String(port)]
+            : ["--port", "0", "--tls-port", String(port), "--tls-cert-file", options.tls.cert, "--tls-key-file", options.tls.key,
+              "--tls-ca-cert-file", options.tls.ca, "--tls-auth-clients", "no"]),
+          "--bind", bind, "--save", "", "--appendonly", "no",
           "--protected-mode", "no", "--dir", dir, "--loglevel", "notice", ...(options.args ?? [])
         ])
         const c = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] })
@@ -88,7 +94,7 @@ export const startRedis = (options: RedisOptions = {}) =>
       yield* launch
       const auth = options.auth === undefined ? "" : `${options.auth}@`
       const server: RedisServer = {
-        url: `redis://${auth}${bind}:${port}`,
+        url: `${options.tls === undefined ? "redis" : "rediss"}://${auth}${bind}:${port}`,
         host: bind,
         port,
         pid: () => child?.pid ?? 0,
@@ -99,7 +105,8 @@ export const startRedis = (options: RedisOptions = {}) =>
         restart: Effect.andThen(stop("SIGKILL"), launch),
         cli: (...args) =>
           Effect.sync(() => {
-            const [command, argv] = inNs(options.host, "redis-cli", ["-h", bind, "-p", String(port), ...(options.cliArgs ?? []), ...args])
+            const tls = options.tls === undefined ? [] : ["--tls", "--cacert", options.tls.ca]
+            const [command, argv] = inNs(options.host, "redis-cli", ["-h", bind, "-p", String(port), ...tls, ...(options.cliArgs ?? []), ...args])
             return execFileSync(command, argv, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] })
           })
       }
@@ -107,3 +114,18 @@ export const startRedis = (options: RedisOptions = {}) =>
     }),
     ({ stop, dir }) => Effect.andThen(stop, Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
   ).pipe(Effect.map(({ server }) => server))
+
+/** A CA and a certificate for 127.0.0.1 signed by it, made with openssl in a temporary directory. */
+export const testCertificates = Effect.acquireRelease(
+  Effect.sync(() => {
+    const dir = mkdtempSync(join(tmpdir(), "cc-tls-"))
+    const at = (f: string) => join(dir, f)
+    const openssl = (...args: ReadonlyArray<string>) => execFileSync("openssl", args, { stdio: "ignore" })
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=cluster-comm test CA", "-keyout", at("ca.key"), "-out", at("ca.crt"))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", at("redis.key"), "-out", at("redis.csr"))
+    writeFileSync(at("ext.cnf"), "subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", at("redis.csr"), "-CA", at("ca.crt"), "-CAkey", at("ca.key"), "-CAcreateserial", "-days", "1", "-extfile", at("ext.cnf"), "-out", at("redis.crt"))
+    return { dir, cert: at("redis.crt"), key: at("redis.key"), ca: at("ca.crt") }
+  }),
+  ({ dir }) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+)
