@@ -140,8 +140,21 @@ export interface Repair {
   readonly protocols: ReadonlyArray<string>
 }
 
+/**
+ * "These are the members I know beyond the group": a seed tells a member that
+ * probed it where the others are (IPv4 address and udp port each), so the
+ * member probes them too and a static seed list finds the whole cluster.
+ */
+export interface Peers {
+  readonly _tag: "Peers"
+  readonly sender: Sender
+  readonly endpoints: ReadonlyArray<{ readonly address: string; readonly port: number }>
+}
+/** At most this many endpoints in one Peers frame (a seed sends several when it knows more). */
+export const MAX_PEERS = 64
+
 /** Every frame on the wire. */
-export type Frame = Heartbeat | Probe | Answer | Leave | MessageFrame | QueryFrame | ReplyFrame | Ping | Repair | Beat | MessagesFrame
+export type Frame = Heartbeat | Probe | Answer | Leave | MessageFrame | QueryFrame | ReplyFrame | Ping | Repair | Beat | MessagesFrame | Peers
 export type Beacon = Heartbeat | Probe | Answer
 
 /** Why a frame from the network was not accepted; every reason is counted. */
@@ -153,8 +166,8 @@ export type DecodeFailure =
   | "invalid-field"
   | "trailing-bytes"
 
-const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7, Ping: 8, Repair: 9, Beat: 10, Messages: 11 } as const
-const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply", "Ping", "Repair", "Beat", "Messages"] as const
+const KIND = { Heartbeat: 1, Probe: 2, Answer: 3, Leave: 4, Message: 5, Query: 6, Reply: 7, Ping: 8, Repair: 9, Beat: 10, Messages: 11, Peers: 12 } as const
+const TAG = [undefined, "Heartbeat", "Probe", "Answer", "Leave", "Message", "Query", "Reply", "Ping", "Repair", "Beat", "Messages", "Peers"] as const
 // Protocol ids on the wire. Plug-ins add theirs (16..255) when a member opens them.
 const PROTOCOL_ID = new Map<ProtocolName, number>([["tcp", 1], ["udp", 2], ["unix", 3]])
 const PROTOCOL_BY_ID: Array<ProtocolName | undefined> = [undefined, "tcp", "udp", "unix"]
@@ -173,6 +186,7 @@ export const registerProtocolId = (name: ProtocolName, id: number): string | und
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
+const IPV4 = /^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$/
 
 const writeHostId = (buf: Buffer, at: number, hostId: string) => buf.write(hostId, at, 6, "hex")
 
@@ -205,6 +219,8 @@ export const frameSize = (frame: Frame): number => {
       return size + 6 + 1 + Buffer.byteLength(idParts(frame.target)[1])
     case "Repair":
       return size + 1 + frame.protocols.length
+    case "Peers":
+      return size + 1 + 6 * frame.endpoints.length
     default:
       size += 1 + 3 * frame.protocols.length + 1 + 2
       for (const t of frame.tags) size += 1 + Buffer.byteLength(t)
@@ -272,6 +288,14 @@ export const encodeFrameInto = (frame: Frame, buf: Buffer, start: number): void 
     case "Repair":
       buf[at++] = frame.protocols.length
       for (const p of frame.protocols) buf[at++] = PROTOCOL_ID.get(p) ?? 0
+      break
+    case "Peers":
+      buf[at++] = frame.endpoints.length
+      for (const e of frame.endpoints) {
+        for (const octet of e.address.split(".")) buf[at++] = Number(octet)
+        buf.writeUInt16BE(e.port, at)
+        at += 2
+      }
       break
     case "Ping": {
       const [hostId, name] = idParts(frame.target)
@@ -359,6 +383,12 @@ export const checkFrame = (frame: Frame): string | undefined => {
   } else if (frame._tag === "Repair") {
     if (frame.protocols.length > MAX_PROTOCOLS) return `at most ${MAX_PROTOCOLS} protocols`
     if (frame.protocols.some((p) => !PROTOCOL_ID.has(p))) return "repair names an unknown protocol"
+  } else if (frame._tag === "Peers") {
+    if (frame.endpoints.length > MAX_PEERS) return `at most ${MAX_PEERS} endpoints`
+    for (const e of frame.endpoints) {
+      if (!IPV4.test(e.address) || e.address.split(".").some((o) => Number(o) > 255)) return "endpoints must be IPv4 addresses"
+      if (!Number.isInteger(e.port) || e.port < 1 || e.port > 65535) return "endpoint ports must be 1..65535"
+    }
   } else if (frame._tag === "Ping") {
     const [hostId, name] = idParts(frame.target)
     const n = Buffer.byteLength(name)
@@ -460,6 +490,20 @@ const decodeOrThrow = (bytes: Uint8Array, cache: SenderCache | undefined): Frame
         if (p !== undefined) protocols.push(p)
       }
       return { _tag: "Repair", sender, protocols }
+    }
+    case "Peers": {
+      need(buf, at, 1)
+      const count = buf[at++]!
+      if (count > MAX_PEERS) throw new Malformed("invalid-field")
+      need(buf, at, 6 * count)
+      if (at + 6 * count !== end) throw new Malformed("trailing-bytes")
+      const endpoints: Array<{ address: string; port: number }> = []
+      for (let i = 0; i < count; i++, at += 6) {
+        const port = buf.readUInt16BE(at + 4)
+        if (port === 0) throw new Malformed("invalid-field")
+        endpoints.push({ address: `${buf[at]}.${buf[at + 1]}.${buf[at + 2]}.${buf[at + 3]}`, port })
+      }
+      return { _tag: "Peers", sender, endpoints }
     }
     case "Ping": {
       need(buf, at, 6)

@@ -86,9 +86,13 @@ export const ReplyFrame = Schema.TaggedStruct("Reply", {
 })
 export const Ping = Schema.TaggedStruct("Ping", { sender: Sender, target: Schema.String })
 export const Repair = Schema.TaggedStruct("Repair", { sender: Sender, protocols: Schema.Array(Schema.String) })
+export const Peers = Schema.TaggedStruct("Peers", {
+  sender: Sender,
+  endpoints: Schema.Array(Schema.Struct({ address: Schema.String, port: Schema.Number }))
+})
 
 /** Every frame on the wire, as a typed value. */
-export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame, Ping, Repair, Beat, MessagesFrame])
+export const Frame = Schema.Union([Heartbeat, Probe, Answer, Leave, MessageFrame, QueryFrame, ReplyFrame, Ping, Repair, Beat, MessagesFrame, Peers])
 
 /**
  * The codec as a Schema: bytes to a typed frame, each malformed input a

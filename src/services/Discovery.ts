@@ -13,7 +13,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Random from "effect/Random"
 import * as Scope from "effect/Scope"
-import type { Beacon, Frame, Sender } from "../schema/Frame.ts"
+import { type Beacon, type Frame, MAX_PEERS, type Sender } from "../schema/Frame.ts"
 import { type Service, serviceId, type SourceName } from "../schema/Service.ts"
 import { applyTagChanges, type TagChange, TagError } from "../schema/Tags.ts"
 import { Registry } from "./Registry.ts"
@@ -45,6 +45,8 @@ const seededOnly = (beyond: ReadonlyArray<Service>): ReadonlyArray<Service> => {
   return peers
 }
 
+const IPV4 = /^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$/
+
 /** A udp endpoint as the service Transport sends to: only its address and port are known. */
 const endpoint = (address: string, port: number, instance = ""): Service => ({
   id: "",
@@ -61,7 +63,7 @@ const endpoint = (address: string, port: number, instance = ""): Service => ({
 })
 
 /** The frames Discovery handles. */
-export type Control = Beacon | Extract<Frame, { _tag: "Leave" | "Ping" | "Repair" | "Beat" }>
+export type Control = Beacon | Extract<Frame, { _tag: "Leave" | "Ping" | "Repair" | "Beat" | "Peers" }>
 
 export interface DiscoveryOptions {
   readonly sender: Sender
@@ -87,6 +89,8 @@ export class Discovery extends Context.Service<Discovery, {
   readonly probe: (address: string, port: number) => Effect.Effect<void>
   /** The descriptor version: it moves whenever our protocols, ports or tags do. */
   readonly version: () => number
+  /** Where Peers frames go (the seeds source probes the endpoints it does not know yet). */
+  readonly onPeers: (handler: (endpoints: ReadonlyArray<{ readonly address: string; readonly port: number }>) => Effect.Effect<void>) => void
   /**
    * We could not reach `peer`: tell the cluster (a ping, at most once per
    * heartbeat per peer), so every member gives it two heartbeats to show it is alive.
@@ -209,6 +213,13 @@ export class Discovery extends Context.Service<Discovery, {
         let answerPending = false
         const handle = (frame: Control, address: string, port: number, viaGroup: boolean): Effect.Effect<void> => {
           if (frame._tag === "Leave") return registry.leave(frame.sender)
+          if (frame._tag === "Peers") {
+            // Only from a member we already know at that address: no stranger makes us probe anywhere.
+            const from = registry.get(serviceId(frame.sender.hostId, frame.sender.name))
+            return viaGroup || from?.instance !== frame.sender.instance || from.address !== address
+              ? Effect.void
+              : peersHandler(frame.endpoints)
+          }
           if (frame._tag === "Repair") return repairOwn(frame.protocols)
           if (frame._tag === "Ping") {
             if (frame.target !== selfId) {
@@ -246,6 +257,7 @@ export class Discovery extends Context.Service<Discovery, {
             Effect.flatMap((peer) =>
               frame._tag === "Probe" && peer !== undefined
                 ? transport.send("udp", peer, descriptor("Answer")).pipe(
+                  Effect.andThen(viaGroup ? Effect.void : introduce(peer)),
                   Effect.catch((e) => Effect.logDebug(`answer to ${peer.id} not sent: ${e.message}`))
                 )
                 : Effect.void
@@ -330,7 +342,35 @@ export class Discovery extends Context.Service<Discovery, {
             Effect.asVoid
           )
 
-        return Discovery.of({ self, handle, updateTags, ping, repair, probe, version: currentVersion })
+        // A member that probed us directly (we are its seed) hears where the
+        // others beyond the group are, so one seed is enough to find them all.
+        let peersHandler = (_: ReadonlyArray<{ readonly address: string; readonly port: number }>): Effect.Effect<void> => Effect.void
+        const introduce = (prober: Service) =>
+          Effect.suspend(() => {
+            const endpoints = seededOnly(registry.beyondGroup()).flatMap((s) => {
+              const udp = s.protocols.find((p) => p.protocol === "udp")
+              return s.id === prober.id || udp === undefined || !IPV4.test(s.address) ? [] : [{ address: s.address, port: udp.port }]
+            })
+            if (endpoints.length === 0) return Effect.void
+            const frames: Array<Frame> = []
+            for (let i = 0; i < endpoints.length; i += MAX_PEERS) {
+              frames.push({ _tag: "Peers", sender, endpoints: endpoints.slice(i, i + MAX_PEERS) })
+            }
+            return Effect.forEach(frames, (frame) => transport.send("udp", prober, frame), { discard: true })
+          })
+
+        return Discovery.of({
+          self,
+          handle,
+          updateTags,
+          ping,
+          repair,
+          probe,
+          version: currentVersion,
+          onPeers: (handler) => {
+            peersHandler = handler
+          }
+        })
       })
     )
 }

@@ -70,7 +70,18 @@ const batch = fc.record({
   channel: fc.integer({ min: 0, max: 65535 }),
   items: fc.array(fc.uint8Array({ maxLength: 512 }), { minLength: 1, maxLength: 40 })
 })
-const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message, query, reply, ping, repair, beat, batch)
+const peers = fc.record({
+  _tag: fc.constant("Peers" as const),
+  sender,
+  endpoints: fc.array(
+    fc.record({
+      address: fc.tuple(fc.nat(255), fc.nat(255), fc.nat(255), fc.nat(255)).map((o) => o.join(".")),
+      port: fc.integer({ min: 1, max: 65535 })
+    }),
+    { maxLength: 64 }
+  )
+})
+const frame: fc.Arbitrary<Frame> = fc.oneof(beacon, leave, message, query, reply, ping, repair, beat, batch, peers)
 
 const normalize = (f: Frame) =>
   "data" in f ? { ...f, data: Array.from(f.data) } : "items" in f ? { ...f, items: f.items.map((i) => Array.from(i)) } : f

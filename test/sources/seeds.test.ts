@@ -55,4 +55,24 @@ describe("seeds", () => {
       yield* member({ ...base, name: "late-seed", seedPort })
       yield* eventually(names(a), (n) => n === "late-seed", "3 seconds")
     }))
+
+  it.live("one seed is enough: members that list only the seed find each other through it (Peers)", () =>
+    Effect.gen(function*() {
+      const seedPort = yield* freeUdpPort
+      yield* member({ ...base, name: "the-seed", seedPort })
+      const a = yield* member({ ...base, name: "first", seeds: [`127.0.0.1:${seedPort}`] })
+      yield* eventually(names(a), (n) => n === "the-seed")
+      const b = yield* member({ ...base, name: "second", seeds: [`127.0.0.1:${seedPort}`] })
+      // second learns first from the seed's Peers frame, probes it, and both know each other.
+      yield* eventually(names(b), (n) => n === "first,the-seed")
+      yield* eventually(names(a), (n) => n === "second,the-seed")
+      const atB = (yield* b.services).find((s) => s.name === "first")!
+      assert.deepStrictEqual(atB.sources, ["seeds"])
+      const got = yield* collect(a, 1)
+      yield* b.sendTo("first", "C", "met through a seed")
+      assert.strictEqual((yield* Fiber.join(got))[0]!.text, "met through a seed")
+      // Kept alive by their own unicast beats.
+      yield* Effect.sleep("1500 millis")
+      assert.strictEqual(yield* names(b), "first,the-seed")
+    }))
 })

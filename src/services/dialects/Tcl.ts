@@ -327,6 +327,8 @@ export const makeTclDialect = (options: {
         }
         case "Repair":
           return [packet(BpacketType.failed, [["data", "protocols t"]], filter)]
+        case "Peers":
+          return [] // seeds are ours alone: the Tcl package is found by multicast only
       }
     }
 

@@ -4,7 +4,9 @@
  * every name afresh (A and AAAA, so a DNS name listing all members is a seed
  * list) and probes each endpoint not yet known as a live member; one that
  * does not answer is probed again after a capped, jittered back-off, forever.
- * Once found, a member is kept alive by unicast beats (see Discovery).
+ * Once found, a member is kept alive by unicast beats (see Discovery). A
+ * seed answers with the members it knows beyond the group (a Peers frame),
+ * and those are probed too: one seed is enough to find them all.
  */
 import { lookup } from "node:dns/promises"
 import { isIP } from "node:net"
@@ -14,6 +16,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Random from "effect/Random"
 import type { Seed } from "../../schema/Config.ts"
+import type { Service } from "../../schema/Service.ts"
 import { Discovery } from "../Discovery.ts"
 import { Registry } from "../Registry.ts"
 import { Sources } from "../Sources.ts"
@@ -25,6 +28,10 @@ export interface SeedsOptions {
 
 /** The longest wait between probes of a seed that does not answer. */
 const MAX_BACKOFF_MILLIS = 30_000
+
+/** Whether a live member answers at this udp endpoint. */
+const knownAt = (services: ReadonlyArray<Service>, address: string, port: number) =>
+  services.some((s) => s.address === address && s.protocols.some((p) => p.protocol === "udp" && p.port === port))
 
 /** Every address a seed's host stands for: itself when it is one, else what DNS says now. */
 export const resolveSeed = (seed: Seed): Effect.Effect<ReadonlyArray<string>, Error> =>
@@ -48,8 +55,7 @@ export const SeedsSource = {
       const poll = Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
         const services = yield* registry.list
-        const known = (address: string, port: number) =>
-          services.some((s) => s.address === address && s.protocols.some((p) => p.protocol === "udp" && p.port === port))
+        const known = (address: string, port: number) => knownAt(services, address, port)
         const failures: Array<string> = []
         const live = new Set<string>()
         for (const seed of options.seeds) {
@@ -81,6 +87,22 @@ export const SeedsSource = {
         )
       })
       const ownPort = () => discovery.self().protocols.find((p) => p.protocol === "udp")?.port
+
+      // The members a seed told us of: each probed at most once a heartbeat (at most 4,096 remembered).
+      const introduced = new Map<string, number>()
+      discovery.onPeers((endpoints) =>
+        Effect.gen(function*() {
+          const now = yield* Clock.currentTimeMillis
+          const services = yield* registry.list
+          for (const e of endpoints) {
+            const key = `${e.address}:${e.port}`
+            if (knownAt(services, e.address, e.port)) continue
+            if ((e.address === discovery.self().address && e.port === ownPort()) || now - (introduced.get(key) ?? 0) < interval) continue
+            if (introduced.size >= 4096) introduced.clear()
+            introduced.set(key, now)
+            yield* discovery.probe(e.address, e.port)
+          }
+        }))
       yield* Effect.gen(function*() {
         while (true) {
           yield* poll
