@@ -215,13 +215,14 @@ export class Registry extends Context.Service<Registry, {
           return h.mask === before ? known : replace(known, h)
         }
 
-        /** The service as its sources now stand, stored and announced. */
-        const replace = (current: Service, h: Heard): Service => {
+        /** The service as its sources now stand, stored and (unless only its staleness changed) announced. */
+        const replace = (current: Service, h: Heard, announce = true): Service => {
           const service: Service = { ...current, sources: SOURCE_SETS[h.mask]!, stale: isStale(h.mask) }
           services.set(service.id, service)
           const beating = byInstance.get(service.instance)
           byInstance.set(service.instance, { service, version: beating?.version })
-          publish(new ServiceUpdated({ service, previous: current }))
+          if (announce) publish(new ServiceUpdated({ service, previous: current }))
+          else beyond = undefined
           return service
         }
 
@@ -403,7 +404,8 @@ export class Registry extends Context.Service<Registry, {
             if (downMask === before) return
             for (const [id, h] of heard) {
               const service = services.get(id)
-              if (service !== undefined && service.stale !== isStale(h.mask)) replace(service, h)
+              // Not an event a service: a Redis outage would be one for every member (the source's own change says it once).
+              if (service !== undefined && service.stale !== isStale(h.mask)) replace(service, h, false)
             }
           },
           takeDiscovered: () => {

@@ -259,7 +259,8 @@ export const RedisSource = {
               const restarted = (epoch !== undefined && redisEpoch !== epoch) || (!first && rev < lastRev)
               // A new connection (its subscription new too): events may have been missed.
               const reconnected = generation !== 0 && generation !== link.generation()
-              const back = failures > 0 || restarted || reconnected
+              // One late answer is a missed beat, not trouble: events kept flowing on the shared subscription.
+              const back = failures >= 2 || restarted || reconnected
               generation = link.generation()
               epoch = redisEpoch
               failures = 0
