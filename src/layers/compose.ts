@@ -51,10 +51,11 @@ export const composeCluster = (
     service: serviceId(sender.hostId, sender.name),
     port: config.metricsPort
   }).pipe(Layer.provideMerge(withRegistry))
+  const redis = config.redis !== undefined || options.redis !== undefined
   const running: Array<SourceName> = [
     ...(config.multicast ? ["multicast" as const] : []),
     ...(config.seeds.length > 0 || config.seedPort !== 0 ? ["seeds" as const] : []),
-    ...(config.redis !== undefined || options.redis !== undefined ? ["redis" as const] : [])
+    ...(redis ? ["redis" as const] : [])
   ]
   const withSources = Sources.layer(running).pipe(Layer.provideMerge(withTelemetry))
   const withDiscovery = Discovery.layer({ sender, tags: config.tags, heartbeat: config.heartbeat, address, multicast: config.multicast }).pipe(
@@ -63,7 +64,7 @@ export const composeCluster = (
   // Sources beyond the group run beside the facade, fed by Discovery and feeding the Registry.
   const beyond = Layer.mergeAll(
     config.seeds.length > 0 ? SeedsSource.layer({ seeds: config.seeds, heartbeat: config.heartbeat }) : Layer.empty,
-    config.redis !== undefined || options.redis !== undefined
+    redis
       ? RedisSource.layer({ config, sender, redis: options.redis })
       : Layer.empty
   ).pipe(Layer.provideMerge(withDiscovery))

@@ -40,6 +40,7 @@
  * runs once per frame); `FrameFromBytes` in `cluster-comm/schema` exposes it as
  * a Schema transformation.
  */
+import { isIPv4 } from "node:net"
 import type { Advertised, ProtocolName } from "./Service.ts"
 
 export const MAGIC = 0xcc
@@ -186,7 +187,6 @@ export const registerProtocolId = (name: ProtocolName, id: number): string | und
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
-const IPV4 = /^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$/
 
 const writeHostId = (buf: Buffer, at: number, hostId: string) => buf.write(hostId, at, 6, "hex")
 
@@ -386,7 +386,7 @@ export const checkFrame = (frame: Frame): string | undefined => {
   } else if (frame._tag === "Peers") {
     if (frame.endpoints.length > MAX_PEERS) return `at most ${MAX_PEERS} endpoints`
     for (const e of frame.endpoints) {
-      if (!IPV4.test(e.address) || e.address.split(".").some((o) => Number(o) > 255)) return "endpoints must be IPv4 addresses"
+      if (!isIPv4(e.address)) return "endpoints must be IPv4 addresses"
       if (!Number.isInteger(e.port) || e.port < 1 || e.port > 65535) return "endpoint ports must be 1..65535"
     }
   } else if (frame._tag === "Ping") {

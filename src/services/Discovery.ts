@@ -7,6 +7,7 @@
  * Members the group does not reach (found through seeds) get the same beats
  * and leave by unicast.
  */
+import { isIPv4 } from "node:net"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -44,8 +45,6 @@ const seededOnly = (beyond: ReadonlyArray<Service>): ReadonlyArray<Service> => {
   }
   return peers
 }
-
-const IPV4 = /^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$/
 
 /** A udp endpoint as the service Transport sends to: only its address and port are known. */
 const endpoint = (address: string, port: number, instance = ""): Service => ({
@@ -349,7 +348,7 @@ export class Discovery extends Context.Service<Discovery, {
           Effect.suspend(() => {
             const endpoints = seededOnly(registry.beyondGroup()).flatMap((s) => {
               const udp = s.protocols.find((p) => p.protocol === "udp")
-              return s.id === prober.id || udp === undefined || !IPV4.test(s.address) ? [] : [{ address: s.address, port: udp.port }]
+              return s.id === prober.id || udp === undefined || !isIPv4(s.address) ? [] : [{ address: s.address, port: udp.port }]
             })
             if (endpoints.length === 0) return Effect.void
             const frames: Array<Frame> = []

@@ -55,7 +55,6 @@ export const SeedsSource = {
       const poll = Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
         const services = yield* registry.list
-        const known = (address: string, port: number) => knownAt(services, address, port)
         const failures: Array<string> = []
         const live = new Set<string>()
         for (const seed of options.seeds) {
@@ -67,7 +66,7 @@ export const SeedsSource = {
           for (const address of addresses.success) {
             const key = `${address}:${seed.port}`
             live.add(key)
-            if (known(address, seed.port) || (address === discovery.self().address && seed.port === ownPort())) {
+            if (knownAt(services, address, seed.port) || isSelf(address, seed.port)) {
               backoff.delete(key)
               continue
             }
@@ -86,7 +85,11 @@ export const SeedsSource = {
           failures.length > 0 ? `cannot resolve ${failures.join("; ")}` : undefined
         )
       })
-      const ownPort = () => discovery.self().protocols.find((p) => p.protocol === "udp")?.port
+      /** Our own udp endpoint (a seed list may name us too). */
+      const isSelf = (address: string, port: number) => {
+        const self = discovery.self()
+        return address === self.address && self.protocols.some((p) => p.protocol === "udp" && p.port === port)
+      }
 
       // The members a seed told us of: each probed at most once a heartbeat (at most 4,096 remembered).
       const introduced = new Map<string, number>()
@@ -96,8 +99,7 @@ export const SeedsSource = {
           const services = yield* registry.list
           for (const e of endpoints) {
             const key = `${e.address}:${e.port}`
-            if (knownAt(services, e.address, e.port)) continue
-            if ((e.address === discovery.self().address && e.port === ownPort()) || now - (introduced.get(key) ?? 0) < interval) continue
+            if (knownAt(services, e.address, e.port) || isSelf(e.address, e.port) || now - (introduced.get(key) ?? 0) < interval) continue
             if (introduced.size >= 4096) introduced.clear()
             introduced.set(key, now)
             yield* discovery.probe(e.address, e.port)
