@@ -118,4 +118,48 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       assert.strictEqual(yield* names(a), "late")
       assert.isAtLeast(fake.calls.read - reads, 1)
     }))
+
+  it.effect("events that overtake a full read's answer are kept: a join after the read is not let go by it", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const fake = makeFakeRedis()
+      const a = yield* on(network, fake, "a")
+      yield* pass(1500)
+      // a misses "early"'s join, so its next beats bring a full read, answered late.
+      fake.slowReads(800)
+      fake.deafen(true)
+      yield* on(network, fake, "early")
+      yield* pass(300)
+      fake.deafen(false)
+      yield* pass(1000) // early's own first read is answered
+      const reads = fake.calls.read
+      while (fake.calls.read === reads) yield* pass(50)
+      // The read has run (without "later"); "later" joins, and its event comes before the read's answer.
+      yield* on(network, fake, "later")
+      yield* pass(200)
+      assert.strictEqual(yield* names(a), "later")
+      // The read's answer (800 ms after it ran) brings early and lets go of nobody it did not list.
+      yield* pass(800)
+      assert.strictEqual(yield* names(a), "early,later")
+      yield* pass(3000)
+      assert.strictEqual(yield* names(a), "early,later")
+      assert.deepStrictEqual(losses(fake), [])
+    }))
+
+  it.effect("the members of one process that missed events share one full read", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const fake = makeFakeRedis()
+      const members = [yield* on(network, fake, "a"), yield* on(network, fake, "b"), yield* on(network, fake, "c")]
+      yield* pass(1500)
+      fake.deafen(true)
+      yield* on(network, fake, "late")
+      yield* pass(300) // late's own first read is done
+      fake.deafen(false)
+      fake.slowReads(600) // longer than the spread of the three's beats
+      const reads = fake.calls.read
+      yield* pass(3000)
+      for (const m of members) assert.include(yield* names(m), "late")
+      assert.strictEqual(fake.calls.read - reads, 1)
+    }))
 })

@@ -131,7 +131,8 @@ describe.skipIf(!canRunRedis())("redis source", () => {
       yield* redis.cli("ZADD", `${prefix}:members`, "99999999999999", "0123456789abcdef")
       yield* redis.cli("HSET", `${prefix}:descriptors`, "0123456789abcdef", "bm90IGEgZGVzY3JpcHRvcg==")
       yield* redis.cli("ZADD", `${prefix}:members`, "99999999999999", "not an instance")
-      yield* redis.cli("PUBLISH", `${prefix}:events`, "1 join 0123456789abcdef %%%")
+      // Revision 2, after a's join (1): an event a full read already holds would be passed over unread.
+      yield* redis.cli("PUBLISH", `${prefix}:events`, "2 join 0123456789abcdef %%%")
       yield* redis.cli("PUBLISH", `${prefix}:events`, "garbage")
       yield* redis.cli("HINCRBY", `${prefix}:state`, "rev", "100") // a gap: a full read follows
       const b = yield* member({ ...base, name: "b", redis: redis.url })

@@ -3,7 +3,8 @@
  * tests under TestClock: the three scripts (told apart by their text) done in
  * TypeScript with the same semantics as their Lua, pub/sub in memory, and
  * faults: `freeze` (commands hang, as with SIGSTOP), `cut` (one member's
- * commands fail, as when it loses its link), `flush` (restarted empty).
+ * commands fail, as when it loses its link), `flush` (restarted empty),
+ * `deafen` (events lost), `slowReads` (events overtake a read's answer).
  * It counts script calls, so tests can check the engine cost per beat.
  * The Lua itself runs against a real redis-server in test/sources/redis.test.ts.
  */
@@ -33,6 +34,8 @@ export interface FakeRedis {
   flush(): void
   /** Pub/sub messages are lost while deaf (a subscriber that reconnected late). */
   deafen(on: boolean): void
+  /** Full reads answer this long after they ran (a big reply on a busy link): events may overtake them. */
+  slowReads(millis: number): void
   /** How many members the set holds. */
   size(): number
 }
@@ -49,6 +52,7 @@ export const makeFakeRedis = (): FakeRedis => {
   const published: Array<string> = []
 
   let deaf = false
+  let readDelay = 0
   const publish = (channel: string, message: string) => {
     published.push(message)
     if (deaf) return
@@ -111,7 +115,9 @@ export const makeFakeRedis = (): FakeRedis => {
         const argv = args.slice(2 + n)
         const instance = kind === "read" ? undefined : argv[0]
         if (instance !== undefined && cutOff.has(instance)) return yield* new Redis.RedisError({ cause: new Error("connection lost") })
-        return run(kind, now, argv) as A
+        const result = run(kind, now, argv) as A
+        if (kind === "read" && readDelay > 0) yield* Effect.sleep(`${readDelay} millis`)
+        return result
       }
       return yield* new Redis.RedisError({ cause: new Error(`fake Redis does not do ${command}`) })
     })
@@ -148,6 +154,9 @@ export const makeFakeRedis = (): FakeRedis => {
     },
     deafen: (on) => {
       deaf = on
+    },
+    slowReads: (millis) => {
+      readDelay = millis
     },
     size: () => state.members.size
   }

@@ -43,6 +43,9 @@ export interface RedisSourceOptions {
 export const redisTtl = (config: ClusterConfig) =>
   Math.min(Duration.toMillis(config.ttl), Math.round(2.2 * Duration.toMillis(config.heartbeat)))
 
+/** Departures remembered against reads that crossed them (a bound for a cluster with much churn). */
+const MAX_GONE = 4096
+
 /** The longest lease a late member asks for, in ttls. */
 const MAX_LEASE_FACTOR = 5
 
@@ -73,6 +76,8 @@ export const RedisSource = {
       const layer = options.redis ?? nodeRedis(config.redis!.url, Math.max(1000, heartbeat))
       // A command that has not answered within a heartbeat has failed (a frozen or unreachable Redis).
       const timeout = Duration.millis(Math.max(500, heartbeat))
+      // A full read of a thousand members is a few hundred kB: more time for it (it runs beside the beats).
+      const readTimeout = Duration.millis(Math.max(5000, 3 * heartbeat))
 
       // Our descriptor, made again only when it changes: address NUL Heartbeat frame, sealed when we have a key.
       let described: { version: number; sealed: boolean; text: string } | undefined
@@ -113,21 +118,36 @@ export const RedisSource = {
       }
 
       // Members Redis told us of, by instance (its events name instances only),
-      // with the descriptor last applied: the same one again is not decoded again.
-      const known = new Map<string, { readonly id: string; readonly text: string }>()
-      const learn = (instance: string, text: string) =>
+      // with the descriptor last applied (the same one again is not decoded
+      // again) and the revision that told us. Events and full reads travel on
+      // two connections and cross: the revisions put them in order.
+      const known = new Map<string, { readonly id: string; readonly text: string; rev: number }>()
+      // Instances that left or were lost, by the revision that said so, until a read past it.
+      const gone = new Map<string, number>()
+      const learn = (instance: string, text: string, rev: number) =>
         Effect.suspend(() => {
-          if (instance === sender.instance) return Effect.void
+          if (instance === sender.instance || (gone.get(instance) ?? -1) > rev) return Effect.void
           const before = known.get(instance)
-          if (before?.text === text && registry.get(before.id)?.instance === instance) return Effect.void
+          if (before !== undefined && before.rev > rev) return Effect.void // newer news already applied
+          gone.delete(instance)
+          if (before?.text === text && registry.get(before.id)?.instance === instance) {
+            before.rev = rev
+            return Effect.void
+          }
           const sighting = decode(instance, text)
           if (sighting === undefined) return Effect.void
-          known.set(instance, { id: serviceId(sighting.sender.hostId, sighting.sender.name), text })
+          known.set(instance, { id: serviceId(sighting.sender.hostId, sighting.sender.name), text, rev })
           return Effect.asVoid(registry.observe(sighting))
         })
-      const forget = (instance: string, why: "left" | "expired") =>
+      const forget = (instance: string, why: "left" | "expired", rev: number) =>
         Effect.suspend(() => {
           const entry = known.get(instance)
+          if (entry !== undefined && entry.rev > rev) return Effect.void // back since (a later join or read)
+          if ((gone.get(instance) ?? -1) < rev) {
+            gone.delete(instance) // re-inserted last, so the oldest go first when there are too many
+            gone.set(instance, rev)
+            if (gone.size > MAX_GONE) gone.delete(gone.keys().next().value!)
+          }
           if (entry === undefined) return Effect.void
           known.delete(instance)
           return registry.release(entry.id, instance, "redis", why)
@@ -152,14 +172,18 @@ export const RedisSource = {
         let expectBy = 0
         let expectNext = 0
         let missed = false // a gap in the events: read everything at the next beat
+        let readRev = 0 // the revision of the last full read: events up to it are in it
+        let reading = false
 
+        /** Everything in the set, read once for the process's members at a time; false when it failed. */
         const readAll = (redis: Redis.Redis["Service"], releaseMissing: boolean) =>
           Effect.gen(function*() {
-            const reply = yield* redis.eval(scripts.read)(keys).pipe(Effect.timeout(timeout))
+            const reply = yield* link.once(keys.state, redis.eval(scripts.read)(keys).pipe(Effect.timeout(readTimeout)))
             if (!Array.isArray(reply) || typeof reply[0] !== "number") {
               stats.drop("redis-invalid")
-              return
+              return false
             }
+            const rev = reply[0]
             const listed = new Set<string>()
             for (let i = 1; i + 1 < reply.length; i += 2) {
               const instance = reply[i]
@@ -169,13 +193,26 @@ export const RedisSource = {
                 continue
               }
               listed.add(instance)
-              yield* learn(instance, text)
+              yield* learn(instance, text, rev)
             }
             if (releaseMissing) {
-              for (const instance of [...known.keys()]) if (!listed.has(instance)) yield* forget(instance, "expired")
+              for (const instance of [...known.keys()]) if (!listed.has(instance)) yield* forget(instance, "expired", rev)
             }
-            seen = Math.max(seen, reply[0])
-          })
+            readRev = Math.max(readRev, rev)
+            seen = Math.max(seen, rev)
+            for (const [instance, at] of gone) if (at <= rev) gone.delete(instance)
+            return true
+          }).pipe(Effect.orElseSucceed(() => false))
+
+        /** A read beside the beats (a big read must not hold our own beat back); one failed is tried again. */
+        const startRead = (redis: Redis.Redis["Service"], releaseMissing: boolean) => {
+          reading = true
+          return readAll(redis, releaseMissing).pipe(
+            Effect.tap((ok) => Effect.sync(() => ok || (missed = true))),
+            Effect.ensuring(Effect.sync(() => reading = false)),
+            Effect.forkScoped
+          )
+        }
 
         const onEvent = (message: string) =>
           Effect.suspend(() => {
@@ -187,14 +224,15 @@ export const RedisSource = {
             }
             if (seen > 0 && rev > seen + 1) missed = true
             if (rev > seen) seen = rev
+            if (rev <= readRev) return Effect.void // a read since has it
             switch (kind) {
               case "join":
               case "update":
-                return text === undefined ? Effect.void : learn(instance, text)
+                return text === undefined ? Effect.void : learn(instance, text, rev)
               case "left":
-                return forget(instance, "left")
+                return forget(instance, "left", rev)
               case "lost":
-                return forget(instance, "expired")
+                return forget(instance, "expired", rev)
               default:
                 stats.drop("redis-invalid")
                 return Effect.void
@@ -220,6 +258,7 @@ export const RedisSource = {
         let epoch: string | undefined
         let generation = 0
         let pendingRelease = 0 // after trouble, when to read again and let go of who did not come back
+        let refill = false // after trouble: read everything, letting go of nobody yet
         while (true) {
           // Not until our events arrive: a beat before that could miss the answers to it.
           const redis = link.subscribed(keys.channel) ? link.current() : undefined
@@ -270,13 +309,28 @@ export const RedisSource = {
                 // Back after trouble (Redis away, or restarted empty): everyone
                 // registers again within a beat of reconnecting; who has not
                 // by the grace's end is let go.
-                yield* Effect.ignore(readAll(redis, false))
+                if (restarted) {
+                  // Revisions begin again: what we hold counts from zero.
+                  for (const entry of known.values()) entry.rev = 0
+                  gone.clear()
+                  readRev = 0
+                  seen = 0
+                }
+                refill = true
                 pendingRelease = clock.currentTimeMillisUnsafe() + restartGrace
                 missed = false
-              } else if (first || missed || (pendingRelease > 0 && clock.currentTimeMillisUnsafe() >= pendingRelease)) {
-                missed = false
-                pendingRelease = 0
-                yield* Effect.ignore(readAll(redis, true))
+              }
+              if (!reading) {
+                const due = pendingRelease > 0 && clock.currentTimeMillisUnsafe() >= pendingRelease
+                if (refill) {
+                  refill = false
+                  yield* startRead(redis, false)
+                } else if (first || missed || due) {
+                  missed = false
+                  // Within the grace, a read for missed events lets go of nobody.
+                  if (due) pendingRelease = 0
+                  yield* startRead(redis, pendingRelease === 0)
+                }
               }
               // Events up to this revision should have come before the next beat.
               expectNext = rev > seen ? rev : 0

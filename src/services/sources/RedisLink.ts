@@ -34,6 +34,11 @@ export interface RedisLink {
   readonly subscribed: (channel: string) => boolean
   /** Calls `onMessage` with each event on `channel`; returns the function that stops it. */
   readonly listen: (channel: string, onMessage: (message: string) => void) => () => void
+  /**
+   * Runs `effect` once for all the process's members that ask while it runs
+   * (a full read: the same reply serves each), each waiting for its result.
+   */
+  readonly once: <A, E>(key: string, effect: Effect.Effect<A, E>) => Effect.Effect<A, E>
   /** A member's command says the client is gone (closed): connect afresh. */
   readonly broken: () => void
   /** This member is done with the link; the last one closes it. */
@@ -140,6 +145,8 @@ export const acquireLink = (
     }
   })
   const fiber = run(supervisor)
+  // Work in flight for all members, by key; run apart from any member, so one leaving does not end it for the rest.
+  const flights = new Map<string, { fiber?: Fiber.Fiber<unknown, unknown> }>()
 
   const link: RedisLink = {
     current: () => current,
@@ -156,6 +163,18 @@ export const acquireLink = (
       set.add(onMessage)
       return () => void set.delete(onMessage)
     },
+    once: <A, E>(key: string, effect: Effect.Effect<A, E>) =>
+      Effect.suspend(() => {
+        let flight = flights.get(key)
+        if (flight === undefined) {
+          const started: { fiber?: Fiber.Fiber<A, E> } = {}
+          flights.set(key, started)
+          // Set before it runs, and removed only if still its own: it may end at once.
+          started.fiber = run(effect.pipe(Effect.ensuring(Effect.sync(() => flights.get(key) === started && flights.delete(key)))))
+          flight = started
+        }
+        return Fiber.join(flight.fiber as Fiber.Fiber<A, E>)
+      }),
     broken: () => {
       if (brokenSignal !== undefined) {
         error = "the client closed"
