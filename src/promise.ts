@@ -17,7 +17,8 @@
  * `SendFailed` with `attempts`, ...). Built as one bundled file with its own
  * copy of the Effect modules it needs (`dist/promise.mjs`).
  */
-import { EventEmitter } from "node:events"
+import { events } from "./internal/builtins.ts"
+import type { EventEmitter } from "node:events"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Layer from "effect/Layer"
@@ -112,7 +113,7 @@ const onSignal = (signal: NodeJS.Signals) => {
  * network returns a Promise. Events: `found`, `lost`, `updated`, `conflict`,
  * `message` (delivered messages, once a listener is added).
  */
-export class Member extends EventEmitter<MemberEvents> {
+export class Member extends events.EventEmitter<MemberEvents> {
   readonly #runtime: ManagedRuntime.ManagedRuntime<Cluster, never>
   readonly #cluster: Cluster["Service"]
   #left: Promise<void> | undefined

@@ -4,7 +4,7 @@
  * documented defaults, and named profiles instead of scattered constants.
  * Checked by plain code: a member does not load Schema to start.
  */
-import { isIP } from "node:net"
+import { net } from "../internal/builtins.ts"
 import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
 import * as Result from "effect/Result"
@@ -227,7 +227,7 @@ export const configChecks = {
         url: text(redisUrl),
         namespace: text((s) => /^[^{}\s]{1,64}$/.test(s) ? undefined : "must be 1..64 characters, no braces or spaces")
       }, ["url"])(v),
-  advertise: text((s) => isIP(s) === 0 ? "must be an IP address" : undefined)
+  advertise: text((s) => net.isIP(s) === 0 ? "must be an IP address" : undefined)
 } satisfies Record<keyof ClusterConfigInput, ConfigCheck>
 
 const checkInput = record(configChecks)

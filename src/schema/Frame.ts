@@ -40,7 +40,7 @@
  * runs once per frame); `FrameFromBytes` in `cluster-comm/schema` exposes it as
  * a Schema transformation.
  */
-import { isIPv4 } from "node:net"
+import { net } from "../internal/builtins.ts"
 import type { Advertised, ProtocolName } from "./Service.ts"
 
 export const MAGIC = 0xcc
@@ -386,7 +386,7 @@ export const checkFrame = (frame: Frame): string | undefined => {
   } else if (frame._tag === "Peers") {
     if (frame.endpoints.length > MAX_PEERS) return `at most ${MAX_PEERS} endpoints`
     for (const e of frame.endpoints) {
-      if (!isIPv4(e.address)) return "endpoints must be IPv4 addresses"
+      if (!net.isIPv4(e.address)) return "endpoints must be IPv4 addresses"
       if (!Number.isInteger(e.port) || e.port < 1 || e.port > 65535) return "endpoint ports must be 1..65535"
     }
   } else if (frame._tag === "Ping") {

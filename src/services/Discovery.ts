@@ -7,7 +7,7 @@
  * Members the group does not reach (found through seeds) get the same beats
  * and leave by unicast.
  */
-import { isIPv4 } from "node:net"
+import { net } from "../internal/builtins.ts"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -348,7 +348,7 @@ export class Discovery extends Context.Service<Discovery, {
           Effect.suspend(() => {
             const endpoints = seededOnly(registry.beyondGroup()).flatMap((s) => {
               const udp = s.protocols.find((p) => p.protocol === "udp")
-              return s.id === prober.id || udp === undefined || !isIPv4(s.address) ? [] : [{ address: s.address, port: udp.port }]
+              return s.id === prober.id || udp === undefined || !net.isIPv4(s.address) ? [] : [{ address: s.address, port: udp.port }]
             })
             if (endpoints.length === 0) return Effect.void
             const frames: Array<Frame> = []

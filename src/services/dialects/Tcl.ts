@@ -23,7 +23,7 @@
  * - Nothing received is evaluated: events and queries carry Tcl scripts by
  *   the package's convention; here they are data.
  */
-import { readFileSync } from "node:fs"
+import { fs } from "../../internal/builtins.ts"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
@@ -70,7 +70,7 @@ const SID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345
 /** Our hid in the Tcl dialect: the eth0 MAC address, as the package reads it; else our host id as a MAC. */
 export const tclHostId = (hostId: string): string => {
   try {
-    const mac = readFileSync("/sys/class/net/eth0/address", "utf8").trim().toLowerCase()
+    const mac = fs.readFileSync("/sys/class/net/eth0/address", "utf8").trim().toLowerCase()
     if (MAC.test(mac) && mac !== "00:00:00:00:00:00") return mac
   } catch {
     // no eth0: our own host id below

@@ -8,7 +8,8 @@
  * `write` resolves once the bytes are handed to the socket, or fails with a
  * `ProtocolFailure` (refused, reset, no connection within 2 s).
  */
-import net from "node:net"
+import { net } from "../../internal/builtins.ts"
+import type * as Net from "node:net"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import { bpacketLength } from "../../schema/Bpacket.ts"
@@ -33,7 +34,7 @@ export const makeTclLink = (options: {
     const { config, stats, onPacket } = options
 
     /** Reads packets back to back from a connection, for as long as they are packets. */
-    const readPackets = (socket: net.Socket, address: string) => {
+    const readPackets = (socket: Net.Socket, address: string) => {
       let buffered: Buffer = Buffer.alloc(0)
       socket.on("data", (chunk: Buffer) => {
         buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk])
@@ -52,7 +53,7 @@ export const makeTclLink = (options: {
       socket.on("error", () => {})
     }
 
-    const accepted = new Set<net.Socket>()
+    const accepted = new Set<Net.Socket>()
     const server = net.createServer((socket) => {
       if (accepted.size >= config.maxConnections) {
         socket.destroy()
@@ -67,7 +68,7 @@ export const makeTclLink = (options: {
       Effect.callback<number, JoinError>((resume) => {
         server.once("error", (e) =>
           resume(Effect.fail(new JoinError({ reason: "AddressInUse", field: "tcl", message: `cannot open the Tcl dialect's tcp listener: ${e.message}`, cause: e }))))
-        server.listen(0, options.host, () => resume(Effect.succeed((server.address() as net.AddressInfo).port)))
+        server.listen(0, options.host, () => resume(Effect.succeed((server.address() as Net.AddressInfo).port)))
       }),
       () =>
         Effect.callback<void>((resume) => {
@@ -76,7 +77,7 @@ export const makeTclLink = (options: {
         })
     )
 
-    const connections = new Map<string, Promise<net.Socket>>()
+    const connections = new Map<string, Promise<Net.Socket>>()
     yield* Effect.addFinalizer(() =>
       Effect.promise(() =>
         Promise.allSettled([...connections.values()]).then((all) => {
@@ -84,11 +85,11 @@ export const makeTclLink = (options: {
         })
       )
     )
-    const connect = (address: string, port: number): Promise<net.Socket> => {
+    const connect = (address: string, port: number): Promise<Net.Socket> => {
       const key = `${address}:${port}`
       let socket = connections.get(key)
       if (socket === undefined) {
-        socket = new Promise<net.Socket>((resolve, reject) => {
+        socket = new Promise<Net.Socket>((resolve, reject) => {
           const s = net.connect({ host: address, port, timeout: 2000 })
           s.once("connect", () => {
             s.setTimeout(0)

@@ -7,7 +7,8 @@
  * in one write when it ends; a full message queue pauses reading
  * (backpressure to the sender).
  */
-import net from "node:net"
+import { net } from "../../internal/builtins.ts"
+import type * as Net from "node:net"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
@@ -112,7 +113,7 @@ interface Chunk {
 
 /** An outbound connection: opening (senders wait), then open until it closes. */
 interface Connection {
-  readonly socket: net.Socket
+  readonly socket: Net.Socket
   open: boolean
   waiting: Array<(error?: Error) => void>
   /**
@@ -134,17 +135,17 @@ export interface StreamOptions {
   readonly stats: Stats["Service"]
   readonly limits: StreamLimits
   /** Starts `server` listening; returns the port to advertise. Called again on `rebuild`. */
-  readonly listen: (server: net.Server) => Effect.Effect<number, JoinError>
+  readonly listen: (server: Net.Server) => Effect.Effect<number, JoinError>
   /** Stops listening for good (e.g. removes a socket file). */
-  readonly unlisten?: (server: net.Server) => Effect.Effect<void>
+  readonly unlisten?: (server: Net.Server) => Effect.Effect<void>
   /** How to reach a peer's endpoint. */
-  readonly connectTo: (to: Endpoint) => net.NetConnectOpts
+  readonly connectTo: (to: Endpoint) => Net.NetConnectOpts
   /** What identifies a peer's listener (one connection each). */
   readonly keyOf: (to: Endpoint) => string
   /** The address a connection's frames are from (tcp: the peer's; unix: this host). */
-  readonly addressOf: (socket: net.Socket) => string
+  readonly addressOf: (socket: Net.Socket) => string
   /** How to reach our own listener (a self-check before rebuilding it). */
-  readonly selfEndpoint: (port: number) => net.NetConnectOpts
+  readonly selfEndpoint: (port: number) => Net.NetConnectOpts
 }
 
 /** The limits a configuration sets. */
@@ -158,14 +159,14 @@ export const streamLimits = (config: ClusterConfig): StreamLimits => ({
 export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protocol, JoinError, Scope.Scope> =>
   Effect.gen(function*() {
     const { name, stats, inlet } = options
-    const accepted = new Set<net.Socket>()
+    const accepted = new Set<Net.Socket>()
     const connections = new Map<string, Connection>()
 
     const perPeer = new Map<string, number>()
     // Set while leaving: a connection that comes in then is closed at once,
     // or the server's close would wait for it (a peer may hold it for minutes).
     let leaving = false
-    const accept = (socket: net.Socket) => {
+    const accept = (socket: Net.Socket) => {
       if (leaving) {
         socket.destroy()
         return
@@ -220,7 +221,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       server.on("error", () => {})
       return server
     }
-    const stop = (server: net.Server) =>
+    const stop = (server: Net.Server) =>
       Effect.callback<void>((resume) => {
         server.close(() => resume(Effect.void))
       }).pipe(Effect.andThen(options.unlisten?.(server) ?? Effect.void))
@@ -228,11 +229,11 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     // An idle connection is closed (a peer reconnects when it has something to
     // say). A sweep finds them: a timer per socket would be re-armed on every
     // read and write, a cost on the hot path.
-    const activity = new Map<net.Socket, { bytes: number; since: number }>()
+    const activity = new Map<Net.Socket, { bytes: number; since: number }>()
     const idleMillis = options.limits.idleMillis
     const closeIdle = Effect.sync(() => {
       const now = Date.now()
-      const check = (socket: net.Socket) => {
+      const check = (socket: Net.Socket) => {
         const bytes = socket.bytesRead + socket.bytesWritten
         const seen = activity.get(socket)
         if (seen === undefined || seen.bytes !== bytes) activity.set(socket, { bytes, since: now })
@@ -277,7 +278,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     )
 
     const connect = (to: Endpoint, key: string): Connection => {
-      const socket = net.connect({ ...options.connectTo(to), noDelay: true } as net.NetConnectOpts)
+      const socket = net.connect({ ...options.connectTo(to), noDelay: true } as Net.NetConnectOpts)
       stats.connection("opened")
       const conn: Connection = { socket, open: false, waiting: [], chunk: undefined, start: 0, used: 0, frames: 0, ticking: false }
       const settle = (error?: Error) => {
@@ -354,7 +355,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
      * tick ends, and a sender that writes on in the same tick would otherwise
      * find every buffer still in use.
      */
-    const writeOut = (socket: net.Socket, bytes: Buffer, frames: number, done: () => void): void => {
+    const writeOut = (socket: Net.Socket, bytes: Buffer, frames: number, done: () => void): void => {
       if (socket.destroyed) {
         for (let i = 0; i < frames; i++) stats.drop("unsent")
         done()

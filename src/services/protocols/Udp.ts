@@ -9,7 +9,8 @@
  * on loopback and sent through it with TTL 0, so nothing leaves the host, not
  * even an IGMP report.
  */
-import dgram from "node:dgram"
+import { dgram } from "../../internal/builtins.ts"
+import type * as Dgram from "node:dgram"
 import * as Effect from "effect/Effect"
 import { interfaceAddress } from "../../internal/host.ts"
 import type { ClusterConfig } from "../../schema/Config.ts"
@@ -27,7 +28,7 @@ export interface UdpProtocol extends Protocol {
   readonly multicastBytes: (bytes: Uint8Array) => Effect.Effect<void, ProtocolFailure>
 }
 
-const bind = (socket: dgram.Socket, port: number, address: string) =>
+const bind = (socket: Dgram.Socket, port: number, address: string) =>
   Effect.callback<void, JoinError>((resume) => {
     const onError = (e: NodeJS.ErrnoException) =>
       resume(Effect.fail(new JoinError({
@@ -42,7 +43,7 @@ const bind = (socket: dgram.Socket, port: number, address: string) =>
     })
   })
 
-const open = (options: dgram.SocketOptions) =>
+const open = (options: Dgram.SocketOptions) =>
   Effect.acquireRelease(
     Effect.sync(() => dgram.createSocket(options)),
     (socket) =>
@@ -55,11 +56,11 @@ const open = (options: dgram.SocketOptions) =>
       })
   )
 
-type Heard = (bytes: Buffer, from: dgram.RemoteInfo, once: DecodedOnce) => void
+type Heard = (bytes: Buffer, from: Dgram.RemoteInfo, once: DecodedOnce) => void
 
 /** One group socket, shared by every member of this process on that group, port and interface. */
 interface SharedGroup {
-  readonly opened: Promise<dgram.Socket | JoinError>
+  readonly opened: Promise<Dgram.Socket | JoinError>
   readonly members: Set<Heard>
 }
 const groups = new Map<string, SharedGroup>()
@@ -129,7 +130,7 @@ const openGroup = (port: number, address: string, iface: string, members: Readon
   })
 
 /** A bigger receive buffer rides out bursts (many probe answers at once); the kernel caps it at net.core.rmem_max, which is fine. */
-const receiveBuffer = (socket: dgram.Socket) => {
+const receiveBuffer = (socket: Dgram.Socket) => {
   try {
     socket.setRecvBufferSize(4 * 1024 * 1024)
   } catch {

@@ -10,9 +10,7 @@
  * member starts (nothing listens on them any more), and a member removes its own
  * file when it leaves.
  */
-import net from "node:net"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { fs, net, os, path as nodePath } from "../../internal/builtins.ts"
 import * as Effect from "effect/Effect"
 import * as Random from "effect/Random"
 import { JoinError } from "../../schema/Errors.ts"
@@ -20,11 +18,11 @@ import type { ProtocolPlugin } from "../Protocol.ts"
 import { makeStreamProtocol, streamLimits } from "./Stream.ts"
 
 // As in host.ts: taken without an ESM facade, which would load fs.promises and streams at start-up.
-const { lstatSync, mkdirSync, readdirSync, unlinkSync } = process.getBuiltinModule("node:fs")
+const { lstatSync, mkdirSync, readdirSync, unlinkSync } = fs
 
 /** The directory of this user's member sockets. */
-export const socketDir = (): string => join(tmpdir(), `cluster-comm-${process.getuid?.() ?? "user"}`)
-const socketPath = (instance: string, id: number) => join(socketDir(), `${instance}-${id}.sock`)
+export const socketDir = (): string => nodePath.join(os.tmpdir(), `cluster-comm-${process.getuid?.() ?? "user"}`)
+const socketPath = (instance: string, id: number) => nodePath.join(socketDir(), `${instance}-${id}.sock`)
 
 const privateDir = Effect.try({
   try: () => {
@@ -46,7 +44,7 @@ const removeStale = (dir: string) =>
     readdirSync(dir).filter((f) => f.endsWith(".sock")).slice(0, 256),
     (file) =>
       Effect.callback<void>((resume) => {
-        const path = join(dir, file)
+        const path = nodePath.join(dir, file)
         const probe = net.connect({ path })
         probe.once("connect", () => {
           probe.destroy()

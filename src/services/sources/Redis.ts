@@ -12,7 +12,7 @@
  * knows as stale, and it reconnects with a capped, jittered back-off.
  * Messages never pass through Redis: it carries membership only.
  */
-import { isIP } from "node:net"
+import { net } from "../../internal/builtins.ts"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -109,7 +109,7 @@ export const RedisSource = {
         }
         const nul = plain.indexOf(0)
         const address = nul > 0 && nul <= 45 ? Buffer.from(plain.subarray(0, nul)).toString("latin1") : ""
-        const frame = isIP(address) === 0 ? undefined : decodeFrame(plain.subarray(nul + 1))
+        const frame = net.isIP(address) === 0 ? undefined : decodeFrame(plain.subarray(nul + 1))
         if (frame === undefined || isDecodeFailure(frame) || frame._tag !== "Heartbeat" || frame.sender.instance !== instance) {
           stats.drop("redis-invalid")
           return undefined

@@ -8,8 +8,7 @@
  * seed answers with the members it knows beyond the group (a Peers frame),
  * and those are probed too: one seed is enough to find them all.
  */
-import { lookup } from "node:dns/promises"
-import { isIP } from "node:net"
+import { dnsPromises, net } from "../../internal/builtins.ts"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -35,10 +34,10 @@ const knownAt = (services: ReadonlyArray<Service>, address: string, port: number
 
 /** Every address a seed's host stands for: itself when it is one, else what DNS says now. */
 export const resolveSeed = (seed: Seed): Effect.Effect<ReadonlyArray<string>, Error> =>
-  isIP(seed.host) !== 0
+  net.isIP(seed.host) !== 0
     ? Effect.succeed([seed.host])
     : Effect.tryPromise({
-      try: () => lookup(seed.host, { all: true }),
+      try: () => dnsPromises().lookup(seed.host, { all: true }),
       catch: (e) => e instanceof Error ? e : new Error(String(e))
     }).pipe(Effect.map((found) => [...new Set(found.map((a) => a.address))]))
 
