@@ -6,8 +6,10 @@
  * deployed, and the command-line tool.
  */
 import { spawnSync } from "node:child_process"
-import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
-import { join } from "node:path"
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join, resolve } from "node:path"
+import { pathToFileURL } from "node:url"
 import * as esbuild from "esbuild"
 import { eager } from "./eager.ts"
 
@@ -24,11 +26,44 @@ await esbuild.build({
   chunkNames: "chunks/[name]-[hash]",
   outExtension: { ".js": ".mjs" }
 })
-/** Rewrites a built file with its functions marked for eager compiling (see eager.ts). */
-const markEager = (file: string) => {
-  const { code, functions } = eager(readFileSync(file, "utf8"))
+/** Rewrites a built file with its functions (or those wanted) marked for eager compiling (see eager.ts). */
+const markEager = (file: string, wanted?: (start: number) => boolean) => {
+  const { code, functions } = eager(readFileSync(file, "utf8"), wanted)
   writeFileSync(file, code)
   console.log(`  ${file}: ${functions} functions marked for eager compiling`)
+}
+
+/**
+ * The functions of a bundle a member runs, by where they start: a rehearsal
+ * (scripts/rehearse.ts) under V8's coverage. Compiled at load, they come from
+ * Node's compile cache at the next start; the rest (the Tcl dialect, Redis,
+ * metrics) would only make the cache longer to read. Undefined when the
+ * rehearsal did not complete (no multicast on loopback here, say).
+ */
+const rehearsed = (file: string): ((start: number) => boolean) | undefined => {
+  const dir = mkdtempSync(join(tmpdir(), "cluster-comm-rehearsal-"))
+  try {
+    const run = spawnSync(process.execPath, ["scripts/rehearse.ts", file], {
+      env: { ...process.env, NODE_V8_COVERAGE: dir },
+      stdio: "inherit",
+      timeout: 20_000
+    })
+    if (run.status !== 0) {
+      console.log(`  ${file}: the rehearsal did not complete; every function marked`)
+      return undefined
+    }
+    const url = pathToFileURL(resolve(file)).href
+    const starts = new Set<number>()
+    for (const report of readdirSync(dir)) {
+      for (const script of JSON.parse(readFileSync(join(dir, report), "utf8")).result) {
+        if (script.url !== url) continue
+        for (const fn of script.functions) if (fn.ranges[0].count > 0) starts.add(fn.ranges[0].startOffset)
+      }
+    }
+    return (start) => starts.has(start)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 }
 const built = ["dist/index.mjs", "dist/schema.mjs", ...readdirSync("dist/chunks").map((f) => join("dist/chunks", f))]
 for (const file of built.filter((f) => f.endsWith(".mjs"))) markEager(file)
@@ -72,8 +107,9 @@ await esbuild.build({
   outdir: "dist",
   outExtension: { ".js": ".mjs" }
 })
-// Our own bundle, Effect's modules included: all of it marked for eager compiling.
-markEager("dist/promise.mjs")
+// Our own bundle, Effect's modules included: the functions a member runs are
+// marked for eager compiling (all of them when the rehearsal cannot run).
+markEager("dist/promise.mjs", rehearsed("dist/promise.mjs"))
 await esbuild.build({
   ...node,
   entryPoints: ["src/cli/main.ts"],

@@ -43,7 +43,11 @@ interface Edit {
   readonly order: number
 }
 
-export const eager = (source: string): { readonly code: string; readonly functions: number } => {
+export const eager = (
+  source: string,
+  /** Which functions to mark, by where they start in `source`; all when not given. */
+  wanted?: (start: number) => boolean
+): { readonly code: string; readonly functions: number } => {
   const file = ts.createSourceFile("module.mjs", source, ts.ScriptTarget.Latest, true, ts.ScriptKind.JS)
   const edits: Array<Edit> = []
   let order = 0
@@ -52,7 +56,9 @@ export const eager = (source: string): { readonly code: string; readonly functio
     edits.push({ at, text, replaces, closes, order: order++ })
   }
   const visit = (node: ts.Node): void => {
-    if (ts.isFunctionExpression(node) && !ts.isParenthesizedExpression(node.parent)) {
+    if ((ts.isFunctionExpression(node) || ts.isArrowFunction(node)) && wanted?.(node.getStart(file)) === false) {
+      // left to be compiled at its first call, if it ever comes
+    } else if (ts.isFunctionExpression(node) && !ts.isParenthesizedExpression(node.parent)) {
       functions++
       insert(node.getStart(file), "(", false)
       insert(node.getEnd(), ")", true)
