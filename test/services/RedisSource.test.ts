@@ -119,6 +119,29 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       assert.isAtLeast(fake.calls.read - reads, 1)
     }))
 
+  it.effect("a full read that fails is tried again at the next beat", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const fake = makeFakeRedis()
+      const a = yield* on(network, fake, "a")
+      yield* pass(1500)
+      // late's join is lost; later's arrives, its revision showing the gap (nothing else will).
+      fake.deafen(true)
+      yield* on(network, fake, "late")
+      yield* pass(100)
+      fake.deafen(false)
+      yield* on(network, fake, "later")
+      yield* pass(100)
+      assert.strictEqual(yield* names(a), "later")
+      const reads = fake.calls.read
+      fake.failReads(1)
+      yield* pass(1200) // a's next beat: the read for the gap, which fails
+      assert.strictEqual(fake.calls.read - reads, 1)
+      assert.strictEqual(yield* names(a), "later")
+      yield* pass(1200)
+      assert.strictEqual(yield* names(a), "late,later")
+    }))
+
   it.effect("events that overtake a full read's answer are kept: a join after the read is not let go by it", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()

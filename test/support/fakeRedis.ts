@@ -4,7 +4,8 @@
  * TypeScript with the same semantics as their Lua, pub/sub in memory, and
  * faults: `freeze` (commands hang, as with SIGSTOP), `cut` (one member's
  * commands fail, as when it loses its link), `flush` (restarted empty),
- * `deafen` (events lost), `slowReads` (events overtake a read's answer).
+ * `deafen` (events lost), `slowReads` (events overtake a read's answer),
+ * `failReads`.
  * It counts script calls, so tests can check the engine cost per beat.
  * The Lua itself runs against a real redis-server in test/sources/redis.test.ts.
  */
@@ -36,6 +37,8 @@ export interface FakeRedis {
   deafen(on: boolean): void
   /** Full reads answer this long after they ran (a big reply on a busy link): events may overtake them. */
   slowReads(millis: number): void
+  /** The next `count` full reads fail. */
+  failReads(count: number): void
   /** How many members the set holds. */
   size(): number
 }
@@ -53,6 +56,7 @@ export const makeFakeRedis = (): FakeRedis => {
 
   let deaf = false
   let readDelay = 0
+  let readFailures = 0
   const publish = (channel: string, message: string) => {
     published.push(message)
     if (deaf) return
@@ -115,6 +119,11 @@ export const makeFakeRedis = (): FakeRedis => {
         const argv = args.slice(2 + n)
         const instance = kind === "read" ? undefined : argv[0]
         if (instance !== undefined && cutOff.has(instance)) return yield* new Redis.RedisError({ cause: new Error("connection lost") })
+        if (kind === "read" && readFailures > 0) {
+          readFailures--
+          calls.read++
+          return yield* new Redis.RedisError({ cause: new Error("read failed") })
+        }
         const result = run(kind, now, argv) as A
         if (kind === "read" && readDelay > 0) yield* Effect.sleep(`${readDelay} millis`)
         return result
@@ -157,6 +166,9 @@ export const makeFakeRedis = (): FakeRedis => {
     },
     slowReads: (millis) => {
       readDelay = millis
+    },
+    failReads: (count) => {
+      readFailures = count
     },
     size: () => state.members.size
   }
