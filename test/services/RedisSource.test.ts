@@ -135,7 +135,8 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       assert.strictEqual(yield* names(a), "later")
       const reads = fake.calls.read
       fake.failReads(1)
-      yield* pass(1200) // a's next beat: the read for the gap, which fails
+      // a's next beat: the read for the gap, which fails.
+      for (let i = 0; i < 30 && fake.calls.read === reads; i++) yield* pass(50)
       assert.strictEqual(fake.calls.read - reads, 1)
       assert.strictEqual(yield* names(a), "later")
       yield* pass(1200)
@@ -184,5 +185,19 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       yield* pass(3000)
       for (const m of members) assert.include(yield* names(m), "late")
       assert.strictEqual(fake.calls.read - reads, 1)
+    }))
+
+  it.effect("the source says up only once its first view is read", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const fake = makeFakeRedis()
+      yield* on(network, fake, "b")
+      yield* pass(1500)
+      fake.slowReads(600)
+      const a = yield* on(network, fake, "a")
+      const state = () => Effect.map(a.sources, (ss) => ss.find((s) => s.source === "redis")?.state)
+      for (let i = 0; i < 100 && (yield* state()) !== "up"; i++) yield* pass(25, 25)
+      assert.strictEqual(yield* state(), "up")
+      assert.strictEqual(yield* names(a), "b")
     }))
 })

@@ -320,12 +320,16 @@ export const RedisSource = {
                 pendingRelease = clock.currentTimeMillisUnsafe() + restartGrace
                 missed = false
               }
-              if (!reading) {
+              if (first) {
+                // The first view is read before the source says it is up: a
+                // program that waits for "up" finds the members Redis knows.
+                if (!(yield* readAll(redis, true))) missed = true
+              } else if (!reading) {
                 const due = pendingRelease > 0 && clock.currentTimeMillisUnsafe() >= pendingRelease
                 if (refill) {
                   refill = false
                   yield* startRead(redis, false)
-                } else if (first || missed || due) {
+                } else if (missed || due) {
                   missed = false
                   // Within the grace, a read for missed events lets go of nobody.
                   if (due) pendingRelease = 0
