@@ -12,8 +12,11 @@ import { pathToFileURL } from "node:url"
 
 const bundle = process.argv[2]!
 const { HookPoint, join } = await import(pathToFileURL(bundle).href)
-const port = 20000 + Math.floor(Math.random() * 20000)
-const config = (name: string) => ({ name, port, heartbeat: "100 millis", ttl: "1 second" })
+// A group and port of its own, so that no other cluster on this host (a test suite's) meets it.
+const byte = () => 1 + Math.floor(Math.random() * 254)
+const address = `239.${byte()}.${byte()}.${byte()}`
+const port = 30000 + Math.floor(Math.random() * 2700) // below the ephemeral ports, above the test suites'
+const config = (name: string) => ({ name, address, port, heartbeat: "100 millis", ttl: "1 second" })
 const options = { leaveOnSignals: false }
 
 const a = await join(config("rehearsal-a"), options)

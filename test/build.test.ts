@@ -67,6 +67,19 @@ describe("the build's eager marking", () => {
     assert.strictEqual(code.split("\n").length, sample.split("\n").length)
   })
 
+  it("marks only the functions wanted (those a rehearsal ran), by where they start", async () => {
+    const wanted = new Set([sample.indexOf("(x) => x * 2"), sample.indexOf("x => x + 1")])
+    const { code, functions } = eager(sample, (start) => wanted.has(start))
+    assert.strictEqual(functions, 2)
+    assert.include(code, "export const double = (function(x) { return ( x * 2) })")
+    assert.include(code, "export const bare = (function(x) { return ( x + 1) })")
+    assert.include(code, "export const pair = (a, b) => ({ a, b })")
+    const after = await load(code, "wanted.mjs")
+    assert.strictEqual(after.double(4), 8)
+    assert.strictEqual(after.bare(1), 2)
+    assert.deepStrictEqual(after.pair(1, 2), { a: 1, b: 2 })
+  })
+
   it("leaves a function already in parentheses as it is", () => {
     const source = "export const f = (function() { return 1 })\nexport const g = (function*() { yield 1 })\n"
     assert.deepStrictEqual(eager(source), { code: source, functions: 0 })
