@@ -109,6 +109,43 @@ describe.skipIf(!canRunRedis())("redis source", () => {
       yield* eventually(names(b), (n) => n === "a,c,d")
     }))
 
+  it.live("a member whose process stalls in bursts is not reaped alive: its lease covers its slowest recent beat", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis()
+      // The watcher beats every 100 ms, so it reaps an expired member at once.
+      const a = yield* member({ ...base, name: "watcher", heartbeat: "100 millis", redis: redis.url })
+      const lost = yield* losses(a)
+      // Beats every 400 ms; its lease on time is 880 ms.
+      const stalling = yield* startAgent(undefined, { ...base, name: "stalling", heartbeat: "400 millis", ttl: "1200 millis", redis: redis.url })
+      yield* eventually(names(a), (n) => n === "stalling")
+      const instance = (yield* a.services)[0]!.instance
+      const expiry = redis.cli("ZSCORE", `cluster-comm:{default/${cluster.address}:${cluster.port}}:members`, instance)
+      const nextBeat = Effect.gen(function*() {
+        const before = yield* expiry
+        yield* eventually(expiry, (e) => e !== before)
+      })
+      /** Stalls it (SIGSTOP) for `millis`; returns once the beat that comes late after it is in. */
+      const stall = (millis: number) =>
+        Effect.gen(function*() {
+          yield* stalling.signal("SIGSTOP")
+          yield* Effect.sleep(`${millis} millis`)
+          const before = yield* expiry
+          yield* stalling.signal("SIGCONT")
+          yield* eventually(expiry, (e) => e !== before)
+        })
+      // Stalls that grow, each right after a beat and within the lease it asked for.
+      yield* nextBeat
+      yield* stall(600)
+      yield* stall(1000)
+      // One beat on time, then a stall of 1.4 s: a lease that covered only
+      // that last interval (880 ms) would let the watcher reap it alive.
+      yield* nextBeat
+      yield* stall(1400)
+      yield* Effect.sleep("500 millis")
+      assert.deepStrictEqual(lost, [])
+      assert.strictEqual(yield* names(a), "stalling")
+    }))
+
   it.live("Redis down at the start: the member joins anyway, and finds the others once Redis is there", () =>
     Effect.gen(function*() {
       const redis = yield* startRedis()

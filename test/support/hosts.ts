@@ -131,6 +131,8 @@ export interface Agent {
   readonly tell: (cmd: Record<string, unknown>) => Effect.Effect<void>
   /** Sends a signal to the agent and waits for it to exit. */
   readonly kill: (signal: NodeJS.Signals) => Effect.Effect<void>
+  /** Sends a signal to the agent and returns at once (SIGSTOP, SIGCONT). */
+  readonly signal: (signal: NodeJS.Signals) => Effect.Effect<void>
 }
 
 /**
@@ -171,7 +173,15 @@ export const startAgent = (host: Host | undefined, config: ClusterConfigInput) =
         })
       return {
         child,
-        agent: { pid: child.pid!, lines, waitFor, command, tell: (cmd) => Effect.sync(() => void tell(cmd)), kill } satisfies Agent
+        agent: {
+          pid: child.pid!,
+          lines,
+          waitFor,
+          command,
+          tell: (cmd) => Effect.sync(() => void tell(cmd)),
+          kill,
+          signal: (signal) => Effect.sync(() => void child.kill(signal)) // our own child, by its PID
+        } satisfies Agent
       }
     }),
     ({ child }) =>

@@ -49,6 +49,9 @@ const MAX_GONE = 4096
 /** The longest lease a late member asks for, in ttls. */
 const MAX_LEASE_FACTOR = 5
 
+/** How fast the slowest interval a lease covers is forgotten, a beat (from 5 ttls to 1 in about 7 beats on time). */
+const SLOWEST_DECAY = 0.8
+
 /** node-redis for a URL (ACL user and password, `rediss://` for TLS, all in the URL). */
 const nodeRedis = (url: string, connectTimeout: number): Layer.Layer<Redis.Redis, unknown> =>
   Layer.unwrap(Effect.promise(() => import("@effect/platform-node/NodeRedis")).pipe(
@@ -255,6 +258,7 @@ export const RedisSource = {
 
         let failures = 0
         let lastBeatAt = 0
+        let slowest = 0 // the slowest recent interval between our beats
         let epoch: string | undefined
         let generation = 0
         let pendingRelease = 0 // after trouble, when to read again and let go of who did not come back
@@ -271,8 +275,12 @@ export const RedisSource = {
             // An adaptive lease: a member whose beats come late (its process is
             // starved, say in a join storm) asks for a longer one, so it is not
             // reaped alive; a crash is still noticed within the lease last asked.
+            // It covers the slowest recent interval, not the last: starvation
+            // comes in bursts, and one quick beat between two late ones is no
+            // sign that the next will be on time.
             const now = clock.currentTimeMillisUnsafe()
-            const lease = lastBeatAt === 0 ? ttl : Math.min(MAX_LEASE_FACTOR * ttl, Math.max(ttl, Math.round(2.2 * (now - lastBeatAt))))
+            if (lastBeatAt > 0) slowest = Math.max(now - lastBeatAt, SLOWEST_DECAY * slowest)
+            const lease = Math.min(MAX_LEASE_FACTOR * ttl, Math.max(ttl, Math.round(2.2 * slowest)))
             lastBeatAt = now
             const beat = yield* Effect.exit(
               redis.eval(scripts.heartbeat)(
