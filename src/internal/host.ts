@@ -2,17 +2,10 @@
  * What this host is: its id (first non-loopback MAC, else a stable machine id),
  * its own addresses, and the interface used for multicast.
  */
-import { fs, os } from "./builtins.ts"
+import { fs, nodeCrypto, os } from "./builtins.ts"
 
 const { closeSync, openSync, readFileSync, readSync } = fs
 const { hostname, networkInterfaces } = os
-
-let crypto: typeof import("node:crypto") | undefined
-/**
- * node:crypto, loaded on first use: loading it costs 8-9 ms of a member's
- * start-up, and only a keyring (or a host without a MAC) needs it.
- */
-export const nodeCrypto = (): typeof import("node:crypto") => crypto ??= process.getBuiltinModule("node:crypto")
 
 const ZERO_MAC = "00:00:00:00:00:00"
 

@@ -56,6 +56,8 @@ export const MAX_BATCH_ITEMS = 65535
 export const BEAT_SIZE = 20
 /** A host id as written: 12 lower-case hex digits (6 bytes on the wire). */
 export const HOST_ID = /^[0-9a-f]{12}$/
+/** An instance id as written: 16 lower-case hex digits (8 bytes on the wire). */
+export const INSTANCE_ID = /^[0-9a-f]{16}$/
 
 // The frames as plain types: the codec below is all a member runs. Their
 // Schemas (with the field checks) are in Schemas.ts, `cluster-comm/schema`.

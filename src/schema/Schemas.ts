@@ -42,7 +42,7 @@ export const Service = Schema.Struct({
 })
 
 const HostId = Schema.String.check(Schema.isPattern(F.HOST_ID))
-const Instance = Schema.String.check(Schema.isPattern(/^[0-9a-f]{16}$/))
+const Instance = Schema.String.check(Schema.isPattern(F.INSTANCE_ID))
 const NonEmpty = Schema.String.check(Schema.isMinLength(1))
 
 /** Who sent a frame. */

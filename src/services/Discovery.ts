@@ -165,9 +165,7 @@ export class Discovery extends Context.Service<Discovery, {
         /** A frame to each member found through seeds that the group does not reach. */
         const toSeeded = (frame: () => Frame, what: string) =>
           Effect.suspend(() => {
-            const beyond = registry.beyondGroup()
-            if (beyond.length === 0) return Effect.void
-            const peers = seededOnly(beyond)
+            const peers = seededOnly(registry.beyondGroup())
             if (peers.length === 0) return Effect.void
             return Effect.forEach(peers, (peer) =>
               transport.send("udp", peer, frame()).pipe(

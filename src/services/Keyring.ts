@@ -29,7 +29,7 @@ import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { nodeCrypto } from "../internal/host.ts"
+import { nodeCrypto } from "../internal/builtins.ts"
 
 export const SEALED_MAGIC = 0xce
 const VERSION = 1

@@ -25,6 +25,19 @@ const pass = (millis: number, step = 50) =>
     }
   })
 const losses = (fake: FakeRedis) => fake.published.filter((m) => m.includes(" lost ") || m.includes(" left "))
+/** `name` joins while the process hears no events (they are lost), then hearing comes back. */
+const joinUnheard = (network: MemoryNetwork, fake: FakeRedis, name: string, millis = 300) =>
+  Effect.gen(function*() {
+    fake.deafen(true)
+    yield* on(network, fake, name)
+    yield* pass(millis)
+    fake.deafen(false)
+  })
+/** Moves time on until a full read has run after `reads` (bounded). */
+const untilRead = (fake: FakeRedis, reads: number) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 60 && fake.calls.read === reads; i++) yield* pass(50)
+  })
 
 describe("the Redis source's protocol (fake Redis, test clock)", () => {
   it.effect("members meet through it; a dead member is lost once for all, within the ttl; one script call a member a beat", () =>
@@ -109,10 +122,7 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       const a = yield* on(network, fake, "a")
       yield* pass(1500)
       const reads = fake.calls.read
-      fake.deafen(true)
-      yield* on(network, fake, "late")
-      yield* pass(300)
-      fake.deafen(false)
+      yield* joinUnheard(network, fake, "late")
       assert.strictEqual(yield* names(a), "")
       yield* pass(2500)
       assert.strictEqual(yield* names(a), "late")
@@ -126,17 +136,13 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       const a = yield* on(network, fake, "a")
       yield* pass(1500)
       // late's join is lost; later's arrives, its revision showing the gap (nothing else will).
-      fake.deafen(true)
-      yield* on(network, fake, "late")
-      yield* pass(100)
-      fake.deafen(false)
+      yield* joinUnheard(network, fake, "late", 100)
       yield* on(network, fake, "later")
       yield* pass(100)
       assert.strictEqual(yield* names(a), "later")
       const reads = fake.calls.read
       fake.failReads(1)
-      // a's next beat: the read for the gap, which fails.
-      for (let i = 0; i < 30 && fake.calls.read === reads; i++) yield* pass(50)
+      yield* untilRead(fake, reads) // a's next beat: the read for the gap, which fails
       assert.strictEqual(fake.calls.read - reads, 1)
       assert.strictEqual(yield* names(a), "later")
       yield* pass(1200)
@@ -151,13 +157,9 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       yield* pass(1500)
       // a misses "early"'s join, so its next beats bring a full read, answered late.
       fake.slowReads(800)
-      fake.deafen(true)
-      yield* on(network, fake, "early")
-      yield* pass(300)
-      fake.deafen(false)
+      yield* joinUnheard(network, fake, "early")
       yield* pass(1000) // early's own first read is answered
-      const reads = fake.calls.read
-      while (fake.calls.read === reads) yield* pass(50)
+      yield* untilRead(fake, fake.calls.read)
       // The read has run (without "later"); "later" joins, and its event comes before the read's answer.
       yield* on(network, fake, "later")
       yield* pass(200)
@@ -176,10 +178,7 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       const fake = makeFakeRedis()
       const members = [yield* on(network, fake, "a"), yield* on(network, fake, "b"), yield* on(network, fake, "c")]
       yield* pass(1500)
-      fake.deafen(true)
-      yield* on(network, fake, "late")
-      yield* pass(300) // late's own first read is done
-      fake.deafen(false)
+      yield* joinUnheard(network, fake, "late") // late's own first read is done meanwhile
       fake.slowReads(600) // longer than the spread of the three's beats
       const reads = fake.calls.read
       yield* pass(3000)

@@ -17,7 +17,6 @@ import { JoinError } from "../../schema/Errors.ts"
 import type { ProtocolPlugin } from "../Protocol.ts"
 import { makeStreamProtocol, streamLimits } from "./Stream.ts"
 
-// As in host.ts: taken without an ESM facade, which would load fs.promises and streams at start-up.
 const { lstatSync, mkdirSync, readdirSync, unlinkSync } = fs
 
 /** The directory of this user's member sockets. */

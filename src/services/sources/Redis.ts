@@ -22,7 +22,7 @@ import type * as Redis from "effect/persistence/Redis"
 import * as Queue from "effect/Queue"
 import * as Random from "effect/Random"
 import type { ClusterConfig } from "../../schema/Config.ts"
-import { decodeFrame, encodeFrame, isDecodeFailure, type Sender } from "../../schema/Frame.ts"
+import { decodeFrame, encodeFrame, INSTANCE_ID, isDecodeFailure, type Sender } from "../../schema/Frame.ts"
 import { serviceId } from "../../schema/Service.ts"
 import { Discovery } from "../Discovery.ts"
 import { Keyring, SEALED_MAGIC } from "../Keyring.ts"
@@ -178,20 +178,21 @@ export const RedisSource = {
         let readRev = 0 // the revision of the last full read: events up to it are in it
         let reading = false
 
-        /** Everything in the set, read once for the process's members at a time; false when it failed. */
+        /** Everything in the set, read once for the process's members at a time; one that fails is tried again at the next beat. */
         const readAll = (redis: Redis.Redis["Service"], releaseMissing: boolean) =>
           Effect.gen(function*() {
             const reply = yield* link.once(keys.state, redis.eval(scripts.read)(keys).pipe(Effect.timeout(readTimeout)))
             if (!Array.isArray(reply) || typeof reply[0] !== "number") {
               stats.drop("redis-invalid")
-              return false
+              missed = true
+              return
             }
             const rev = reply[0]
             const listed = new Set<string>()
             for (let i = 1; i + 1 < reply.length; i += 2) {
               const instance = reply[i]
               const text = reply[i + 1]
-              if (typeof instance !== "string" || typeof text !== "string" || !/^[0-9a-f]{16}$/.test(instance)) {
+              if (typeof instance !== "string" || typeof text !== "string" || !INSTANCE_ID.test(instance)) {
                 stats.drop("redis-invalid")
                 continue
               }
@@ -204,14 +205,12 @@ export const RedisSource = {
             readRev = Math.max(readRev, rev)
             seen = Math.max(seen, rev)
             for (const [instance, at] of gone) if (at <= rev) gone.delete(instance)
-            return true
-          }).pipe(Effect.orElseSucceed(() => false))
+          }).pipe(Effect.catch(() => Effect.sync(() => void (missed = true))))
 
-        /** A read beside the beats (a big read must not hold our own beat back); one failed is tried again. */
+        /** A read beside the beats: a big read must not hold our own beat back. */
         const startRead = (redis: Redis.Redis["Service"], releaseMissing: boolean) => {
           reading = true
           return readAll(redis, releaseMissing).pipe(
-            Effect.tap((ok) => Effect.sync(() => ok || (missed = true))),
             Effect.ensuring(Effect.sync(() => reading = false)),
             Effect.forkScoped
           )
@@ -221,7 +220,7 @@ export const RedisSource = {
           Effect.suspend(() => {
             const [revText, kind, instance, text] = message.split(" ", 4)
             const rev = Number(revText)
-            if (!Number.isSafeInteger(rev) || instance === undefined || !/^[0-9a-f]{16}$/.test(instance)) {
+            if (!Number.isSafeInteger(rev) || instance === undefined || !INSTANCE_ID.test(instance)) {
               stats.drop("redis-invalid")
               return Effect.void
             }
@@ -331,7 +330,7 @@ export const RedisSource = {
               if (first) {
                 // The first view is read before the source says it is up: a
                 // program that waits for "up" finds the members Redis knows.
-                if (!(yield* readAll(redis, true))) missed = true
+                yield* readAll(redis, true)
               } else if (!reading) {
                 const due = pendingRelease > 0 && clock.currentTimeMillisUnsafe() >= pendingRelease
                 if (refill) {

@@ -65,7 +65,7 @@ export const SeedsSource = {
           for (const address of addresses.success) {
             const key = `${address}:${seed.port}`
             live.add(key)
-            if (knownAt(services, address, seed.port) || isSelf(address, seed.port)) {
+            if (reached(services, address, seed.port)) {
               backoff.delete(key)
               continue
             }
@@ -84,11 +84,9 @@ export const SeedsSource = {
           failures.length > 0 ? `cannot resolve ${failures.join("; ")}` : undefined
         )
       })
-      /** Our own udp endpoint (a seed list may name us too). */
-      const isSelf = (address: string, port: number) => {
-        const self = discovery.self()
-        return address === self.address && self.protocols.some((p) => p.protocol === "udp" && p.port === port)
-      }
+      /** A live member's udp endpoint, or our own (a seed list may name us too): nothing to probe. */
+      const reached = (services: ReadonlyArray<Service>, address: string, port: number) =>
+        knownAt(services, address, port) || knownAt([discovery.self()], address, port)
 
       // The members a seed told us of: each probed at most once a heartbeat (at most 4,096 remembered).
       const introduced = new Map<string, number>()
@@ -98,7 +96,7 @@ export const SeedsSource = {
           const services = yield* registry.list
           for (const e of endpoints) {
             const key = `${e.address}:${e.port}`
-            if (knownAt(services, e.address, e.port) || isSelf(e.address, e.port) || now - (introduced.get(key) ?? 0) < interval) continue
+            if (reached(services, e.address, e.port) || now - (introduced.get(key) ?? 0) < interval) continue
             if (introduced.size >= 4096) introduced.clear()
             introduced.set(key, now)
             yield* discovery.probe(e.address, e.port)
