@@ -2,13 +2,33 @@
  * Allocation per operation, for the bench's peers (`BENCH_ALLOC=1`): V8's
  * sampling heap profiler with the objects the young and old collections
  * freed counted too, so it measures what was allocated, not what survived.
+ * Sites in the bench's bundles are named by their source (the bundles' maps).
  */
+import { existsSync, readFileSync } from "node:fs"
 import { Session } from "node:inspector/promises"
+import { SourceMap } from "node:module"
+import { fileURLToPath } from "node:url"
 
 interface Node {
-  readonly callFrame: { readonly functionName: string; readonly url: string; readonly lineNumber: number }
+  readonly callFrame: { readonly functionName: string; readonly url: string; readonly lineNumber: number; readonly columnNumber: number }
   readonly selfSize: number
   readonly children: ReadonlyArray<Node>
+}
+
+const maps = new Map<string, SourceMap | undefined>()
+/** The function's place in the source when its file has a map beside it, else in the file. */
+const siteOf = ({ functionName, url, lineNumber, columnNumber }: Node["callFrame"]) => {
+  const name = functionName || "(anonymous)"
+  if (!maps.has(url)) {
+    const file = url.startsWith("file:") ? fileURLToPath(url) : url
+    maps.set(url, existsSync(`${file}.map`) ? new SourceMap(JSON.parse(readFileSync(`${file}.map`, "utf8"))) : undefined)
+  }
+  const entry = maps.get(url)?.findEntry(lineNumber, columnNumber)
+  if (entry !== undefined && "originalSource" in entry) {
+    const source = entry.originalSource.replace(/^.*node_modules\//, "").replace(/^(\.\.\/)+/, "")
+    return `${name} ${source}:${entry.originalLine + 1}`
+  }
+  return `${name} ${url.split("/").pop()}:${lineNumber}`
 }
 
 export const sampleAllocations = async () => {
@@ -28,7 +48,7 @@ export const sampleAllocations = async () => {
     const walk = (n: Node) => {
       total += n.selfSize
       if (n.selfSize > 0) {
-        const key = `${n.callFrame.functionName || "(anonymous)"} ${n.callFrame.url.split("/").pop()}:${n.callFrame.lineNumber}`
+        const key = siteOf(n.callFrame)
         sites.set(key, (sites.get(key) ?? 0) + n.selfSize)
       }
       for (const c of n.children) walk(c)

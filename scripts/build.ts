@@ -90,6 +90,9 @@ await esbuild.build({
   ...node,
   entryPoints: ["bench/member.ts", "bench/peer.ts", "bench/scale.ts", "bench/reach-host.ts"],
   minify: true,
+  // BENCH_ALLOC names allocation sites through these (without the sources themselves).
+  sourcemap: true,
+  sourcesContent: false,
   external: loadedOnDemand,
   outdir: "dist/bench",
   outExtension: { ".js": ".mjs" }

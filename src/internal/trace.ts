@@ -6,6 +6,7 @@
  * the active tracer with `Tracer.nativeTracer`).
  */
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import * as Tracer from "effect/Tracer"
 
 export const traced = <A, E, R>(
@@ -13,8 +14,7 @@ export const traced = <A, E, R>(
   name: string,
   attributes: Record<string, unknown>
 ): Effect.Effect<A, E, R> =>
-  Effect.withFiber((fiber) =>
-    fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer
-      ? effect
-      : Effect.withSpan(effect, name, { attributes, captureStackTrace: false })
-  )
+  Effect.withFiber((fiber) => tracing(fiber) ? Effect.withSpan(effect, name, { attributes, captureStackTrace: false }) : effect)
+
+/** Whether this fiber's spans go anywhere. */
+export const tracing = (fiber: Fiber.Fiber<unknown, unknown>): boolean => fiber.getRef(Tracer.Tracer) !== Tracer.nativeTracer

@@ -59,6 +59,9 @@ export const HOST_ID = /^[0-9a-f]{12}$/
 /** An instance id as written: 16 lower-case hex digits (8 bytes on the wire). */
 export const INSTANCE_ID = /^[0-9a-f]{16}$/
 
+/** The targets of a frame over a connection: none (the connection is the filter); one array for all. */
+export const NO_TARGETS: ReadonlyArray<string> = []
+
 // The frames as plain types: the codec below is all a member runs. Their
 // Schemas (with the field checks) are in Schemas.ts, `cluster-comm/schema`.
 

@@ -10,6 +10,7 @@
  */
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Stream from "effect/Stream"
@@ -227,7 +228,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           telemetry,
           sender: options.sender,
           selfId: discovery.self().id,
-          runNow: yield* FiberSet.makeRuntime<never, void, never>()
+          runNow: yield* ownedRunner
         }
         const joined = new Set([...FIXED_CHANNELS, ...options.channels])
         const targets = makeTargets(registry)
@@ -292,3 +293,19 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
       })
     )
 }
+
+/**
+ * Runs effects in fibers the member owns: started at once, and kept (to be
+ * interrupted when the member leaves) only when they did not end at once:
+ * most (a query answered, a reply sent) do, and are spared the set's upkeep.
+ */
+const ownedRunner = Effect.gen(function*() {
+  const fibers = yield* FiberSet.make<void, never>()
+  const runFork = Effect.runForkWith(yield* Effect.context<never>())
+  return (effect: Effect.Effect<void>): Fiber.Fiber<void> => {
+    // Leaving: nothing more starts (an already interrupted fiber, as FiberSet's runtime gives).
+    const fiber = runFork(fibers.state._tag === "Closed" ? Effect.interrupt : effect)
+    if (fiber.pollUnsafe() === undefined) FiberSet.addUnsafe(fibers, fiber)
+    return fiber
+  }
+})

@@ -10,7 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
-import { traced } from "../internal/trace.ts"
+import { tracing } from "../internal/trace.ts"
 import { HookRejected } from "../schema/Errors.ts"
 import type { Message, Outgoing, ProtocolName, Service } from "../schema/Service.ts"
 
@@ -146,8 +146,13 @@ export class Hooks extends Context.Service<Hooks, {
         const chain = list.length === 1 ? list : list.slice()
         let effect = guarded(p.key, chain[0]!, value)
         for (let i = 1; i < chain.length; i++) effect = Effect.flatMap(effect, (v) => guarded(p.key, chain[i]!, v))
-        // Only points with hooks get here: the span costs nothing when none are registered.
-        return traced(effect, "cluster-comm.hook", { point: p.key, hooks: chain.length })
+        // Only points with hooks get here: the span costs nothing when none are
+        // registered, and its attributes are made only when it is made.
+        return Effect.withFiber((fiber) =>
+          tracing(fiber)
+            ? Effect.withSpan(effect, "cluster-comm.hook", { attributes: { point: p.key, hooks: chain.length }, captureStackTrace: false })
+            : effect
+        )
       },
       has: (p) => points.has(p.key),
       anyFor: (direction) => active[direction] > 0

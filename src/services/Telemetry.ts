@@ -52,8 +52,8 @@ export class Telemetry extends Context.Service<Telemetry, {
   readonly publish: Effect.Effect<void>
   /** This member's metrics in the Prometheus text format. */
   readonly prometheus: Effect.Effect<string>
-  /** Records a query's duration. */
-  readonly queried: (seconds: number) => Effect.Effect<void>
+  /** Records a query's duration (plain code: the round trip's hot path). */
+  readonly queried: (seconds: number) => void
 }>()("cluster-comm/Telemetry") {
   static readonly layer = (options: { readonly service: string; readonly port?: number | undefined }) =>
     Layer.effect(
@@ -111,12 +111,17 @@ export class Telemetry extends Context.Service<Telemetry, {
 
         if (options.port !== undefined) yield* serveMetrics(options.port, prometheus)
 
-        // Tagged once: a query's hot path must not build a metric key each time.
-        const queryHistogram = tagged(querySeconds)
+        // The query histogram's attributes are put in a context once: an
+        // attributed metric copies the fiber's whole context at every update.
+        const context = yield* Effect.context<never>()
+        const queryContext = Context.add(context, Metric.CurrentMetricAttributes, {
+          ...Context.get(context, Metric.CurrentMetricAttributes),
+          service
+        })
         return Telemetry.of({
           publish,
           prometheus,
-          queried: (seconds) => Metric.update(queryHistogram, seconds)
+          queried: (seconds) => querySeconds.updateUnsafe(seconds, queryContext)
         })
       })
     )

@@ -250,8 +250,11 @@ export const fromProtocols = (
     sendNow: (name, peer, frame) => {
       const sendNow = byName.get(name)?.sendNow
       if (sendNow === undefined) return false
-      const port = peer.protocols.find((p) => p.protocol === name)?.port
-      return port !== undefined && sendNow({ address: peer.address, port, service: peer }, frame)
+      // A loop, not \`find\`: this runs for every message and reply.
+      for (const p of peer.protocols) {
+        if (p.protocol === name) return sendNow({ address: peer.address, port: p.port, service: peer }, frame)
+      }
+      return false
     },
     takeBeacons: inbound.takeBeacons,
     takeMessages: inbound.takeMessages,

@@ -143,4 +143,25 @@ describe("bad input from the network", () => {
       assert.strictEqual(d?.protocol, "tcp")
       assert.strictEqual((yield* Fiber.join(again).pipe(Effect.timeout("3 seconds")))[0]?.text, "after the storm")
     }))
+  it.live("frames cut anywhere across tcp reads arrive whole and in order", () =>
+    Effect.gen(function*() {
+      const victim = yield* member({ name: "tcp-reader", ...where, ...timing })
+      const self = yield* victim.self
+      const port = self.protocols.find((p) => p.protocol === "tcp")!.port
+      // Sizes around a read's edges: empty, tiny, and one larger than a socket read.
+      const sizes = [0, 1, 3, 200, 5, 100_000, 2, 40, 0, 9]
+      const frames = sizes.map((size, i) => prefixed(encodeFrame({ ...valid, data: new Uint8Array(size).fill(i) })))
+      const stream = Buffer.concat(frames)
+      // Where each frame starts; writes that begin on a frame and hold whole
+      // frames then part of the next (inside its prefix, inside its body).
+      const at = frames.map((_, i) => frames.slice(0, i).reduce((n, f) => n + f.length, 0))
+      const cuts = [at[2]! + 1, at[3]!, at[5]! + 10, at[5]! + 70_000, at[6]!, at[9]! + 2]
+      const chunks = [0, ...cuts].map((from, i) => stream.subarray(from, cuts[i] ?? stream.length))
+      const got = yield* victim.messages.pipe(Stream.take(sizes.length), Stream.runCollect, Effect.forkChild)
+      yield* Effect.sleep("20 millis")
+      yield* rawTcp(port, chunks)
+      const messages = yield* Fiber.join(got).pipe(Effect.timeout("3 seconds"))
+      assert.deepStrictEqual(messages.map((m) => m.data.length), sizes)
+      assert.deepStrictEqual(messages.map((m, i) => m.data.every((b) => b === i)), sizes.map(() => true))
+    }))
 })

@@ -17,12 +17,13 @@
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
 import { makeAlarm } from "../../internal/alarm.ts"
-import { traced } from "../../internal/trace.ts"
+import { tracing } from "../../internal/trace.ts"
 import { InvalidMessage } from "../../schema/Errors.ts"
-import { checkFrame, type Frame, type QueryFrame, type ReplyFrame } from "../../schema/Frame.ts"
+import { checkFrame, type Frame, NO_TARGETS, type QueryFrame, type ReplyFrame } from "../../schema/Frame.ts"
 import {
   QueryDone,
   QueryError,
@@ -44,8 +45,50 @@ const MAX_ANSWERING = 1024
 /** How long a query waits for answers unless it says otherwise. */
 const QUERY_TIMEOUT = Duration.seconds(5)
 
-const NO_TARGETS: ReadonlyArray<string> = []
+/** Carries nothing: one serves every query. */
+const DONE = new QueryDone()
 const NO_ERRORS: ReadonlyMap<string, QueryError> = new Map()
+
+/**
+ * Our queries in flight, by id. Ids are handed out in turn, so each takes a
+ * slot of a small ring and a Map holds only one whose slot is still taken:
+ * a Map that gains and loses a key every round trip reallocates its table.
+ */
+class InFlight {
+  static readonly SLOTS = 256
+  readonly #slots: Array<Asked | undefined> = new Array(InFlight.SLOTS).fill(undefined)
+  readonly #more = new Map<number, Asked>()
+  get(id: number): Asked | undefined {
+    const slot = this.#slots[id % InFlight.SLOTS]
+    return slot !== undefined && slot.id === id ? slot : this.#more.get(id)
+  }
+  has(id: number): boolean {
+    return this.get(id) !== undefined
+  }
+  set(asked: Asked): void {
+    const i = asked.id % InFlight.SLOTS
+    if (this.#slots[i] === undefined) this.#slots[i] = asked
+    else this.#more.set(asked.id, asked)
+  }
+  delete(id: number): void {
+    const i = id % InFlight.SLOTS
+    if (this.#slots[i]?.id === id) this.#slots[i] = undefined
+    else this.#more.delete(id)
+  }
+  /** Ends those due by `now`; the next deadline after them. */
+  expire(now: number): number {
+    let next = Infinity
+    const check = (asked: Asked) => {
+      if (asked.at <= now) {
+        this.delete(asked.id)
+        asked.expire()
+      } else if (asked.at < next) next = asked.at
+    }
+    for (const asked of this.#slots) if (asked !== undefined) check(asked)
+    for (const asked of [...this.#more.values()]) check(asked)
+    return next
+  }
+}
 
 /**
  * A query of ours awaiting answers: who has not answered yet, and where the
@@ -59,9 +102,9 @@ class Asked {
   /** Who has not answered yet, emptied as answers come: one service (the common case) needs no Map. */
   #one: Service | undefined
   readonly #many: Map<string, Service> | undefined
-  readonly #pending: Map<number, Asked>
+  readonly #pending: InFlight
   readonly #on: (event: QueryEvent) => void
-  constructor(id: number, at: number, peers: ReadonlyArray<Service>, pending: Map<number, Asked>, on: (event: QueryEvent) => void) {
+  constructor(id: number, at: number, peers: ReadonlyArray<Service>, pending: InFlight, on: (event: QueryEvent) => void) {
     this.id = id
     this.at = at
     if (peers.length === 1) this.#one = peers[0]
@@ -83,7 +126,7 @@ class Asked {
     this.#on(event)
     if (this.#one === undefined && (this.#many === undefined || this.#many.size === 0)) {
       this.cancel()
-      this.#on(new QueryDone())
+      this.#on(DONE)
     }
     return true
   }
@@ -104,20 +147,11 @@ export const makeQueries = (
 ) =>
   Effect.gen(function*() {
     /** Queries of ours awaiting answers, by request id: a reply's handler, and the deadline. */
-    const pending = new Map<number, Asked>()
+    const pending = new InFlight()
     // One alarm for all their timeouts: a query arms and clears no timer of its own.
     const clock = yield* Clock.Clock
     const queryAlarm = yield* makeAlarm((now) =>
-      Effect.sync(() => {
-        let next = Infinity
-        for (const [id, waiting] of pending) {
-          if (waiting.at <= now) {
-            pending.delete(id)
-            waiting.expire()
-          } else if (waiting.at < next) next = waiting.at
-        }
-        return next
-      }), 0)
+      Effect.sync(() => pending.expire(now)), 0)
     let lastId = 0
     const nextId = () => {
       do lastId = (lastId + 1) >>> 0
@@ -131,7 +165,7 @@ export const makeQueries = (
 
     const reply = (to: Service, id: number, ok: boolean, data: Uint8Array): Effect.Effect<void> => {
       const frame: Frame = { _tag: "Reply", sender, id, ok, data }
-      if (deliverNow(to, () => frame) !== undefined) return Effect.void
+      if (deliverNow(to, frame) !== undefined) return Effect.void
       return deliverTo(to, () => Effect.succeed(frame)).pipe(
         Effect.catch((e) => Effect.logDebug(`reply to ${to.id} not sent: ${e.message}`))
       )
@@ -244,16 +278,17 @@ export const makeQueries = (
       const at = clock.currentTimeMillisUnsafe() + Duration.toMillis(request.timeout ?? QUERY_TIMEOUT)
       const asked = new Asked(frame.id, at, peers, pending, on)
       if (peers.length === 0) {
-        on(new QueryDone())
+        on(DONE)
         return asked
       }
-      pending.set(frame.id, asked)
+      pending.set(asked)
       queryAlarm.wakeBy(at)
+      // Over a connection the frame goes as it is; a datagram names its target.
       const frameFor = (peer: Service) => (protocol: ProtocolName): Frame =>
         protocol === "udp" ? { ...frame, targets: [peer.id] } : frame
       let later: Array<Service> | undefined
       for (const peer of peers) {
-        if (deliverNow(peer, frameFor(peer)) === undefined) (later ??= []).push(peer)
+        if (deliverNow(peer, frame) === undefined) (later ??= []).push(peer)
       }
       if (later !== undefined) {
         runNow(Effect.forEach(later, (peer) =>
@@ -287,36 +322,43 @@ export const makeQueries = (
     // wait, ended by the last answer or the query alarm.
     const queryAll = (request: QueryOptions<Targets>) =>
       // One service given as itself (the common case) needs no resolving.
-      (isOneService(request.target as Targets)
+      isOneService(request.target as Targets)
         ? gather([request.target as Service], request)
         : Effect.flatMap(targetsOf(request.target as Targets), (peers) => gather(peers, request))
-      ).pipe((query) => traced(query, "cluster-comm.query", { op: request.op }))
-    /** Asks these peers and gathers every answer (or who is missing at the timeout). */
-    const gather = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>) =>
-      Effect.suspend(() => {
-        const started = performance.now()
-        // Errors are rare: their Map is made with the first (until then, a shared empty one).
-        const result = { responses: new Map<string, QueryResponse>(), errors: NO_ERRORS as Map<string, QueryError>, missing: [] as ReadonlyArray<Service>, complete: false }
-        let wake: (() => void) | undefined
-        let ended = false
-        const asked = askPeers(peers, request, (e) => {
-          if (e._tag === "QueryResponse") result.responses.set(e.service.id, e)
-          else if (e._tag === "QueryError") (result.errors === NO_ERRORS ? (result.errors = new Map()) : result.errors).set(e.service.id, e)
-          else {
-            if (e._tag === "QueryDone") result.complete = true
-            else result.missing = e.missing
-            ended = true
-            wake?.()
-          }
-        })
-        if (asked instanceof InvalidMessage) return Effect.fail(asked)
-        const done = Effect.suspend(() => Effect.as(telemetry.queried((performance.now() - started) / 1000), result as QueryResult))
-        return Effect.callback<QueryResult>((resume) => {
-          if (ended) return resume(done)
-          wake = () => resume(done)
-          return Effect.sync(() => asked.cancel())
-        })
+    /** Asks these peers and gathers every answer (or who is missing at the timeout); a span only with a tracer installed. */
+    const gather = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>): Effect.Effect<QueryResult, InvalidMessage> =>
+      Effect.withFiber((fiber) =>
+        tracing(fiber)
+          ? Effect.withSpan(Effect.suspend(() => gathering(peers, request)), "cluster-comm.query", { attributes: { op: request.op }, captureStackTrace: false })
+          : gathering(peers, request)
+      )
+    const gathering = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>): Effect.Effect<QueryResult, InvalidMessage> => {
+      const started = performance.now()
+      // Errors are rare: their Map is made with the first (until then, a shared empty one).
+      const result = { responses: new Map<string, QueryResponse>(), errors: NO_ERRORS as Map<string, QueryError>, missing: [] as ReadonlyArray<Service>, complete: false }
+      let wake: (() => void) | undefined
+      let ended = false
+      const asked = askPeers(peers, request, (e) => {
+        if (e._tag === "QueryResponse") result.responses.set(e.service.id, e)
+        else if (e._tag === "QueryError") (result.errors === NO_ERRORS ? (result.errors = new Map()) : result.errors).set(e.service.id, e)
+        else {
+          if (e._tag === "QueryDone") result.complete = true
+          else result.missing = e.missing
+          ended = true
+          wake?.()
+        }
       })
+      if (asked instanceof InvalidMessage) return Effect.fail(asked)
+      const done = () => {
+        telemetry.queried((performance.now() - started) / 1000)
+        return Exit.succeed(result as QueryResult)
+      }
+      if (ended) return done()
+      return Effect.callback<QueryResult>((resume) => {
+        wake = () => resume(done())
+        return Effect.sync(() => asked.cancel())
+      })
+    }
 
     return { query, queryAll, receiveQuery, queryNow, receiveReply }
   })

@@ -18,7 +18,7 @@
  */
 import * as Effect from "effect/Effect"
 import { InvalidMessage, type SendAttempt, SendFailed } from "../../schema/Errors.ts"
-import { checkFrame, type Frame, MAX_BATCH_ITEMS, MAX_OP_BYTES, type MessageFrame } from "../../schema/Frame.ts"
+import { checkFrame, type Frame, MAX_BATCH_ITEMS, MAX_OP_BYTES, type MessageFrame, NO_TARGETS } from "../../schema/Frame.ts"
 import { type Advertised, type Delivery, type Outgoing, type ProtocolName, type Service, toBytes } from "../../schema/Service.ts"
 import { traced } from "../../internal/trace.ts"
 import { HookPoint as Points } from "../Hooks.ts"
@@ -35,6 +35,8 @@ export interface SendOptions {
 
 /** The most data a `sendAll` batch frame carries. */
 const BATCH_BYTES = 60 * 1024
+
+const NO_SERVICES: ReadonlyArray<Service> = []
 
 export const makeSendPipeline = ({ transport, hooks, stats, discovery, registry, sender }: Wiring, targetsOf: TargetsOf) => {
   const checked = (frame: MessageFrame) => {
@@ -69,7 +71,7 @@ export const makeSendPipeline = ({ transport, hooks, stats, discovery, registry,
     sender,
     op,
     channel,
-    targets: protocol === "udp" ? targets.map((t) => t.id) : [],
+    targets: protocol === "udp" ? targets.map((t) => t.id) : NO_TARGETS,
     data
   })
 
@@ -142,10 +144,14 @@ export const makeSendPipeline = ({ transport, hooks, stats, discovery, registry,
       return yield* new SendFailed({ service: peer, attempts })
     })
 
-  /** The synchronous path of `deliverTo`: the protocol when the peer's first one took the frame at once. */
-  const deliverNow = (peer: Service, frameFor: (protocol: ProtocolName) => Frame): ProtocolName | undefined => {
+  /**
+   * The synchronous path of `deliverTo`: the protocol when the peer's first
+   * one took the frame at once. Only connections (tcp, unix) take a frame at
+   * once, so `frame` is the frame as a connection carries it (no target filter).
+   */
+  const deliverNow = (peer: Service, frame: Frame): ProtocolName | undefined => {
     const protocol = orderFor(peer)[0]!
-    if (!transport.sendNow(protocol, peer, frameFor(protocol))) return undefined
+    if (!transport.sendNow(protocol, peer, frame)) return undefined
     stats.frameOut(protocol)
     return protocol
   }
@@ -168,7 +174,7 @@ export const makeSendPipeline = ({ transport, hooks, stats, discovery, registry,
    */
   const sendNow = (peer: Service, op: string, data: Data): Effect.Effect<ReadonlyArray<Delivery>> | undefined => {
     if (!plain(op)) return undefined
-    const protocol = deliverNow(peer, (p) => frameOf(op, 0, [peer], toBytes(data), p))
+    const protocol = deliverNow(peer, frameOf(op, 0, NO_SERVICES, toBytes(data), "tcp")) // a connection's frame: no targets
     if (protocol === undefined) return undefined
     stats.message("out", op)
     return Effect.succeed([{ service: peer, protocol }])
@@ -211,7 +217,7 @@ export const makeSendPipeline = ({ transport, hooks, stats, discovery, registry,
       /** True when the connection took these messages as one batch frame now. */
       const batchNow = (out: ReadonlyArray<Uint8Array>) => {
         // Send hooks see each message: with them, no batches.
-        if (!plain(op) || deliverNow(target, () => ({ _tag: "Messages", sender, op, channel, items: out })) === undefined) return false
+        if (!plain(op) || deliverNow(target, { _tag: "Messages", sender, op, channel, items: out }) === undefined) return false
         for (let i = 0; i < out.length; i++) stats.message("out", op)
         return true
       }

@@ -70,20 +70,33 @@ export class FrameReader {
   }
   /** Feeds a chunk; calls `frame` for each complete frame. Returns false on an oversize prefix. */
   push(chunk: Buffer, frame: (bytes: Buffer) => void): boolean {
-    this.chunks.push(chunk)
-    this.buffered += chunk.length
+    let at = 0
+    if (this.buffered === 0) {
+      // Nothing held back (the common case): whole frames are cut from the chunk in place.
+      while (chunk.length - at >= PREFIX) {
+        const size = chunk.readUInt32BE(at)
+        if (size > this.maxFrame) return false
+        const end = at + PREFIX + size
+        if (end > chunk.length) break
+        frame(chunk.subarray(at + PREFIX, end))
+        at = end
+      }
+      if (at === chunk.length) return true
+    }
+    this.chunks.push(at === 0 ? chunk : chunk.subarray(at))
+    this.buffered += chunk.length - at
     while (this.buffered >= PREFIX) {
       let head = this.chunks[0]!
       if (head.length < PREFIX) head = this.join(PREFIX)
       const size = head.readUInt32BE(0)
       if (size > this.maxFrame) return false
-      if (this.buffered < PREFIX + size) return true
-      if (head.length < PREFIX + size) head = this.join(PREFIX + size)
-      frame(head.subarray(PREFIX, PREFIX + size))
-      const rest = head.subarray(PREFIX + size)
-      this.buffered -= PREFIX + size
-      if (rest.length === 0) this.chunks.shift()
-      else this.chunks[0] = rest
+      const end = PREFIX + size
+      if (this.buffered < end) return true
+      if (head.length < end) head = this.join(end)
+      frame(head.subarray(PREFIX, end))
+      this.buffered -= end
+      if (head.length === end) this.chunks.shift()
+      else this.chunks[0] = head.subarray(end)
     }
     return true
   }
@@ -126,6 +139,8 @@ interface Connection {
   frames: number
   /** A flush at the end of this tick is queued. */
   ticking: boolean
+  /** That flush: made once a connection, not once a tick. */
+  readonly endTick: () => void
 }
 
 export interface StreamOptions {
@@ -280,7 +295,20 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     const connect = (to: Endpoint, key: string): Connection => {
       const socket = net.connect({ ...options.connectTo(to), noDelay: true } as Net.NetConnectOpts)
       stats.connection("opened")
-      const conn: Connection = { socket, open: false, waiting: [], chunk: undefined, start: 0, used: 0, frames: 0, ticking: false }
+      const conn: Connection = {
+        socket,
+        open: false,
+        waiting: [],
+        chunk: undefined,
+        start: 0,
+        used: 0,
+        frames: 0,
+        ticking: false,
+        endTick: () => {
+          conn.ticking = false
+          flush(conn)
+        }
+      }
       const settle = (error?: Error) => {
         const waiting = conn.waiting
         conn.waiting = []
@@ -417,10 +445,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         // it in this tick leave together when it ends.
         conn.ticking = true
         flush(conn)
-        queueMicrotask(() => {
-          conn.ticking = false
-          flush(conn)
-        })
+        queueMicrotask(conn.endTick)
       } else if (conn.used - conn.start >= BATCH_BYTES) flush(conn)
     }
 
