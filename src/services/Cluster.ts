@@ -300,9 +300,9 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
  * most (a query answered, a reply sent) do, and are spared the set's upkeep.
  */
 const ownedRunner = Effect.gen(function*() {
-  const fibers = yield* FiberSet.make<void, never>()
+  const fibers = yield* FiberSet.make<unknown, never>()
   const runFork = Effect.runForkWith(yield* Effect.context<never>())
-  return (effect: Effect.Effect<void>): Fiber.Fiber<void> => {
+  return <A>(effect: Effect.Effect<A>): Fiber.Fiber<A> => {
     // Leaving: nothing more starts (an already interrupted fiber, as FiberSet's runtime gives).
     const fiber = runFork(fibers.state._tag === "Closed" ? Effect.interrupt : effect)
     if (fiber.pollUnsafe() === undefined) FiberSet.addUnsafe(fibers, fiber)

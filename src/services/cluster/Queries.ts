@@ -14,6 +14,7 @@
  *   means an error reply, and past 1024 answers in progress a "busy" one.
  * - Timeouts share one alarm: a query arms and clears no timer of its own.
  */
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -22,7 +23,7 @@ import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
 import { makeAlarm } from "../../internal/alarm.ts"
 import { tracing } from "../../internal/trace.ts"
-import { InvalidMessage } from "../../schema/Errors.ts"
+import { type HookRejected, InvalidMessage } from "../../schema/Errors.ts"
 import { checkFrame, type Frame, NO_TARGETS, type QueryFrame, type ReplyFrame } from "../../schema/Frame.ts"
 import {
   QueryDone,
@@ -171,11 +172,6 @@ export const makeQueries = (
       )
     }
 
-    /**
-     * Answers a query from a known service: a refusal at once, or the
-     * responder's hooks as an effect to run in a fiber of its own (a slow
-     * responder must not hold up other traffic).
-     */
     // The query hook point of each op, made once (bounded: ops come from the network).
     const queryPoints = new Map<string, HookPoint<Message>>()
     const queryPoint = (op: string) => {
@@ -188,32 +184,44 @@ export const makeQueries = (
       return point
     }
 
-    const answer = (from: Service, frame: QueryFrame, protocol: ProtocolName): Effect.Effect<void> => {
+    /**
+     * Starts the answer at once, in a fiber the member owns (a slow responder
+     * holds up no other traffic); the reply leaves when its verdict is in: in
+     * this pass when the hooks end at once, else when their fiber does.
+     */
+    const startAnswer = (from: Service, frame: QueryFrame, protocol: ProtocolName): void => {
       const point = queryPoint(frame.op)
-      if (!hooks.has(point)) return reply(from, frame.id, false, toBytes(`no responder for op ${frame.op}`))
+      if (!hooks.has(point)) {
+        send(reply(from, frame.id, false, toBytes(`no responder for op ${frame.op}`)))
+        return
+      }
       // Bounded: past this many answers in progress, say so rather than queue.
       if (answering >= MAX_ANSWERING) {
         stats.drop("busy")
-        return reply(from, frame.id, false, toBytes("busy"))
+        send(reply(from, frame.id, false, toBytes("busy")))
+        return
       }
       answering++
       const query = new Message(frame.op, frame.data, from, protocol, frame.channel)
-      // The count goes down with the verdict (an answer interrupted is the member leaving).
-      return Effect.matchEffect(hooks.run(point, query), {
-        onSuccess: (answered) => {
-          answering--
-          return reply(from, frame.id, true, answered.data)
-        },
-        onFailure: (rejected) => {
-          answering--
-          return reply(from, frame.id, false, toBytes(rejected.reason))
-        }
-      })
+      const fiber = runNow(Effect.exit(hooks.run(point, query)))
+      const verdict = fiber.pollUnsafe()
+      if (verdict !== undefined) answered(from, frame.id, verdict)
+      else fiber.addObserver((verdict) => answered(from, frame.id, verdict))
     }
-    /** Starts the answer at once (one ready now goes out in this pass), in a fiber the member owns. */
-    const startAnswer = (from: Service, frame: QueryFrame, protocol: ProtocolName) => {
-      const answering = answer(from, frame, protocol)
-      if (answering !== Effect.void) runNow(answering)
+    /** The hooks' verdict: the answer, or the rejection's reason (an answer interrupted is the member leaving: no reply). */
+    const answered = (from: Service, id: number, ended: Exit.Exit<Exit.Exit<Message, HookRejected>>) => {
+      answering--
+      if (ended._tag === "Failure") return
+      const verdict = ended.value
+      if (verdict._tag === "Success") send(reply(from, id, true, verdict.value.data))
+      else {
+        const rejected = Cause.findError(verdict.cause)
+        if (rejected._tag === "Success") send(reply(from, id, false, toBytes(rejected.success.reason)))
+      }
+    }
+    /** A reply that could not leave at once goes on in a fiber of its own. */
+    const send = (replying: Effect.Effect<void>): void => {
+      if (replying !== Effect.void) runNow(replying)
     }
     const forTarget = (frame: QueryFrame) => {
       if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {

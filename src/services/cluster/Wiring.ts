@@ -28,5 +28,5 @@ export interface Wiring {
    * among them): for what starts in plain code, on a socket's callback or
    * after a query's first sends.
    */
-  readonly runNow: (effect: Effect.Effect<void>) => Fiber.Fiber<void>
+  readonly runNow: <A>(effect: Effect.Effect<A>) => Fiber.Fiber<A>
 }
