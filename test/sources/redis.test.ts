@@ -89,6 +89,29 @@ describe.skipIf(!canRunRedis())("redis source", () => {
       assert.deepStrictEqual(lostAtA, [])
     }))
 
+  it.live("after Redis was away, a member that comes back later than the others is not reaped: all get time to reconnect", () =>
+    Effect.gen(function*() {
+      const redis = yield* startRedis()
+      const a = yield* member({ ...base, name: "a", redis: redis.url })
+      // Stands for a member whose link broke meanwhile and waits out its back-off.
+      const late = yield* startAgent(undefined, { ...base, name: "late", redis: redis.url })
+      yield* eventually(names(a), (n) => n === "late", "5 seconds")
+      const lostAtA = yield* losses(a)
+      yield* late.signal("SIGSTOP")
+      yield* redis.freeze
+      yield* Effect.sleep("3 seconds")
+      yield* redis.thaw
+      yield* eventually(state(a), (s) => s === "up", "5 seconds")
+      // Well past one lease (440 ms) after Redis is back, within the time a reconnect may take.
+      yield* Effect.sleep("2500 millis")
+      yield* late.signal("SIGCONT")
+      yield* eventually(a.services, (ss) => ss.length === 1 && ss[0]!.stale === false, "5 seconds")
+      // Past the members' grace after trouble (5 s): still there, never lost.
+      yield* Effect.sleep("3 seconds")
+      assert.strictEqual(yield* names(a), "late")
+      assert.deepStrictEqual(lostAtA, [])
+    }))
+
   it.live("Redis restarted empty: every member registers again, nobody is lost", () =>
     Effect.gen(function*() {
       const redis = yield* startRedis()

@@ -64,13 +64,14 @@ export const makeFakeRedis = (): FakeRedis => {
   }
 
   const heartbeat = (now: number, argv: ReadonlyArray<string>) => {
-    const [instance, leaseText, descriptor, changed, channel, , epoch] = argv as Array<string>
+    const [instance, leaseText, descriptor, changed, channel, , epoch, returnText] = argv as Array<string>
     const lease = Number(leaseText)
+    const back = Math.max(lease, Number(returnText ?? lease))
     state.epoch ??= epoch
     const due = [...state.members].filter(([m, at]) => at <= now && m !== instance).slice(0, 64)
     for (const [m, at] of due) {
-      // Long expired: no one reached Redis to reap it in time (it was frozen); one more lease.
-      if (now - at > lease) state.members.set(m, now + lease)
+      // Long expired: no one reached Redis to reap it in time (it was frozen); kept until all can be back.
+      if (now - at > lease) state.members.set(m, now + back)
       else {
         state.members.delete(m)
         state.descriptors.delete(m)

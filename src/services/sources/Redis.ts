@@ -29,7 +29,7 @@ import { Keyring, SEALED_MAGIC } from "../Keyring.ts"
 import { Registry, type Sighting } from "../Registry.ts"
 import { Sources } from "../Sources.ts"
 import { Stats } from "../Stats.ts"
-import { acquireLink, describe } from "./RedisLink.ts"
+import { acquireLink, describe, reconnectBound } from "./RedisLink.ts"
 import { makeScripts, redisKeys } from "./RedisScripts.ts"
 
 export interface RedisSourceOptions {
@@ -73,8 +73,13 @@ export const RedisSource = {
       const scripts = makeScripts(RedisModule)
       const heartbeat = Duration.toMillis(config.heartbeat)
       const ttl = redisTtl(config)
-      // Members reconnect with node-redis' back-off (at most about 2.2 s) and beat: time enough for all.
+      // After trouble, who has not registered again by then is let go. A
+      // member that comes back later is still listed: the first beat after an
+      // outage keeps every entry it finds long expired for `returnMillis`.
       const restartGrace = Math.max(5000, 3 * ttl)
+      const linkConnectTimeout = Math.max(2000, 2 * heartbeat)
+      // Until a member whose link broke meanwhile is connected again and has beaten.
+      const returnMillis = Math.round(reconnectBound(linkConnectTimeout) + 1.1 * heartbeat)
       const keys = redisKeys(config.redis?.namespace ?? "default", config.address, config.port)
       const layer = options.redis ?? nodeRedis(config.redis!.url, Math.max(1000, heartbeat))
       // A command that has not answered within a heartbeat has failed (a frozen or unreachable Redis).
@@ -161,7 +166,7 @@ export const RedisSource = {
         RedisModule,
         options.redis ?? config.redis!.url,
         layer,
-        Duration.millis(Math.max(2000, 2 * heartbeat)),
+        Duration.millis(linkConnectTimeout),
         Effect.runForkWith(yield* Effect.context<never>())
       )
       yield* Effect.addFinalizer(() => Effect.sync(link.release))
@@ -288,7 +293,8 @@ export const RedisSource = {
                 lease,
                 text,
                 changed,
-                sender.instance
+                sender.instance,
+                returnMillis
               ).pipe(Effect.timeout(timeout))
             )
             if (Exit.isFailure(beat)) {

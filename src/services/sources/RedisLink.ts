@@ -48,6 +48,9 @@ export interface RedisLink {
 /** The longest wait between attempts to reach a Redis that is away. */
 const MAX_BACKOFF_MILLIS = 5000
 
+/** At most this long after Redis is back, a link whose connection it lost is connected again (the back-off's jitter at its top, then a connect). */
+export const reconnectBound = (connectTimeoutMillis: number): number => 1.5 * MAX_BACKOFF_MILLIS + connectTimeoutMillis
+
 interface Shared {
   readonly link: RedisLink
   refs: number

@@ -45,13 +45,14 @@ export const makeScripts = (Redis: typeof RedisModule) => ({
    * new to the set, such as after Redis restarted empty, is announced as a
    * join), store its descriptor when new or changed, and reap up to 64 expired
    * members. An entry that expired more than its lease ago was not reaped in
-   * time because no member reached Redis (it was frozen or away): it gets one
-   * more lease, so every live member can beat first. Four commands a call in
-   * steady state: the cost a member adds to Redis each beat.
+   * time because no member reached Redis (it was frozen or away): it is kept
+   * for `returnMillis` more, time for every live member to reconnect (after
+   * its back-off) and beat first. Four commands a call in steady state: the
+   * cost a member adds to Redis each beat.
    * Returns [rev, server time ms, 1 if this call (re)registered us, epoch].
    */
   heartbeat: Redis.script(
-    (keys: RedisKeys, instance: string, leaseMillis: number, descriptor: string, changed: boolean, epoch: string) => [
+    (keys: RedisKeys, instance: string, leaseMillis: number, descriptor: string, changed: boolean, epoch: string, returnMillis: number) => [
       keys.members,
       keys.descriptors,
       keys.state,
@@ -61,7 +62,8 @@ export const makeScripts = (Redis: typeof RedisModule) => ({
       changed ? "1" : "0",
       keys.channel,
       ABANDONED_MILLIS,
-      epoch
+      epoch,
+      returnMillis
     ],
     {
       numberOfKeys: 3,
@@ -70,6 +72,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[2])
 local keep = tonumber(ARGV[6])
+local back = math.max(lease, tonumber(ARGV[8]) or lease)
 local state = redis.call('HMGET', KEYS[3], 'rev', 'epoch', 'kept')
 local rev = tonumber(state[1]) or 0
 local epoch = state[2]
@@ -82,7 +85,7 @@ for i = 1, #due, 2 do
   local m = due[i]
   if m ~= ARGV[1] then
     if now - tonumber(due[i + 1]) > lease then
-      redis.call('ZADD', KEYS[1], now + lease, m)
+      redis.call('ZADD', KEYS[1], now + back, m)
     else
       redis.call('ZREM', KEYS[1], m)
       redis.call('HDEL', KEYS[2], m)
