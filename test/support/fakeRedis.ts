@@ -18,6 +18,7 @@ interface State {
   descriptors: Map<string, string>
   rev: number
   epoch?: string
+  last?: number
 }
 
 export interface FakeRedis {
@@ -64,14 +65,22 @@ export const makeFakeRedis = (): FakeRedis => {
   }
 
   const heartbeat = (now: number, argv: ReadonlyArray<string>) => {
-    const [instance, leaseText, descriptor, changed, channel, , epoch, returnText] = argv as Array<string>
+    const [instance, leaseText, descriptor, changed, channel, , epoch, returnText, sinceText, spareText, awayText] = argv as Array<string>
     const lease = Number(leaseText)
     const back = Math.max(lease, Number(returnText ?? lease))
+    const since = Number(sinceText ?? 0)
+    const spare = Number(spareText ?? 0)
+    // No call for longer than a ttl: who expired since the last one is not known dead.
+    const last = state.last ?? now
+    const away = awayText !== undefined && now - last > Number(awayText)
+    state.last = now
     state.epoch ??= epoch
     const due = [...state.members].filter(([m, at]) => at <= now && m !== instance).slice(0, 64)
     for (const [m, at] of due) {
       // Long expired: no one reached Redis to reap it in time (it was frozen); kept until all can be back.
-      if (now - at > lease) state.members.set(m, now + back)
+      if (now - at > lease || (away && at > last)) state.members.set(m, now + back + 0.25)
+      // Expired since a late caller's last beat: perhaps stalled with it; spared a little, once.
+      else if (now - at <= since && at % 1 !== 0.5) state.members.set(m, now + spare + 0.5)
       else {
         state.members.delete(m)
         state.descriptors.delete(m)
@@ -79,7 +88,12 @@ export const makeFakeRedis = (): FakeRedis => {
       }
     }
     const added = state.members.has(instance!) ? 0 : 1
-    state.members.set(instance!, now + lease)
+    // Our own entry long expired (an outage): as long as the others get; an outage's grant is not shortened.
+    const mine = state.members.get(instance!)
+    const expiry = mine !== undefined && (now - mine > lease || (away && mine <= now)) ? now + back + 0.25
+      : mine !== undefined && mine % 1 === 0.25 && mine > now + lease ? mine
+      : now + lease
+    state.members.set(instance!, expiry)
     if (added === 1 || changed === "1") {
       state.descriptors.set(instance!, descriptor!)
       publish(channel!, `${++state.rev} ${added === 1 ? "join" : "update"} ${instance} ${descriptor}`)

@@ -80,6 +80,8 @@ export const RedisSource = {
       const linkConnectTimeout = Math.max(2000, 2 * heartbeat)
       // Until a member whose link broke meanwhile is connected again and has beaten.
       const returnMillis = Math.round(reconnectBound(linkConnectTimeout) + 1.1 * heartbeat)
+      // A member that stalled with a late caller beats as soon as their process runs again: a short sparing is enough.
+      const spareMillis = Math.round(heartbeat / 2)
       const keys = redisKeys(config.redis?.namespace ?? "default", config.address, config.port)
       const layer = options.redis ?? nodeRedis(config.redis!.url, Math.max(1000, heartbeat))
       // A command that has not answered within a heartbeat has failed (a frozen or unreachable Redis).
@@ -285,6 +287,8 @@ export const RedisSource = {
             const now = clock.currentTimeMillisUnsafe()
             if (lastBeatAt > 0) slowest = Math.max(now - lastBeatAt, SLOWEST_DECAY * slowest)
             const lease = Math.min(MAX_LEASE_FACTOR * ttl, Math.max(ttl, Math.round(2.2 * slowest)))
+            // A late beat (our process stalled): who expired since our last may have stalled with us.
+            const since = lastBeatAt > 0 && now - lastBeatAt > 1.1 * heartbeat ? Math.round(now - lastBeatAt) : 0
             lastBeatAt = now
             const beat = yield* Effect.exit(
               redis.eval(scripts.heartbeat)(
@@ -294,7 +298,10 @@ export const RedisSource = {
                 text,
                 changed,
                 sender.instance,
-                returnMillis
+                returnMillis,
+                since,
+                spareMillis,
+                ttl
               ).pipe(Effect.timeout(timeout))
             )
             if (Exit.isFailure(beat)) {

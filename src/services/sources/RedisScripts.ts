@@ -44,15 +44,23 @@ export const makeScripts = (Redis: typeof RedisModule) => ({
    * The heartbeat: refresh this member (ZADD with expiry now + lease; a member
    * new to the set, such as after Redis restarted empty, is announced as a
    * join), store its descriptor when new or changed, and reap up to 64 expired
-   * members. An entry that expired more than its lease ago was not reaped in
-   * time because no member reached Redis (it was frozen or away): it is kept
-   * for `returnMillis` more, time for every live member to reconnect (after
-   * its back-off) and beat first. Four commands a call in steady state: the
+   * members. An entry that expired more than its lease ago, or since the last
+   * call when none came for `awayMillis` (a ttl), was not reaped in time
+   * because no member reached Redis (it was frozen or away): it is kept for
+   * `returnMillis` more, time for every live member to reconnect (after its
+   * back-off) and beat first. When this beat is late, `sinceMillis`
+   * after our last (our process stalled), one that expired since then may
+   * belong to a member stalled with us, in the same process, about to beat:
+   * it is spared `spareMillis`, once (its score marked with half a
+   * millisecond, which its owner's next beat clears), so late callers cannot
+   * keep a dead member alive. What an outage grants is marked with a quarter
+   * of a millisecond: a beat sent during the outage that Redis runs only
+   * after it does not shorten it. Six commands a call in steady state: the
    * cost a member adds to Redis each beat.
    * Returns [rev, server time ms, 1 if this call (re)registered us, epoch].
    */
   heartbeat: Redis.script(
-    (keys: RedisKeys, instance: string, leaseMillis: number, descriptor: string, changed: boolean, epoch: string, returnMillis: number) => [
+    (keys: RedisKeys, instance: string, leaseMillis: number, descriptor: string, changed: boolean, epoch: string, returnMillis: number, sinceMillis: number, spareMillis: number, awayMillis: number) => [
       keys.members,
       keys.descriptors,
       keys.state,
@@ -63,7 +71,10 @@ export const makeScripts = (Redis: typeof RedisModule) => ({
       keys.channel,
       ABANDONED_MILLIS,
       epoch,
-      returnMillis
+      returnMillis,
+      sinceMillis,
+      spareMillis,
+      awayMillis
     ],
     {
       numberOfKeys: 3,
@@ -73,7 +84,15 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[2])
 local keep = tonumber(ARGV[6])
 local back = math.max(lease, tonumber(ARGV[8]) or lease)
-local state = redis.call('HMGET', KEYS[3], 'rev', 'epoch', 'kept')
+local since = tonumber(ARGV[9]) or 0
+local spare = tonumber(ARGV[10]) or 0
+local state = redis.call('HMGET', KEYS[3], 'rev', 'epoch', 'kept', 'last')
+-- No call for longer than a ttl: nobody could reap meanwhile (Redis was
+-- frozen or away), so who expired since the last call is not known dead.
+local last = tonumber(state[4]) or now
+local awayLimit = tonumber(ARGV[11])
+local away = awayLimit ~= nil and now - last > awayLimit
+redis.call('HSET', KEYS[3], 'last', now)
 local rev = tonumber(state[1]) or 0
 local epoch = state[2]
 if not epoch then
@@ -84,8 +103,12 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIM
 for i = 1, #due, 2 do
   local m = due[i]
   if m ~= ARGV[1] then
-    if now - tonumber(due[i + 1]) > lease then
-      redis.call('ZADD', KEYS[1], now + back, m)
+    local score = tonumber(due[i + 1])
+    local expired = now - score
+    if expired > lease or (away and score > last) then
+      redis.call('ZADD', KEYS[1], now + back + 0.25, m)
+    elseif expired <= since and score % 1 ~= 0.5 then
+      redis.call('ZADD', KEYS[1], now + spare + 0.5, m)
     else
       redis.call('ZREM', KEYS[1], m)
       redis.call('HDEL', KEYS[2], m)
@@ -94,7 +117,17 @@ for i = 1, #due, 2 do
     end
   end
 end
-local added = redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+local expiry = now + lease
+local mine = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+if mine and (now - mine > lease or (away and mine <= now)) then
+  -- Our own entry long expired: Redis was away (or we were). Beats we sent
+  -- meanwhile may come later, with their shorter leases: this one waits too.
+  expiry = now + back + 0.25
+elseif mine and mine % 1 == 0.25 and mine > expiry then
+  -- What an outage granted stands until it ends (a late-coming beat must not shorten it).
+  expiry = mine
+end
+local added = redis.call('ZADD', KEYS[1], expiry, ARGV[1])
 if added == 1 or ARGV[4] == '1' then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
   rev = redis.call('HINCRBY', KEYS[3], 'rev', 1)
