@@ -14,7 +14,11 @@ export const traced = <A, E, R>(
   name: string,
   attributes: Record<string, unknown>
 ): Effect.Effect<A, E, R> =>
-  Effect.withFiber((fiber) => tracing(fiber) ? Effect.withSpan(effect, name, { attributes, captureStackTrace: false }) : effect)
+  Effect.withFiber((fiber) => tracing(fiber) ? spanned(effect, name, attributes) : effect)
+
+/** The span itself, for a caller that checked `tracing` (and builds its attributes only then). */
+export const spanned = <A, E, R>(effect: Effect.Effect<A, E, R>, name: string, attributes: Record<string, unknown>): Effect.Effect<A, E, R> =>
+  Effect.withSpan(effect, name, { attributes, captureStackTrace: false })
 
 /** Whether this fiber's spans go anywhere. */
 export const tracing = (fiber: Fiber.Fiber<unknown, unknown>): boolean => fiber.getRef(Tracer.Tracer) !== Tracer.nativeTracer

@@ -10,7 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
-import { tracing } from "../internal/trace.ts"
+import { spanned, tracing } from "../internal/trace.ts"
 import { HookRejected } from "../schema/Errors.ts"
 import type { Message, Outgoing, ProtocolName, Service } from "../schema/Service.ts"
 
@@ -150,7 +150,7 @@ export class Hooks extends Context.Service<Hooks, {
         // registered, and its attributes are made only when it is made.
         return Effect.withFiber((fiber) =>
           tracing(fiber)
-            ? Effect.withSpan(effect, "cluster-comm.hook", { attributes: { point: p.key, hooks: chain.length }, captureStackTrace: false })
+            ? spanned(effect, "cluster-comm.hook", { point: p.key, hooks: chain.length })
             : effect
         )
       },

@@ -22,7 +22,7 @@ import * as Exit from "effect/Exit"
 import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
 import { makeAlarm } from "../../internal/alarm.ts"
-import { tracing } from "../../internal/trace.ts"
+import { spanned, tracing } from "../../internal/trace.ts"
 import { type HookRejected, InvalidMessage } from "../../schema/Errors.ts"
 import { checkFrame, type Frame, NO_TARGETS, type QueryFrame, type ReplyFrame } from "../../schema/Frame.ts"
 import {
@@ -337,7 +337,7 @@ export const makeQueries = (
     const gather = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>): Effect.Effect<QueryResult, InvalidMessage> =>
       Effect.withFiber((fiber) =>
         tracing(fiber)
-          ? Effect.withSpan(Effect.suspend(() => gathering(peers, request)), "cluster-comm.query", { attributes: { op: request.op }, captureStackTrace: false })
+          ? spanned(Effect.suspend(() => gathering(peers, request)), "cluster-comm.query", { op: request.op })
           : gathering(peers, request)
       )
     const gathering = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>): Effect.Effect<QueryResult, InvalidMessage> => {
