@@ -20,6 +20,21 @@ export interface Inbound {
   readonly port: number
   /** It came to the multicast group (not directly to us): which discovery source heard it. */
   readonly viaGroup: boolean
+  /** The connection it came on, when that can carry our frames back (stream protocols). */
+  readonly back?: ReturnPath
+}
+
+/**
+ * A connection a peer opened to us, as a way back to it: once its sender is
+ * known, our frames to that peer over this protocol may take it instead of a
+ * connection of our own (when we have none). A query's reply then comes back
+ * on the connection it was asked on (one packet each way, the answer
+ * carrying the acknowledgement), and each pair of members needs one
+ * connection, not two. Everything to one peer still goes over one connection.
+ */
+export interface ReturnPath {
+  /** Frames from `peer` came on this connection: it may carry ours to it. */
+  readonly adopt: (peer: Service) => void
 }
 
 /** Where to reach a peer over one protocol: its address, the port it advertises there, and the peer itself. */
@@ -84,7 +99,8 @@ export interface ProtocolPlugin {
 
 /**
  * Called by protocols with each received frame's bytes (synchronously, on the
- * socket's callback). `cache` is the link's own (see `SenderCache`). Returns
+ * socket's callback). `cache` is the link's own (see `SenderCache`); `back`,
+ * the connection as a way back to the sender, when it can be one. Returns
  * false when the message queue is full: a stream protocol should then pause
  * reading until `whenDrained` calls back; a datagram is dropped and counted.
  */
@@ -94,7 +110,8 @@ export type Receive = (
   address: string,
   cache?: SenderCache,
   port?: number,
-  once?: DecodedOnce
+  once?: DecodedOnce,
+  back?: ReturnPath
 ) => boolean
 
 /**

@@ -30,7 +30,7 @@ import type { Advertised, ProtocolName, Service } from "../schema/Service.ts"
 import { TcpProtocol } from "./protocols/Tcp.ts"
 import { UdpProtocol } from "./protocols/Udp.ts"
 import { UnixProtocol } from "./protocols/Unix.ts"
-import type { Inbound, Inlet, Protocol, ProtocolPlugin, Receive } from "./Protocol.ts"
+import type { Inbound, Inlet, Protocol, ProtocolPlugin, Receive, ReturnPath } from "./Protocol.ts"
 import { Keyring, SEAL_OVERHEAD, SEALED_MAGIC } from "./Keyring.ts"
 import { Stats } from "./Stats.ts"
 
@@ -109,7 +109,7 @@ export class Transport extends Context.Service<Transport, {
 }
 
 /** Handles a control frame on the spot; false when it must be queued instead. */
-export type ControlNow = (frame: Frame, address: string, protocol: ProtocolName, viaGroup: boolean) => boolean
+export type ControlNow = (frame: Frame, address: string, protocol: ProtocolName, viaGroup: boolean, back: ReturnPath | undefined) => boolean
 
 /** The queues between the sockets and the pipelines. */
 export interface InboundQueues {
@@ -144,7 +144,7 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
     let paused: Array<() => void> = []
     let controlNow: ControlNow = () => false
     let foreign: ForeignNow | undefined
-    const receive: Receive = (bytes, protocol, address, cache, port = 0, once) => {
+    const receive: Receive = (bytes, protocol, address, cache, port = 0, once, back) => {
       if (foreign !== undefined && isBpacket(bytes)) return foreign(bytes, protocol, address, port)
       stats.frameIn(protocol, bytes.byteLength)
       // Without keys, plain frames go straight to decoding (nothing to open or
@@ -167,12 +167,12 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         return true
       }
       // The shared group socket passes `once`; a frame without it came to us directly.
-      return admit(frame, protocol, address, port, once !== undefined)
+      return admit(frame, protocol, address, port, once !== undefined, back)
     }
-    const admit = (frame: Frame, protocol: ProtocolName, address: string, port: number, viaGroup = true): boolean => {
+    const admit = (frame: Frame, protocol: ProtocolName, address: string, port: number, viaGroup = true, back?: ReturnPath): boolean => {
       // Traffic takes the synchronous path only when no message waits before
       // it: nothing overtakes what a peer sent earlier.
-      if ((!isTraffic(frame) || Queue.sizeUnsafe(messages) === 0) && controlNow(frame, address, protocol, viaGroup)) return true
+      if ((!isTraffic(frame) || Queue.sizeUnsafe(messages) === 0) && controlNow(frame, address, protocol, viaGroup, back)) return true
       if (!isTraffic(frame)) {
         if (!Queue.offerUnsafe(beacons, { frame, protocol, address, port, viaGroup })) stats.drop("queue-full")
         return true
@@ -182,7 +182,7 @@ export const makeInbound = (capacity: number): Effect.Effect<InboundQueues, neve
         stats.drop("queue-full")
         return true
       }
-      Queue.offerUnsafe(messages, { frame, protocol, address, port, viaGroup })
+      Queue.offerUnsafe(messages, back === undefined ? { frame, protocol, address, port, viaGroup } : { frame, protocol, address, port, viaGroup, back })
       return size + 1 < capacity
     }
     const resume = Effect.sync(() => {

@@ -333,6 +333,35 @@ describe("members on real sockets (one host)", () => {
       assert.strictEqual((yield* three!.stats).connectionsOpened, 1)
     }))
 
+  it.live("two members talk both ways over the tcp connection the first opened; once it closes, the other opens its own", () =>
+    Effect.gen(function*() {
+      const config = { ...fast, protocols: ["tcp"], idleTimeout: "400 millis" } as const
+      const a = yield* member({ name: "way-a", ...config })
+      const b = yield* member({ name: "way-b", ...config })
+      const [toB] = yield* eventually(a.resolve("way-b"), (s) => s.length === 1)
+      const [toA] = yield* eventually(b.resolve("way-a"), (s) => s.length === 1)
+      yield* b.hook(HookPoint.query("Q"), (q) => Effect.succeed(`${q.text}!`))
+      const atB = yield* collect(b, 1)
+      yield* a.sendTo(toB!, "C", "hello")
+      yield* Fiber.join(atB).pipe(Effect.timeout("3 seconds"))
+      // b answers on a's connection: a message, and a query's reply.
+      const atA = yield* collect(a, 1)
+      const [sent] = yield* b.sendTo(toA!, "C", "back")
+      assert.strictEqual(sent?.protocol, "tcp")
+      const result = yield* a.queryAll({ target: toB!, op: "Q", data: "q" })
+      assert.deepStrictEqual([...result.responses.values()].map((r) => r.text), ["q!"])
+      assert.deepStrictEqual((yield* Fiber.join(atA).pipe(Effect.timeout("3 seconds"))).map((m) => `${m.text} ${m.protocol}`), ["back tcp"])
+      const count = (s: { connectionsOpened: number; connectionsAccepted: number }) => [s.connectionsOpened, s.connectionsAccepted]
+      assert.deepStrictEqual(count(yield* a.stats), [1, 0])
+      assert.deepStrictEqual(count(yield* b.stats), [0, 1])
+      // Idle past its timeout, the connection closes: b then opens one of its own.
+      yield* Effect.sleep("1 second")
+      const later = yield* collect(a, 1)
+      yield* b.sendTo(toA!, "C", "again")
+      assert.deepStrictEqual((yield* Fiber.join(later).pipe(Effect.timeout("3 seconds"))).map((m) => m.text), ["again"])
+      assert.deepStrictEqual(count(yield* b.stats), [1, 1])
+    }))
+
   it.live("a slow subscriber slows a tcp sender down instead of losing messages", () =>
     Effect.gen(function*() {
       const receiver = yield* member({ name: "slow-rx", ...fast, bufferSize: 16 })

@@ -36,6 +36,7 @@ import {
 } from "../../schema/Query.ts"
 import { Message, type ProtocolName, type Service, serviceId, toBytes } from "../../schema/Service.ts"
 import { type HookPoint, HookPoint as Points } from "../Hooks.ts"
+import type { ReturnPath } from "../Protocol.ts"
 import type { SendPipeline } from "./SendPipeline.ts"
 import { isOneService, type Targets, type TargetsOf } from "./Targets.ts"
 import type { Wiring } from "./Wiring.ts"
@@ -189,7 +190,9 @@ export const makeQueries = (
      * holds up no other traffic); the reply leaves when its verdict is in: in
      * this pass when the hooks end at once, else when their fiber does.
      */
-    const startAnswer = (from: Service, frame: QueryFrame, protocol: ProtocolName): void => {
+    const startAnswer = (from: Service, frame: QueryFrame, protocol: ProtocolName, back: ReturnPath | undefined): void => {
+      // The reply (and whatever else goes to the asker) may go back on the query's connection.
+      back?.adopt(from)
       const point = queryPoint(frame.op)
       if (!hooks.has(point)) {
         send(reply(from, frame.id, false, toBytes(`no responder for op ${frame.op}`)))
@@ -232,16 +235,16 @@ export const makeQueries = (
     }
 
     /** An admitted query from the message pump. */
-    const receiveQuery = (frame: QueryFrame, protocol: ProtocolName, address: string): Effect.Effect<void> => {
+    const receiveQuery = (frame: QueryFrame, protocol: ProtocolName, address: string, back: ReturnPath | undefined): Effect.Effect<void> => {
       if (!forTarget(frame)) return Effect.void
       const sighting = { sender: frame.sender, address }
       const known = registry.observeNow(sighting)
       if (known !== undefined) {
-        startAnswer(known, frame, protocol)
+        startAnswer(known, frame, protocol, back)
         return Effect.void
       }
       return Effect.map(registry.observe(sighting), (from) => {
-        if (from !== undefined) startAnswer(from, frame, protocol)
+        if (from !== undefined) startAnswer(from, frame, protocol, back)
       })
     }
 
@@ -249,11 +252,11 @@ export const makeQueries = (
      * A query on the socket's callback, when no traffic waits before it and
      * its sender is known without membership hooks; false: the queue's path.
      */
-    const queryNow = (frame: QueryFrame, protocol: ProtocolName, address: string): boolean => {
+    const queryNow = (frame: QueryFrame, protocol: ProtocolName, address: string, back: ReturnPath | undefined): boolean => {
       if (!forTarget(frame)) return true
       const from = registry.observeNow({ sender: frame.sender, address })
       if (from === undefined) return false
-      startAnswer(from, frame, protocol)
+      startAnswer(from, frame, protocol, back)
       return true
     }
 

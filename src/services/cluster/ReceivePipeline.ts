@@ -29,7 +29,7 @@ import type { HookRejected } from "../../schema/Errors.ts"
 import { type Frame, isTraffic, type MessageFrame, type MessagesFrame } from "../../schema/Frame.ts"
 import { Message, type ProtocolName, toBytes } from "../../schema/Service.ts"
 import { type HookPoint, HookPoint as Points } from "../Hooks.ts"
-import type { Inbound } from "../Protocol.ts"
+import type { Inbound, ReturnPath } from "../Protocol.ts"
 import type { Data } from "./SendPipeline.ts"
 import type { Queries } from "./Queries.ts"
 import type { Wiring } from "./Wiring.ts"
@@ -118,10 +118,12 @@ export const makeReceivePipeline = (
       frame: MessageFrame | MessagesFrame,
       items: ReadonlyArray<Uint8Array>,
       protocol: ProtocolName,
-      address: string
+      address: string,
+      back: ReturnPath | undefined
     ): Effect.Effect<void> => {
       const sighting = { sender: frame.sender, address }
       const known = registry.observeNow(sighting)
+      if (known !== undefined) back?.adopt(known)
       if (known !== undefined && !hooks.anyFor("receive")) {
         for (const data of items) deliver(new Message(frame.op, data, known, protocol, frame.channel))
         return Effect.void
@@ -138,12 +140,12 @@ export const makeReceivePipeline = (
       )
     }
 
-    const receiveMessage = (frame: MessageFrame, protocol: ProtocolName, address: string) => {
+    const receiveMessage = (frame: MessageFrame, protocol: ProtocolName, address: string, back: ReturnPath | undefined) => {
       if (frame.targets.length > 0 && !frame.targets.includes(selfId)) {
         stats.drop("filtered")
         return Effect.void
       }
-      return receiveData(frame, [frame.data], protocol, address)
+      return receiveData(frame, [frame.data], protocol, address, back)
     }
 
     /** The drop checks every frame passes first; true when it may go on. */
@@ -225,10 +227,10 @@ export const makeReceivePipeline = (
      * chunk's), else its hooks start in a fiber that holds the line.
      * Publishing to a full subscriber waits in such a fiber too.
      */
-    const messageNow = (frame: MessageFrame | MessagesFrame, protocol: ProtocolName, address: string): true => {
+    const messageNow = (frame: MessageFrame | MessagesFrame, protocol: ProtocolName, address: string, back: ReturnPath | undefined): true => {
       const handling = frame._tag === "Message"
-        ? receiveMessage(frame, protocol, address)
-        : receiveData(frame, frame.items, protocol, address)
+        ? receiveMessage(frame, protocol, address, back)
+        : receiveData(frame, frame.items, protocol, address, back)
       if (handling !== Effect.void) holdLine(Effect.andThen(handling, Effect.suspend(publish)))
       else if (!publishing) {
         // Published once the socket's chunk is done: its messages go out as one batch.
@@ -245,10 +247,10 @@ export const makeReceivePipeline = (
 
     yield* pump(transport.takeBeacons, ({ frame, address, port, viaGroup }) =>
       isTraffic(frame) ? Effect.void : discovery.handle(frame, address, port, viaGroup))
-    yield* pump(transport.takeMessages, ({ frame, protocol, address }) =>
-      frame._tag === "Message" ? receiveMessage(frame, protocol, address) :
-      frame._tag === "Messages" ? receiveData(frame, frame.items, protocol, address) :
-      frame._tag === "Query" ? receiveQuery(frame, protocol, address) :
+    yield* pump(transport.takeMessages, ({ frame, protocol, address, back }) =>
+      frame._tag === "Message" ? receiveMessage(frame, protocol, address, back) :
+      frame._tag === "Messages" ? receiveData(frame, frame.items, protocol, address, back) :
+      frame._tag === "Query" ? receiveQuery(frame, protocol, address, back) :
       frame._tag === "Reply" ? Effect.sync(() => receiveReply(frame, address)) :
       Effect.void, messageLine)
 
@@ -258,7 +260,7 @@ export const makeReceivePipeline = (
     // pump idle), queries and replies: a round trip without a pass through
     // the message queue on either side.
     // Admission is checked here once, as the pump checks what it takes.
-    transport.handleNow((frame, address, protocol, viaGroup) =>
+    transport.handleNow((frame, address, protocol, viaGroup, back) =>
       frame._tag === "Beat"
         ? !admitted(frame, address) ||
           registry.beatNow(frame.sender, frame.version, address, viaGroup ? "multicast" : "seeds") !== undefined
@@ -269,8 +271,8 @@ export const makeReceivePipeline = (
         : frame._tag === "Reply"
         ? receiveReply(frame, address)
         : frame._tag === "Query"
-        ? queryNow(frame, protocol, address)
-        : messageNow(frame, protocol, address))
+        ? queryNow(frame, protocol, address, back)
+        : messageNow(frame, protocol, address, back))
 
     /** Delivered messages, from the moment the stream starts; each batch is a chunk (flattenIterable would build a stream per batch). */
     const messages: Stream.Stream<Message> = Stream.fromPubSub(delivered).pipe(Stream.flattenArray)

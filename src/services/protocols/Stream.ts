@@ -1,6 +1,8 @@
 /**
- * What tcp and unix sockets share: one listening socket, and persistent
- * outbound connections reused per peer. Frames are length-prefixed (u32
+ * What tcp and unix sockets share: one listening socket, and one persistent
+ * connection per peer, reused: ours to it, or the one it opened to us when
+ * we have none (see `ReturnPath`), so frames go both ways on a connection.
+ * Frames are length-prefixed (u32
  * big-endian, the frame's size); a prefix above `maxFrame` is an attack or a
  * bug, so that connection is dropped (counted `oversize`) rather than buffered.
  * A tick's first frame to a peer is written at once, the rest of that tick's
@@ -19,7 +21,7 @@ import { FrameTooLarge, type JoinError, ProtocolFailure } from "../../schema/Err
 import { type Frame, frameSize, type SenderCache } from "../../schema/Frame.ts"
 import type { Stats } from "../Stats.ts"
 import type { Service } from "../../schema/Service.ts"
-import type { Endpoint, Inlet, Protocol } from "../Protocol.ts"
+import type { Endpoint, Inlet, Protocol, ReturnPath } from "../Protocol.ts"
 
 const PREFIX = 4
 /** Past this much unsent data a sender waits for the socket to drain. */
@@ -124,10 +126,18 @@ interface Chunk {
   retired: boolean
 }
 
-/** An outbound connection: opening (senders wait), then open until it closes. */
-interface Connection {
+/**
+ * A connection, ours to a peer (opening: senders wait; then open until it
+ * closes) or a peer's to us (open from the start). As a `ReturnPath` it may
+ * become our way to that peer.
+ */
+interface Connection extends ReturnPath {
   readonly socket: Net.Socket
   open: boolean
+  /** Its key in `connections` while it is our way to a peer. */
+  key: string | undefined
+  /** The peer last adopted from (the same service object again costs one comparison). */
+  peer: Service | undefined
   waiting: Array<(error?: Error) => void>
   /**
    * The write buffer this connection fills: bytes before `start` are written
@@ -174,7 +184,7 @@ export const streamLimits = (config: ClusterConfig): StreamLimits => ({
 export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protocol, JoinError, Scope.Scope> =>
   Effect.gen(function*() {
     const { name, stats, inlet } = options
-    const accepted = new Set<Net.Socket>()
+    const accepted = new Map<Net.Socket, Connection>()
     const connections = new Map<string, Connection>()
 
     const perPeer = new Map<string, number>()
@@ -198,16 +208,33 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         socket.destroy()
         return
       }
-      accepted.add(socket)
+      const conn = newConnection(socket, undefined, address)
+      accepted.set(socket, conn)
       perPeer.set(address, fromPeer + 1)
       stats.connection("accepted")
+      socket.on("close", () => {
+        accepted.delete(socket)
+        const left = (perPeer.get(address) ?? 1) - 1
+        if (left === 0) perPeer.delete(address)
+        else perPeer.set(address, left)
+      })
+    }
+
+    /**
+     * Cuts a connection's bytes into frames for the inlet, the connection
+     * itself as their way back. `address` is the peer's (ours to it: known once connected).
+     */
+    const readFrames = (conn: Connection, address: string | undefined) => {
+      const { socket } = conn
       const reader = new FrameReader(options.maxFrame)
       const cache: SenderCache = {}
+      let from = address
       let slowDown = false
       const frame = (bytes: Buffer) => {
-        if (!inlet.receive(bytes, name, address, cache)) slowDown = true
+        if (!inlet.receive(bytes, name, from!, cache, 0, undefined, conn)) slowDown = true
       }
-      socket.on("data", (chunk) => {
+      socket.on("data", (chunk: Buffer) => {
+        from ??= options.addressOf(socket)
         if (!reader.push(chunk, frame)) {
           stats.drop("oversize")
           socket.destroy()
@@ -220,14 +247,6 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
           socket.pause()
           inlet.whenDrained(() => socket.resume())
         }
-      })
-      socket.on("error", () => {}) // a reset peer is not our failure
-      socket.on("close", () => {
-        accepted.delete(socket)
-        activity.delete(socket)
-        const left = (perPeer.get(address) ?? 1) - 1
-        if (left === 0) perPeer.delete(address)
-        else perPeer.set(address, left)
       })
     }
 
@@ -248,18 +267,17 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     const idleMillis = options.limits.idleMillis
     const closeIdle = Effect.sync(() => {
       const now = Date.now()
-      const check = (socket: Net.Socket) => {
+      const check = (conn: Connection) => {
+        const socket = conn.socket
         const bytes = socket.bytesRead + socket.bytesWritten
         const seen = activity.get(socket)
         if (seen === undefined || seen.bytes !== bytes) activity.set(socket, { bytes, since: now })
         else if (now - seen.since >= idleMillis) socket.destroy()
-      }
-      for (const socket of accepted) check(socket)
-      for (const conn of connections.values()) {
-        check(conn.socket)
         // A connection that wrote nothing since the last pass lets go of its write buffer.
-        if (conn.chunk !== undefined && conn.used === conn.start && activity.get(conn.socket)?.since !== now) retire(conn)
+        if (conn.chunk !== undefined && conn.used === conn.start && activity.get(socket)?.since !== now) retire(conn)
       }
+      for (const conn of accepted.values()) check(conn)
+      for (const conn of connections.values()) if (!accepted.has(conn.socket)) check(conn)
       if (!freeUsed) {
         free.length = 0
         freeLarge.clear()
@@ -270,12 +288,12 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
 
     let server = newServer()
     let port = yield* options.listen(server)
-    // Leaving: what we sent must still arrive. Outbound connections flush and
+    // Leaving: what we sent must still arrive. Our ways to peers flush and
     // end (FIN after the last byte), bounded by a second; the rest close at once.
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
         leaving = true
-        for (const s of accepted) s.destroy()
+        for (const c of accepted.values()) if (c.key === undefined) c.socket.destroy()
         const ending = [...connections.values()].map((c) =>
           Effect.callback<void>((resume) => {
             flush(c)
@@ -292,12 +310,16 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       })
     )
 
-    const connect = (to: Endpoint, key: string): Connection => {
-      const socket = net.connect({ ...options.connectTo(to), noDelay: true } as Net.NetConnectOpts)
-      stats.connection("opened")
+    /**
+     * A connection on `socket`: ours to the peer at `key` (open once
+     * connected), or, with the peer's `address`, one it opened to us (open now).
+     */
+    const newConnection = (socket: Net.Socket, key: string | undefined, address?: string): Connection => {
       const conn: Connection = {
         socket,
-        open: false,
+        open: key === undefined,
+        key,
+        peer: undefined,
         waiting: [],
         chunk: undefined,
         start: 0,
@@ -307,6 +329,11 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         endTick: () => {
           conn.ticking = false
           flush(conn)
+        },
+        adopt: (peer) => {
+          if (conn.peer === peer) return
+          conn.peer = peer
+          adopt(conn, peer)
         }
       }
       const settle = (error?: Error) => {
@@ -314,22 +341,47 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         conn.waiting = []
         for (const w of waiting) w(error)
       }
-      socket.once("connect", () => {
-        conn.open = true
-        settle()
-      })
+      if (key !== undefined) {
+        socket.once("connect", () => {
+          conn.open = true
+          settle()
+        })
+      }
       socket.on("drain", () => settle())
+      // A reset peer is not our failure: senders waiting on it fall back.
       socket.on("error", (e) => settle(e))
       socket.on("close", () => {
         activity.delete(socket)
         conn.open = false
-        if (connections.get(key) === conn) connections.delete(key)
+        retire(conn)
+        if (conn.key !== undefined && connections.get(conn.key) === conn) connections.delete(conn.key)
         settle(new Error("connection closed"))
       })
-      // We never expect data on an outbound connection; draining keeps it flowing.
-      socket.on("data", () => {})
+      readFrames(conn, address)
+      return conn
+    }
+
+    const connect = (to: Endpoint, key: string): Connection => {
+      const socket = net.connect({ ...options.connectTo(to), noDelay: true } as Net.NetConnectOpts)
+      stats.connection("opened")
+      const conn = newConnection(socket, key)
       connections.set(key, conn)
       return conn
+    }
+
+    /**
+     * A peer's connection to us becomes our way to it while we have none of
+     * our own. `peer` is the service the registry matched to the connection's
+     * frames, at the address they come from: the one we would connect to.
+     */
+    const adopt = (conn: Connection, peer: Service) => {
+      if (conn.key !== undefined || !conn.open) return
+      const port = peer.protocols.find((p) => p.protocol === name)?.port
+      if (port === undefined) return
+      const key = keyOf({ address: peer.address, port, service: peer })
+      if (connections.has(key)) return
+      conn.key = key
+      connections.set(key, conn)
     }
 
     const failure = (message: string, cause?: unknown) => new ProtocolFailure({ protocol: name, message, cause })
@@ -462,7 +514,11 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         conn = connections.get(keyOf(to))
         if (conn !== undefined) byService.set(to.service, conn)
       }
-      if (conn === undefined || !ready(conn)) return false
+      return conn !== undefined && sendOn(conn, frame)
+    }
+    /** A frame on this connection at once, if it is ready and the frame fits; false: nothing was sent. */
+    const sendOn = (conn: Connection, frame: Frame): boolean => {
+      if (!ready(conn)) return false
       const size = inlet.encodedSize(frame)
       if (size > options.maxFrame) return false
       enqueue(conn, frame, size)
