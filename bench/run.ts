@@ -35,6 +35,8 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
 const spawn = (file: string, args: ReadonlyArray<string>, extraArgv: ReadonlyArray<string> = []) => {
   // BENCH_PROFILE=dir: every child writes a CPU profile there (`--cpu-prof`).
   const profile = process.env.BENCH_PROFILE ? ["--cpu-prof", "--cpu-prof-interval=100", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : []
+  // BENCH_NODE_FLAGS="--log-deopt --logfile=/tmp/v8-%p.log": flags for every child (V8's own, which NODE_OPTIONS refuses).
+  profile.push(...(process.env.BENCH_NODE_FLAGS?.split(" ").filter((f) => f !== "") ?? []))
   // Members run from their bundle (`npm run build`), with Node's compile cache:
   // the library as deployed. The raw references need no build. BENCH_SOURCE=1
   // runs the messaging and scale processes from the source instead (to compare).
