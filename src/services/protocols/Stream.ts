@@ -2,9 +2,9 @@
  * What tcp and unix sockets share: one listening socket, and one persistent
  * connection per peer, reused: ours to it, or the one it opened to us when
  * we have none (see `ReturnPath`), so frames go both ways on a connection.
- * Frames are length-prefixed (u32
- * big-endian, the frame's size); a prefix above `maxFrame` is an attack or a
- * bug, so that connection is dropped (counted `oversize`) rather than buffered.
+ * Frames are length-prefixed (u32 big-endian, the frame's size; cut by
+ * `FrameReader`); a prefix above `maxFrame` is an attack or a bug, so that
+ * connection is dropped (counted `oversize`) rather than buffered.
  * A tick's first frame to a peer is written at once, the rest of that tick's
  * in one write when it ends; a full message queue pauses reading
  * (backpressure to the sender).
@@ -22,108 +22,19 @@ import { type Frame, frameSize, type SenderCache } from "../../schema/Frame.ts"
 import type { Stats } from "../Stats.ts"
 import type { Service } from "../../schema/Service.ts"
 import type { Endpoint, Inlet, Protocol, ReturnPath } from "../Protocol.ts"
+import { FrameReader, PREFIX } from "./FrameReader.ts"
+import { type Chunk, HIGH_WATER, WriteBuffers } from "./WriteBuffers.ts"
 
-const PREFIX = 4
-/** Past this much unsent data a sender waits for the socket to drain. */
-const HIGH_WATER = 4 * 1024 * 1024
 /** A batch this large is written at once rather than at the end of the tick. */
 const BATCH_BYTES = 64 * 1024
 /** Sends that may wait (for a connect or a drain) on one peer's connection. */
 const MAX_WAITING = 4096
-/**
- * Frames are encoded back to back into write buffers of this size, which are
- * reused once written: fresh memory costs a page fault per 4 KiB, far more
- * than the copy itself (a 64 KiB frame into a new buffer: about 10 us; into a
- * reused one: under 1 us).
- */
-const CHUNK_BYTES = 256 * 1024
-/**
- * Free write buffers a protocol keeps for reuse (as many as a connection may
- * have unsent); more are left to the garbage collector, and the idle sweep
- * lets go of those unused since its last pass.
- */
-const MAX_FREE_CHUNKS = 16
-/**
- * Frames of BATCH_BYTES and up are a write each, in a buffer of their own;
- * those buffers are kept for reuse by size (rounded up to this step) while
- * the kept ones total at most LARGE_POOL_BYTES: enough for what a sender may
- * have unsent (HIGH_WATER) and the frames being filled.
- */
-const LARGE_STEP = 16 * 1024
-const LARGE_POOL_BYTES = 2 * HIGH_WATER
 
 /** What one member accepts: connections in all, from one address, and how long one may idle. */
 export interface StreamLimits {
   readonly connections: number
   readonly connectionsPerPeer: number
   readonly idleMillis: number
-}
-
-/**
- * Cuts a byte stream into frames. Chunks are kept as they come and joined
- * only when a frame spans them, so a large frame costs one copy.
- */
-export class FrameReader {
-  private chunks: Array<Buffer> = []
-  private buffered = 0
-  private readonly maxFrame: number
-  constructor(maxFrame: number) {
-    this.maxFrame = maxFrame
-  }
-  /** Feeds a chunk; calls `frame` for each complete frame. Returns false on an oversize prefix. */
-  push(chunk: Buffer, frame: (bytes: Buffer) => void): boolean {
-    let at = 0
-    if (this.buffered === 0) {
-      // Nothing held back (the common case): whole frames are cut from the chunk in place.
-      while (chunk.length - at >= PREFIX) {
-        const size = chunk.readUInt32BE(at)
-        if (size > this.maxFrame) return false
-        const end = at + PREFIX + size
-        if (end > chunk.length) break
-        frame(chunk.subarray(at + PREFIX, end))
-        at = end
-      }
-      if (at === chunk.length) return true
-    }
-    this.chunks.push(at === 0 ? chunk : chunk.subarray(at))
-    this.buffered += chunk.length - at
-    while (this.buffered >= PREFIX) {
-      let head = this.chunks[0]!
-      if (head.length < PREFIX) head = this.join(PREFIX)
-      const size = head.readUInt32BE(0)
-      if (size > this.maxFrame) return false
-      const end = PREFIX + size
-      if (this.buffered < end) return true
-      if (head.length < end) head = this.join(end)
-      frame(head.subarray(PREFIX, end))
-      this.buffered -= end
-      if (head.length === end) this.chunks.shift()
-      else this.chunks[0] = head.subarray(end)
-    }
-    return true
-  }
-  /** Joins just enough leading chunks to hold `bytes`; later bytes stay where they are. */
-  private join(bytes: number): Buffer {
-    const out = Buffer.allocUnsafe(bytes)
-    let filled = 0
-    while (filled < bytes) {
-      const c = this.chunks[0]!
-      const take = Math.min(c.length, bytes - filled)
-      c.copy(out, filled, 0, take)
-      filled += take
-      if (take === c.length) this.chunks.shift()
-      else this.chunks[0] = c.subarray(take)
-    }
-    this.chunks.unshift(out)
-    return out
-  }
-}
-
-/** A write buffer: reusable once no write of it is pending and no connection fills it. */
-interface Chunk {
-  readonly buf: Buffer
-  writes: number
-  retired: boolean
 }
 
 /**
@@ -278,12 +189,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       }
       for (const conn of accepted.values()) check(conn)
       for (const conn of connections.values()) if (!accepted.has(conn.socket)) check(conn)
-      if (!freeUsed) {
-        free.length = 0
-        freeLarge.clear()
-        freeLargeBytes = 0
-      }
-      freeUsed = false
+      buffers.sweep()
     })
 
     let server = newServer()
@@ -387,36 +293,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
     const failure = (message: string, cause?: unknown) => new ProtocolFailure({ protocol: name, message, cause })
     const tooLarge = (frame: Frame) => new FrameTooLarge({ protocol: name, size: frameSize(frame), limit: options.maxFrame })
 
-    const free: Array<Chunk> = []
-    let freeUsed = false
-    const takeChunk = (): Chunk => {
-      const reused = free.pop()
-      if (reused === undefined) return { buf: Buffer.allocUnsafeSlow(CHUNK_BYTES), writes: 0, retired: false }
-      freeUsed = true
-      reused.retired = false
-      return reused
-    }
-    const release = (chunk: Chunk) => {
-      if (free.length < MAX_FREE_CHUNKS) free.push(chunk)
-    }
-    // Large frames' own buffers, free for reuse, by capacity.
-    const freeLarge = new Map<number, Array<Buffer>>()
-    let freeLargeBytes = 0
-    const takeLarge = (need: number): Buffer => {
-      const capacity = Math.ceil(need / LARGE_STEP) * LARGE_STEP
-      const reused = freeLarge.get(capacity)?.pop()
-      if (reused === undefined) return Buffer.allocUnsafeSlow(capacity)
-      freeUsed = true
-      freeLargeBytes -= capacity
-      return reused
-    }
-    const releaseLarge = (buf: Buffer) => {
-      if (freeLargeBytes + buf.length > LARGE_POOL_BYTES) return
-      freeLargeBytes += buf.length
-      const kept = freeLarge.get(buf.length)
-      if (kept === undefined) freeLarge.set(buf.length, [buf])
-      else kept.push(buf)
-    }
+    const buffers = new WriteBuffers()
     /** The connection stops filling its chunk, which is reused once its writes are done. */
     const retire = (conn: Connection) => {
       const chunk = conn.chunk
@@ -424,7 +301,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       conn.chunk = undefined
       conn.start = conn.used = 0
       chunk.retired = true
-      if (chunk.writes === 0) release(chunk)
+      if (chunk.writes === 0) buffers.release(chunk)
     }
 
     /**
@@ -462,7 +339,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       conn.frames = 0
       chunk.writes++
       writeOut(conn.socket, chunk.buf.subarray(start, used), frames, () => {
-        if (--chunk.writes === 0 && chunk.retired) release(chunk)
+        if (--chunk.writes === 0 && chunk.retired) buffers.release(chunk)
       })
       // All of it is the kernel's already: the next frames start at the top again, in warm memory.
       if (chunk.writes === 0 && conn.chunk === chunk) conn.start = conn.used = 0
@@ -475,17 +352,17 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         // for reuse by size), after what is queued: it would cut a write
         // buffer short, and under backpressure many such writes wait at once.
         flush(conn)
-        const own = takeLarge(need)
+        const own = buffers.takeLarge(need)
         own.writeUInt32BE(size, 0)
         inlet.encodeInto(frame, own, PREFIX)
-        writeOut(conn.socket, own.subarray(0, need), 1, () => releaseLarge(own))
+        writeOut(conn.socket, own.subarray(0, need), 1, () => buffers.releaseLarge(own))
         return
       }
-      if (conn.chunk !== undefined && CHUNK_BYTES - conn.used < need) {
+      if (conn.chunk !== undefined && conn.chunk.buf.length - conn.used < need) {
         flush(conn)
         retire(conn)
       }
-      conn.chunk ??= takeChunk()
+      conn.chunk ??= buffers.take()
       const buf = conn.chunk.buf
       buf.writeUInt32BE(size, conn.used)
       inlet.encodeInto(frame, buf, conn.used + PREFIX)
