@@ -25,11 +25,11 @@ import type { ClusterConfig } from "../../schema/Config.ts"
 import { decodeFrame, encodeFrame, INSTANCE_ID, isDecodeFailure, type Sender } from "../../schema/Frame.ts"
 import { serviceId } from "../../schema/Service.ts"
 import { Discovery } from "../Discovery.ts"
-import { Keyring, SEALED_MAGIC } from "../Keyring.ts"
+import { Keyring, type OpenFailure, SEALED_MAGIC } from "../Keyring.ts"
 import { Registry, type Sighting } from "../Registry.ts"
 import { Sources } from "../Sources.ts"
 import { Stats } from "../Stats.ts"
-import { acquireLink, describe, reconnectBound } from "./RedisLink.ts"
+import { acquireLink, describe, reconnectBound, type RedisLink } from "./RedisLink.ts"
 import { makeScripts, redisKeys } from "./RedisScripts.ts"
 
 export interface RedisSourceOptions {
@@ -57,6 +57,38 @@ const nodeRedis = (url: string, connectTimeout: number): Layer.Layer<Redis.Redis
   Layer.unwrap(Effect.promise(() => import("@effect/platform-node/NodeRedis")).pipe(
     Effect.map((m) => m.layer({ url, disableOfflineQueue: true, socket: { connectTimeout } }))
   ))
+
+/** What a descriptor says: the member it describes, or why it is not one of ours. */
+type Described = Sighting | OpenFailure | "redis-invalid"
+
+/** A plain descriptor (address NUL Heartbeat frame) as a sighting. */
+const readDescriptor = (plain: Uint8Array): Described => {
+  const nul = plain.indexOf(0)
+  const address = nul > 0 && nul <= 45 ? Buffer.from(plain.subarray(0, nul)).toString("latin1") : ""
+  const frame = net.isIP(address) === 0 ? undefined : decodeFrame(plain.subarray(nul + 1))
+  if (frame === undefined || isDecodeFailure(frame) || frame._tag !== "Heartbeat") return "redis-invalid"
+  return { sender: frame.sender, address, protocols: frame.protocols, tags: frame.tags, version: frame.version, source: "redis" }
+}
+
+/** Texts read without a key, per process link; past this many it starts afresh. */
+const MAX_READ = 4096
+const readByLink = new WeakMap<RedisLink, Map<string, Described>>()
+/**
+ * `read(text)` once for the members of a process without a key: each join
+ * reaches every member, and 50 members decoding the same text 50 times was
+ * a quarter of a process's work on an event. Sightings are immutable values.
+ */
+const readOnce = (link: RedisLink, text: string, read: (text: string) => Described): Described => {
+  let texts = readByLink.get(link)
+  if (texts === undefined) readByLink.set(link, texts = new Map())
+  let described = texts.get(text)
+  if (described === undefined) {
+    if (texts.size >= MAX_READ) texts.clear()
+    described = read(text)
+    texts.set(text, described)
+  }
+  return described
+}
 
 export const RedisSource = {
   layer: (options: RedisSourceOptions) =>
@@ -105,26 +137,22 @@ export const RedisSource = {
         return { text: described.text, changed }
       }
 
+      /** A descriptor's text as this member reads it (opened with its key, when it has one). */
+      const read = (text: string): Described => {
+        const bytes = Buffer.from(text, "base64")
+        if (!keyring.enabled() && bytes[0] !== SEALED_MAGIC) return readDescriptor(bytes)
+        const opened = keyring.open(bytes)
+        return typeof opened === "string" ? opened : readDescriptor(opened.frame)
+      }
       /** A descriptor read from Redis, or undefined (counted) when it is not one of ours. */
       const decode = (instance: string, text: string): Sighting | undefined => {
-        const bytes = Buffer.from(text, "base64")
-        let plain: Uint8Array = bytes
-        if (keyring.enabled() || bytes[0] === SEALED_MAGIC) {
-          const opened = keyring.open(bytes)
-          if (typeof opened === "string") {
-            stats.drop(opened)
-            return undefined
-          }
-          plain = opened.frame
-        }
-        const nul = plain.indexOf(0)
-        const address = nul > 0 && nul <= 45 ? Buffer.from(plain.subarray(0, nul)).toString("latin1") : ""
-        const frame = net.isIP(address) === 0 ? undefined : decodeFrame(plain.subarray(nul + 1))
-        if (frame === undefined || isDecodeFailure(frame) || frame._tag !== "Heartbeat" || frame.sender.instance !== instance) {
-          stats.drop("redis-invalid")
+        // Without a key, a text reads the same for every member of the process: once for them all.
+        const described = keyring.enabled() ? read(text) : readOnce(link, text, read)
+        if (typeof described === "string" || described.sender.instance !== instance) {
+          stats.drop(typeof described === "string" ? described : "redis-invalid")
           return undefined
         }
-        return { sender: frame.sender, address, protocols: frame.protocols, tags: frame.tags, version: frame.version, source: "redis" }
+        return described
       }
 
       // Members Redis told us of, by instance (its events name instances only),
