@@ -2,8 +2,8 @@
  * One Redis connection, and one subscription a channel, per process for each
  * URL (or `Redis` layer): the members of a process share them, as they share
  * the group socket. Redis then fans each event out to processes, not to every
- * member (a PUBLISH costs Redis in proportion to its subscribers), and a
- * process decodes each event once per member instead of once per connection.
+ * member (a PUBLISH costs Redis in proportion to its subscribers); the
+ * members without a key then decode each descriptor once between them (Redis.ts).
  *
  * The link connects in the background and again after a failure, with a
  * capped, jittered back-off; members read `current()` (undefined while it is
