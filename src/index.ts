@@ -94,6 +94,7 @@ export type {
   Protocol,
   ProtocolContext,
   ProtocolPlugin,
-  Receive
+  Receive,
+  ReturnPath
 } from "./services/Protocol.ts"
 export { Transport } from "./services/Transport.ts"
