@@ -84,6 +84,9 @@ export interface JoinOptions extends LiveOptions {
 /** A hook as plain code: return the value (changed or not), or a Promise of it; throw to cancel. */
 export type PlainHook<A, B = A> = (value: A) => B | Promise<B>
 
+const isPromiseLike = <B>(out: B | Promise<B>): out is Promise<B> =>
+  typeof (out as { then?: unknown } | null)?.then === "function"
+
 /** The events a `Member` emits, with what each listener gets. */
 export interface MemberEvents {
   found: [service: Service]
@@ -223,11 +226,18 @@ export class Member extends events.EventEmitter<MemberEvents> {
    */
   hook<A, B>(point: HookPoint<A, B>, fn: PlainHook<A, B>): () => void {
     const scope = this.#now(Scope.make())
-    this.#now(this.#cluster.hook(point, (value: A) =>
-      Effect.tryPromise({
-        try: async () => fn(value),
-        catch: (e) => e instanceof HookRejected ? e : new HookRejected({ point: point.key, reason: e instanceof Error ? e.message : String(e), cause: e })
-      })).pipe(Scope.provide(scope)))
+    const rejected = (e: unknown) =>
+      e instanceof HookRejected ? e : new HookRejected({ point: point.key, reason: e instanceof Error ? e.message : String(e), cause: e })
+    this.#now(this.#cluster.hook(point, (value: A): Effect.Effect<B, HookRejected> => {
+      let out: B | Promise<B>
+      try {
+        out = fn(value)
+      } catch (e) {
+        return Exit.fail(rejected(e))
+      }
+      // A plain value is a finished Effect: the hooks then end without a fiber, or a wait for a promise.
+      return isPromiseLike(out) ? Effect.tryPromise({ try: () => out, catch: rejected }) : Exit.succeed(out)
+    }).pipe(Scope.provide(scope)))
     let removed = false
     return () => {
       if (removed) return

@@ -10,6 +10,7 @@
  */
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
@@ -41,6 +42,7 @@ import { Stats, type StatsSnapshot } from "./Stats.ts"
 import { Telemetry } from "./Telemetry.ts"
 import { Transport } from "./Transport.ts"
 import { Sources, type SourceStatus } from "./Sources.ts"
+import { tracing } from "../internal/trace.ts"
 
 export { type Data, type SendOptions, SYSTEM_CHANNEL, type Targets }
 
@@ -228,7 +230,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           telemetry,
           sender: options.sender,
           selfId: discovery.self().id,
-          runNow: yield* ownedRunner
+          runNow: yield* ownedRunner,
+          tracing: yield* Effect.withFiber((fiber) => Effect.succeed(tracing(fiber)))
         }
         const joined = new Set([...FIXED_CHANNELS, ...options.channels])
         const targets = makeTargets(registry)
@@ -274,14 +277,23 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
               }),
             list: Effect.sync(() => [...joined].sort((a, b) => a - b))
           },
+          // A hook runs with its caller's services; one that hands back a
+          // finished Effect (an Exit) needs none, and stays an Exit (the hooks
+          // then end without a fiber, see `Hooks.runNow`).
           hook: <A, B, E, R>(point: HookPoint<A, B>, hook: Hook<A, E, R, B>) =>
             Effect.contextWith((context: Context.Context<R>) =>
               point.responds
-                // A query hook's value is the response: carry it on as the message's data.
-                ? hooks.register(point as unknown as HookPoint<Message>, (query: Message) =>
-                  Effect.map(Effect.provide(hook(query as A), context), (answer) => query.with({ data: answer as Data })))
-                : hooks.register(point as unknown as HookPoint<A>, (value: A) =>
-                  Effect.provide(hook(value), context) as unknown as Effect.Effect<A, E>)
+                // A query hook's value is the response: carry it on as the message's data
+                // (none stays none: the hooks refuse it, rather than answer with the query's own data).
+                ? hooks.register(point as unknown as HookPoint<Message>, (query: Message) => {
+                  const answer = hook(query as A)
+                  if (Exit.isExit(answer)) return answer._tag === "Success" ? Exit.succeed(answered(query, answer.value)) : answer as Exit.Exit<never, unknown>
+                  return Effect.map(Effect.provide(answer, context), (data) => answered(query, data))
+                })
+                : hooks.register(point as unknown as HookPoint<A>, (value: A) => {
+                  const next = hook(value)
+                  return (Exit.isExit(next) ? next : Effect.provide(next, context)) as unknown as Effect.Effect<A, E>
+                })
             ),
           events: registry.events,
           messages,
@@ -293,6 +305,10 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
       })
     )
 }
+
+/** A query hook's answer as the reply's message; nothing stays nothing. */
+const answered = (query: Message, data: unknown): Message =>
+  (data === undefined || data === null ? data : query.with({ data: data as Data })) as Message
 
 /**
  * Runs effects in fibers the member owns: started at once, and kept (to be

@@ -7,6 +7,7 @@
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
@@ -73,6 +74,15 @@ export class Hooks extends Context.Service<Hooks, {
   readonly register: <A>(point: HookPoint<A>, hook: Hook<A, unknown>) => Effect.Effect<void>
   /** Runs a point's hooks in order; the value itself when none are registered. */
   readonly run: <A>(point: HookPoint<A>, value: A) => Effect.Effect<A, HookRejected>
+  /**
+   * `run` without a fiber while it can, for a caller without spans to make:
+   * each hook is called at once, and while each hands back a finished Effect
+   * (an `Exit`, as `Effect.succeed` and `Effect.fail` make) its verdict is
+   * taken here. From the first hook that hands back work to do (or fails
+   * other than by `HookRejected`, which is logged), the rest is an Effect
+   * for the caller to run.
+   */
+  readonly runNow: <A>(point: HookPoint<A>, value: A) => Exit.Exit<A, HookRejected> | Effect.Effect<A, HookRejected>
   /** Whether a point has hooks (lets the hot path skip building an Effect). */
   readonly has: (point: HookPoint<any>) => boolean
   /** Whether any message point of that direction has hooks (else messages take the synchronous path). */
@@ -153,6 +163,38 @@ export class Hooks extends Context.Service<Hooks, {
             ? spanned(effect, "cluster-comm.hook", { point: p.key, hooks: chain.length })
             : effect
         )
+      },
+      runNow: <A>(p: HookPoint<A>, value: A) => {
+        const list = points.get(p.key)
+        if (list === undefined) return Exit.succeed(value)
+        const chain = list.length === 1 ? list : list.slice()
+        let current: unknown = value
+        for (let i = 0; i < chain.length; i++) {
+          let out: Effect.Effect<unknown, unknown>
+          try {
+            out = chain[i]!(current)
+          } catch (e) {
+            out = Effect.die(e)
+          }
+          if (Exit.isExit(out)) {
+            if (out._tag === "Success") {
+              if (out.value === undefined || out.value === null) {
+                return Exit.fail(new HookRejected({ point: p.key, reason: "hook returned no value" }))
+              }
+              current = out.value
+              continue
+            }
+            const error = Cause.findError(out.cause)
+            if (!Cause.hasInterrupts(out.cause) && error._tag === "Success" && error.success instanceof HookRejected) {
+              return Exit.fail(error.success)
+            }
+          }
+          // Work to do: this hook's verdict and the hooks after it, as `run` has them.
+          let effect = Effect.matchCauseEffect(out, verdictOf(p.key)) as Effect.Effect<unknown, HookRejected>
+          for (let j = i + 1; j < chain.length; j++) effect = Effect.flatMap(effect, (v) => guarded(p.key, chain[j]!, v))
+          return effect as Effect.Effect<A, HookRejected>
+        }
+        return Exit.succeed(current as A)
       },
       has: (p) => points.has(p.key),
       anyFor: (direction) => active[direction] > 0

@@ -111,6 +111,44 @@ describe("queries", () => {
       assert.strictEqual((yield* asker.stats).drops["unexpected-reply"], 1)
     }))
 
+  it.effect("a responder's hook, finished at once or not: its answer, its rejection, a throw, a defect and nothing each reply as they should", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make({ delay: "1 millis" })
+      const asker = yield* memberOn(network, "asker")
+      const responder = yield* memberOn(network, "responder")
+      const ways: Record<string, (q: { text: string }) => Effect.Effect<string, HookRejected>> = {
+        now: (q) => Effect.succeed(`${q.text}!`),
+        later: (q) => Effect.sleep("5 millis").pipe(Effect.as(`${q.text}?`)),
+        refused: () => Effect.fail(new HookRejected({ point: "query refused", reason: "not for you" })),
+        refusedLater: () => Effect.sleep("5 millis").pipe(Effect.andThen(Effect.fail(new HookRejected({ point: "query refusedLater", reason: "not now" })))),
+        throws: () => {
+          throw new Error("bug")
+        },
+        dies: () => Effect.die("boom"),
+        nothing: () => Effect.succeed(undefined as unknown as string)
+      }
+      for (const [op, hook] of Object.entries(ways)) yield* responder.hook(HookPoint.query(op), hook)
+      yield* TestClock.adjust("10 millis")
+      const answers: Record<string, string> = {}
+      for (const op of Object.keys(ways)) {
+        const run = yield* asker.queryAll({ target: "responder", op, data: "q" }).pipe(Effect.forkChild)
+        for (let i = 0; i < 4; i++) yield* TestClock.adjust("5 millis")
+        const result = yield* Fiber.join(run)
+        const response = [...result.responses.values()][0]
+        const error = [...result.errors.values()][0]
+        answers[op] = response !== undefined ? `answer ${response.text}` : `error ${error?.message}`
+      }
+      assert.deepStrictEqual(answers, {
+        now: "answer q!",
+        later: "answer q?",
+        refused: "error not for you",
+        refusedLater: "error not now",
+        throws: "error hook failed",
+        dies: "error hook failed",
+        nothing: "error hook returned no value"
+      })
+    }))
+
   it.effect("bad requests are typed errors", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()

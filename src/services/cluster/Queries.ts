@@ -143,7 +143,7 @@ class Asked {
 }
 
 export const makeQueries = (
-  { registry, hooks, stats, telemetry, sender, selfId, runNow }: Wiring,
+  { registry, hooks, stats, telemetry, sender, selfId, runNow, tracing: spans }: Wiring,
   { deliverTo, deliverNow }: SendPipeline,
   targetsOf: TargetsOf
 ) =>
@@ -186,9 +186,10 @@ export const makeQueries = (
     }
 
     /**
-     * Starts the answer at once, in a fiber the member owns (a slow responder
-     * holds up no other traffic); the reply leaves when its verdict is in: in
-     * this pass when the hooks end at once, else when their fiber does.
+     * Starts the answer at once; the reply leaves when its verdict is in: in
+     * this pass when the hooks end at once (without a fiber when each hands
+     * back a finished Effect and no spans are made), else when the fiber the
+     * member runs them in does (a slow responder holds up no other traffic).
      */
     const startAnswer = (from: Service, frame: QueryFrame, protocol: ProtocolName, back: ReturnPath | undefined): void => {
       // The reply (and whatever else goes to the asker) may go back on the query's connection.
@@ -206,16 +207,22 @@ export const makeQueries = (
       }
       answering++
       const query = new Message(frame.op, frame.data, from, protocol, frame.channel)
-      const fiber = runNow(Effect.exit(hooks.run(point, query)))
-      const verdict = fiber.pollUnsafe()
-      if (verdict !== undefined) answered(from, frame.id, verdict)
-      else fiber.addObserver((verdict) => answered(from, frame.id, verdict))
+      const now = spans ? hooks.run(point, query) : hooks.runNow(point, query)
+      if (Exit.isExit(now)) {
+        answered(from, frame.id, now as Exit.Exit<Message, HookRejected>)
+        return
+      }
+      const fiber = runNow(Effect.exit(now))
+      const ended = fiber.pollUnsafe()
+      if (ended !== undefined) answered(from, frame.id, verdictOf(ended))
+      else fiber.addObserver((ended) => answered(from, frame.id, verdictOf(ended)))
     }
-    /** The hooks' verdict: the answer, or the rejection's reason (an answer interrupted is the member leaving: no reply). */
-    const answered = (from: Service, id: number, ended: Exit.Exit<Exit.Exit<Message, HookRejected>>) => {
+    /** The verdict in an answer's fiber's end; undefined when it was interrupted (the member leaving). */
+    const verdictOf = (ended: Exit.Exit<Exit.Exit<Message, HookRejected>>) => ended._tag === "Success" ? ended.value : undefined
+    /** The hooks' verdict: the answer, or the rejection's reason (none: no reply). */
+    const answered = (from: Service, id: number, verdict: Exit.Exit<Message, HookRejected> | undefined): void => {
       answering--
-      if (ended._tag === "Failure") return
-      const verdict = ended.value
+      if (verdict === undefined) return
       if (verdict._tag === "Success") send(reply(from, id, true, verdict.value.data))
       else {
         const rejected = Cause.findError(verdict.cause)

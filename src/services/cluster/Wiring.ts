@@ -29,4 +29,6 @@ export interface Wiring {
    * after a query's first sends.
    */
   readonly runNow: <A>(effect: Effect.Effect<A>) => Fiber.Fiber<A>
+  /** Whether the member's spans go anywhere (a tracer is installed): else hooks may run without a fiber. */
+  readonly tracing: boolean
 }
