@@ -222,11 +222,12 @@ const scale = async (n: number, perProcess: number, port: number, heartbeatMs: n
 
 // ---- messaging ----
 
-const pair = async (impl: "cluster" | "raw", roles: readonly [string, string], port: number) => {
-  if (impl === "cluster") {
-    const a = spawn("peer.ts", [roles[0], String(port)])
+const pair = async (impl: "cluster" | "promise" | "raw", roles: readonly [string, string], port: number) => {
+  if (impl !== "raw") {
+    const file = impl === "cluster" ? "peer.ts" : "promise-peer.ts"
+    const a = spawn(file, [roles[0], String(port)])
     await a.next("ready")
-    const b = spawn("peer.ts", [roles[1], String(port)])
+    const b = spawn(file, [roles[1], String(port)])
     await b.next("ready")
     return [a, b] as const
   }
@@ -255,7 +256,7 @@ const throughput = async (impl: "cluster" | "raw", count: number, size: number, 
  * node:net far fewer); the first thousand warm-up trips are reported apart
  * as the cold figure.
  */
-const roundTrip = async (impl: "cluster" | "raw", count: number, size: number, port: number, query = false) => {
+const roundTrip = async (impl: "cluster" | "promise" | "raw", count: number, size: number, port: number, query = false) => {
   const [echo, pinger] = await pair(impl, query ? ["responder", "asker"] : ["echo", "pinger"], port)
   // BENCH_ALLOC=1: the responder samples its allocations while the asker's timed trips run.
   const sampling = impl === "cluster" && query && process.env.BENCH_ALLOC !== undefined
@@ -534,11 +535,13 @@ try {
   // its response (the issue's measure), and a sendTo answered by a sendTo.
   const rtCount = quick ? 500 : 10_000
   type Trip = { p50: number; p99: number; coldP50: number; coldP99: number }
-  const rt = { raw: [] as Array<Trip>, query: [] as Array<Trip>, sendTo: [] as Array<Trip> }
+  const rt = { raw: [] as Array<Trip>, query: [] as Array<Trip>, sendTo: [] as Array<Trip>, promise: [] as Array<Trip> }
   for (let run = 0; run < (runs("rtt") ? RUNS : 0); run++) {
     rt.raw.push(await roundTrip("raw", rtCount, 100, PORT))
     rt.query.push(await roundTrip("cluster", rtCount, 100, PORT, true))
     rt.sendTo.push(await roundTrip("cluster", rtCount, 100, PORT))
+    // The same query on the Promise API: a plain function answers, `await member.queryAll` asks.
+    rt.promise.push(await roundTrip("promise", rtCount, 100, PORT, true))
   }
   const m = (xs: Array<Trip>, k: keyof Trip) => median(xs.map((x) => x[k]))
   if (rt.raw.length > 0) {
@@ -547,6 +550,8 @@ try {
       queryP99Ms: m(rt.query, "p99"),
       sendToP50Ms: m(rt.sendTo, "p50"),
       sendToP99Ms: m(rt.sendTo, "p99"),
+      promiseQueryP50Ms: m(rt.promise, "p50"),
+      promiseQueryP99Ms: m(rt.promise, "p99"),
       rawP50Ms: m(rt.raw, "p50"),
       rawP99Ms: m(rt.raw, "p99"),
       coldQueryP50Ms: m(rt.query, "coldP50"),
@@ -556,7 +561,7 @@ try {
       runs: rt
     }
     // The query's target is issue 16's; the sendTo pair has none of its own.
-    for (const [label, trips, target] of [["query + response", rt.query, " (target 1.2x / 2x)"], ["sendTo + sendTo back", rt.sendTo, ""]] as const) {
+    for (const [label, trips, target] of [["query + response", rt.query, " (target 1.2x / 2x)"], ["sendTo + sendTo back", rt.sendTo, ""], ["Promise API: query + response", rt.promise, ""]] as const) {
       rows.push([
         `round trip 100 B (${label})`,
         `p50 ${fmt(m(trips, "p50"), 3)} ms, p99 ${fmt(m(trips, "p99"), 3)} ms`,

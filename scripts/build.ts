@@ -113,6 +113,14 @@ await esbuild.build({
 // Our own bundle, Effect's modules included: the functions a member runs are
 // marked for eager compiling (all of them when the rehearsal cannot run).
 markEager("dist/promise.mjs", rehearsed("dist/promise.mjs"))
+// The bench's Promise API peer loads that file itself, as a user's program does.
+await esbuild.build({
+  ...node,
+  entryPoints: ["bench/promise-peer.ts"],
+  external: ["cluster-comm/promise"],
+  outdir: "dist/bench",
+  outExtension: { ".js": ".mjs" }
+})
 await esbuild.build({
   ...node,
   entryPoints: ["src/cli/main.ts"],
