@@ -33,6 +33,9 @@ describe("the built package", () => {
       assert.property(results, key)
     }
     assert.isAbove(results.throughput_100B.clusterMsgPerSec, 0)
+    // Both APIs' query round trips were timed (the Promise API's from dist/promise.mjs).
+    assert.isAbove(results.round_trip_100B.queryP50Ms, 0)
+    assert.isAbove(results.round_trip_100B.promiseQueryP50Ms, 0)
     // The reach section (with redis-server installed): both modes ran, every member knew every other.
     if (canRunRedis()) {
       assert.deepStrictEqual(results.reach.failed, [])
