@@ -127,6 +127,11 @@ export class Hooks extends Context.Service<Hooks, {
     }
     const guarded = <A>(key: string, hook: Hook<A, unknown>, value: A): Effect.Effect<A, HookRejected> =>
       Effect.matchCauseEffect(Effect.suspend(() => hook(value)), verdictOf(key)) as Effect.Effect<A, HookRejected>
+    /** `effect`, then the hooks of `chain` from `from` on, each given the value the one before it returned. */
+    const andRest = (key: string, chain: ReadonlyArray<Hook<any, unknown>>, from: number, effect: Effect.Effect<unknown, HookRejected>) => {
+      for (let i = from; i < chain.length; i++) effect = Effect.flatMap(effect, (v) => guarded(key, chain[i]!, v))
+      return effect
+    }
 
     return Hooks.of({
       register: (p, hook) =>
@@ -154,8 +159,7 @@ export class Hooks extends Context.Service<Hooks, {
         if (list === undefined) return Effect.succeed(value)
         // Copy (when there are several): a hook may register or remove hooks while the chain runs.
         const chain = list.length === 1 ? list : list.slice()
-        let effect = guarded(p.key, chain[0]!, value)
-        for (let i = 1; i < chain.length; i++) effect = Effect.flatMap(effect, (v) => guarded(p.key, chain[i]!, v))
+        const effect = andRest(p.key, chain, 1, guarded(p.key, chain[0]!, value)) as Effect.Effect<A, HookRejected>
         // Only points with hooks get here: the span costs nothing when none are
         // registered, and its attributes are made only when it is made.
         return Effect.withFiber((fiber) =>
@@ -168,6 +172,7 @@ export class Hooks extends Context.Service<Hooks, {
         const list = points.get(p.key)
         if (list === undefined) return Exit.succeed(value)
         const chain = list.length === 1 ? list : list.slice()
+        const verdict = verdictOf(p.key)
         let current: unknown = value
         for (let i = 0; i < chain.length; i++) {
           let out: Effect.Effect<unknown, unknown>
@@ -176,23 +181,16 @@ export class Hooks extends Context.Service<Hooks, {
           } catch (e) {
             out = Effect.die(e)
           }
-          if (Exit.isExit(out)) {
-            if (out._tag === "Success") {
-              if (out.value === undefined || out.value === null) {
-                return Exit.fail(new HookRejected({ point: p.key, reason: "hook returned no value" }))
-              }
-              current = out.value
-              continue
-            }
-            const error = Cause.findError(out.cause)
-            if (!Cause.hasInterrupts(out.cause) && error._tag === "Success" && error.success instanceof HookRejected) {
-              return Exit.fail(error.success)
-            }
+          // A finished Effect gets its verdict here; a verdict that is itself
+          // finished (a value, a rejection) is taken at once.
+          const judged = Exit.isExit(out) ? (out._tag === "Success" ? verdict.onSuccess(out.value) : verdict.onFailure(out.cause)) : undefined
+          if (judged !== undefined && Exit.isExit(judged)) {
+            if (judged._tag === "Failure") return judged as Exit.Exit<never, HookRejected>
+            current = judged.value
+            continue
           }
-          // Work to do: this hook's verdict and the hooks after it, as `run` has them.
-          let effect = Effect.matchCauseEffect(out, verdictOf(p.key)) as Effect.Effect<unknown, HookRejected>
-          for (let j = i + 1; j < chain.length; j++) effect = Effect.flatMap(effect, (v) => guarded(p.key, chain[j]!, v))
-          return effect as Effect.Effect<A, HookRejected>
+          // Work to do (a hook still running, a failure to log): it and the hooks after it, as `run` has them.
+          return andRest(p.key, chain, i + 1, judged ?? Effect.matchCauseEffect(out, verdict)) as Effect.Effect<A, HookRejected>
         }
         return Exit.succeed(current as A)
       },

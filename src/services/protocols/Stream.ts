@@ -236,11 +236,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
           conn.ticking = false
           flush(conn)
         },
-        adopt: (peer) => {
-          if (conn.peer === peer) return
-          conn.peer = peer
-          adopt(conn, peer)
-        }
+        adopt: (peer) => adopt(conn, peer)
       }
       const settle = (error?: Error) => {
         const waiting = conn.waiting
@@ -281,6 +277,8 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
      * frames, at the address they come from: the one we would connect to.
      */
     const adopt = (conn: Connection, peer: Service) => {
+      if (conn.peer === peer) return // the same service object again: one comparison a frame
+      conn.peer = peer
       if (conn.key !== undefined || !conn.open) return
       const port = peer.protocols.find((p) => p.protocol === name)?.port
       if (port === undefined) return
@@ -391,11 +389,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         conn = connections.get(keyOf(to))
         if (conn !== undefined) byService.set(to.service, conn)
       }
-      return conn !== undefined && sendOn(conn, frame)
-    }
-    /** A frame on this connection at once, if it is ready and the frame fits; false: nothing was sent. */
-    const sendOn = (conn: Connection, frame: Frame): boolean => {
-      if (!ready(conn)) return false
+      if (conn === undefined || !ready(conn)) return false
       const size = inlet.encodedSize(frame)
       if (size > options.maxFrame) return false
       enqueue(conn, frame, size)
