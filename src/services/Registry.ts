@@ -59,6 +59,12 @@ export class Registry extends Context.Service<Registry, {
    */
   readonly observe: (sighting: Sighting) => Effect.Effect<Service | undefined>
   /**
+   * `observe`'s work done at once, for a source that takes its events in
+   * order outside a fiber: an `Exit` when it ended then (no membership hook
+   * to run), else an Effect of what is left, to run before the next event.
+   */
+  readonly observeUnsafe: (sighting: Sighting) => Effect.Effect<Service | undefined>
+  /**
    * The synchronous fast path of `observe`: the known, unchanged service with
    * its `lastSeen` refreshed, or undefined when `observe` must run (new,
    * changed, conflicting, or hooks to run).
@@ -88,6 +94,8 @@ export class Registry extends Context.Service<Registry, {
    * more; `left` loses it at once, whatever else knows it.
    */
   readonly release: (id: string, instance: string, source: SourceName, why: "left" | "expired") => Effect.Effect<void>
+  /** `release`'s work done at once, as `observeUnsafe` does `observe`'s. */
+  readonly releaseUnsafe: (id: string, instance: string, source: SourceName, why: "left" | "expired") => Effect.Effect<void>
   /**
    * A source went down or came back. While it is down, services that only
    * it knows are kept and marked `stale`, never lost.
@@ -234,95 +242,119 @@ export class Registry extends Context.Service<Registry, {
           return known !== undefined && known.version === version && known.service.hostId === sender.hostId ? known.service : undefined
         }
 
-        const observe = (sighting: Sighting): Effect.Effect<Service | undefined> =>
-          Effect.suspend(() => {
-            const { sender } = sighting
-            const id = serviceId(sender.hostId, sender.name)
-            const known = services.get(id)
-            const now = clock.currentTimeMillisUnsafe()
-            if (id === options.self.id) {
-              return conflict(
-                serviceFrom(id, sighting, [], [], now),
-                options.self.instance,
-                sender.instance
-              )
-            }
-            if (known !== undefined && known.instance !== sender.instance && retired.get(id) === sender.instance) {
-              return conflict(known, known.instance, sender.instance)
-            }
-            // A live service does not move: its beacons come from one address, and
-            // a restart comes from the same host. Another address claiming its id
-            // (with a new instance, or beaconing as the same one) is refused.
-            if (
-              known !== undefined && known.address !== sighting.address &&
-              (known.instance !== sender.instance || sighting.protocols !== undefined)
-            ) {
-              // One member on this host, heard on the loopback group and at the
-              // address it advertises elsewhere: both are its own.
-              if (known.instance === sender.instance && known.local && isLocalAddress(sighting.address)) {
-                return Effect.succeed(refreshed(known, sighting.source) ?? known)
-              }
-              stats.drop("spoofed")
-              return Effect.succeed(undefined)
-            }
-            const sameInstance = known?.instance === sender.instance
-            const protocols = sighting.protocols ?? (sameInstance ? known.protocols : [])
-            const tags = sighting.tags ?? (sameInstance ? known.tags : [])
-            const seen = observeNow(sighting)
-            if (seen !== undefined) {
-              // Same details at another descriptor version (a change and its undo,
-              // both missed): note it, or every beat would ask again.
-              const beating = byInstance.get(seen.instance)
-              if (sighting.version !== undefined && beating !== undefined && beating.version !== sighting.version) {
-                byInstance.set(seen.instance, { service: beating.service, version: sighting.version })
-              }
-              return Effect.succeed(seen)
-            }
-            // Bounded: past `maxServices`, strangers wait until someone leaves or expires.
-            if (known === undefined && services.size >= options.maxServices) {
-              stats.drop("registry-full")
-              return Effect.succeed(undefined)
-            }
-            return hooks.run(EVAL, serviceFrom(id, sighting, protocols, tags, now)).pipe(
-              Effect.flatMap((s) => hooks.run(known === undefined ? FOUND : VALIDATE, s)),
-              Effect.map((s) => {
-                const current = services.get(id)
-                // The sources are the registry's: a restart starts them afresh.
-                let h = heard.get(id)
-                if (h === undefined || current?.instance !== sender.instance) {
-                  h = { multicast: 0, seeds: 0, mask: 0 }
-                  heard.set(id, h)
-                }
-                mark(h, sighting.source ?? "multicast", now)
-                // A hook may change details, never the identity the frame proved.
-                const service: Service = {
-                  ...s,
-                  id,
-                  hostId: sender.hostId,
-                  name: sender.name,
-                  instance: sender.instance,
-                  sources: SOURCE_SETS[h.mask]!,
-                  stale: isStale(h.mask)
-                }
-                services.set(id, service)
-                deadlines.delete(id)
-                // The version last heard for this id, unless this sighting brings one.
-                const version = sighting.version ?? (current === undefined ? undefined : byInstance.get(current.instance)?.version)
-                if (current !== undefined && current.instance !== service.instance) byInstance.delete(current.instance)
-                byInstance.set(service.instance, { service, version })
-                if (current === undefined) found(service)
-                else if (changed(current, service)) {
-                  if (current.instance !== service.instance) retired.set(id, current.instance)
-                  publish(new ServiceUpdated({ service, previous: current }))
-                }
-                return service
-              }),
-              Effect.catchTag("HookRejected", () => {
-                stats.drop("hook-rejected")
-                return Effect.succeed(undefined)
-              })
+        /**
+         * `observe`'s work, done now: an Exit when it ended at once (no
+         * membership hook to run), else an Effect of what is left.
+         */
+        const observeUnsafe = (sighting: Sighting): Effect.Effect<Service | undefined> => {
+          const { sender } = sighting
+          const id = serviceId(sender.hostId, sender.name)
+          const known = services.get(id)
+          const now = clock.currentTimeMillisUnsafe()
+          if (id === options.self.id) {
+            return conflict(
+              serviceFrom(id, sighting, [], [], now),
+              options.self.instance,
+              sender.instance
             )
-          })
+          }
+          if (known !== undefined && known.instance !== sender.instance && retired.get(id) === sender.instance) {
+            return conflict(known, known.instance, sender.instance)
+          }
+          // A live service does not move: its beacons come from one address, and
+          // a restart comes from the same host. Another address claiming its id
+          // (with a new instance, or beaconing as the same one) is refused.
+          if (
+            known !== undefined && known.address !== sighting.address &&
+            (known.instance !== sender.instance || sighting.protocols !== undefined)
+          ) {
+            // One member on this host, heard on the loopback group and at the
+            // address it advertises elsewhere: both are its own.
+            if (known.instance === sender.instance && known.local && isLocalAddress(sighting.address)) {
+              return Effect.succeed(refreshed(known, sighting.source) ?? known)
+            }
+            stats.drop("spoofed")
+            return Effect.succeed(undefined)
+          }
+          const sameInstance = known?.instance === sender.instance
+          const protocols = sighting.protocols ?? (sameInstance ? known.protocols : [])
+          const tags = sighting.tags ?? (sameInstance ? known.tags : [])
+          const seen = observeNow(sighting)
+          if (seen !== undefined) {
+            // Same details at another descriptor version (a change and its undo,
+            // both missed): note it, or every beat would ask again.
+            const beating = byInstance.get(seen.instance)
+            if (sighting.version !== undefined && beating !== undefined && beating.version !== sighting.version) {
+              byInstance.set(seen.instance, { service: beating.service, version: sighting.version })
+            }
+            return Effect.succeed(seen)
+          }
+          // Bounded: past `maxServices`, strangers wait until someone leaves or expires.
+          if (known === undefined && services.size >= options.maxServices) {
+            stats.drop("registry-full")
+            return Effect.succeed(undefined)
+          }
+          const judge = known === undefined ? FOUND : VALIDATE
+          const candidate = serviceFrom(id, sighting, protocols, tags, now)
+          // No hook to ask (the common case): admitted at once, without a fiber.
+          if (!hooks.has(EVAL) && !hooks.has(judge)) return Effect.succeed(admit(candidate, id, sighting, now))
+          return hooks.run(EVAL, candidate).pipe(
+            Effect.flatMap((s) => hooks.run(judge, s)),
+            Effect.map((s) => admit(s, id, sighting, now)),
+            Effect.catchTag("HookRejected", () => {
+              stats.drop("hook-rejected")
+              return Effect.succeed(undefined)
+            })
+          )
+        }
+        const observe = (sighting: Sighting): Effect.Effect<Service | undefined> => Effect.suspend(() => observeUnsafe(sighting))
+
+        /** Stores a service the hooks let through (or no hook was asked about), and announces it. */
+        const admit = (s: Service, id: string, sighting: Sighting, now: number): Service => {
+          const { sender } = sighting
+          const current = services.get(id)
+          // The sources are the registry's: a restart starts them afresh.
+          let h = heard.get(id)
+          if (h === undefined || current?.instance !== sender.instance) {
+            h = { multicast: 0, seeds: 0, mask: 0 }
+            heard.set(id, h)
+          }
+          mark(h, sighting.source ?? "multicast", now)
+          // A hook may change details, never the identity the frame proved.
+          const service: Service = {
+            ...s,
+            id,
+            hostId: sender.hostId,
+            name: sender.name,
+            instance: sender.instance,
+            sources: SOURCE_SETS[h.mask]!,
+            stale: isStale(h.mask)
+          }
+          services.set(id, service)
+          deadlines.delete(id)
+          // The version last heard for this id, unless this sighting brings one.
+          const version = sighting.version ?? (current === undefined ? undefined : byInstance.get(current.instance)?.version)
+          if (current !== undefined && current.instance !== service.instance) byInstance.delete(current.instance)
+          byInstance.set(service.instance, { service, version })
+          if (current === undefined) found(service)
+          else if (changed(current, service)) {
+            if (current.instance !== service.instance) retired.set(id, current.instance)
+            publish(new ServiceUpdated({ service, previous: current }))
+          }
+          return service
+        }
+
+        const releaseUnsafe = (id: string, instance: string, source: SourceName, why: "left" | "expired"): Effect.Effect<void> => {
+          const known = services.get(id)
+          const h = heard.get(id)
+          if (known === undefined || h === undefined || known.instance !== instance) return Effect.void
+          if (why === "left") return lose(known, "left")
+          if (source !== "redis") h[source] = 0
+          h.mask &= ~BIT[source]
+          if (h.mask === 0) return lose(known, "expired")
+          if (SOURCE_SETS[h.mask] !== known.sources) replace(known, h)
+          return Effect.void
+        }
 
         // One plain pass over the services (no copy, no effect per service):
         // only the expired ones go on to `lose`. It returns when the next one
@@ -368,6 +400,7 @@ export class Registry extends Context.Service<Registry, {
 
         return Registry.of({
           observe,
+          observeUnsafe,
           observeNow,
           leave: (sender) =>
             Effect.suspend(() => {
@@ -386,18 +419,8 @@ export class Registry extends Context.Service<Registry, {
             const known = atVersion(sender, version)
             return known !== undefined && known.address === address ? refreshed(known, source) : undefined
           },
-          release: (id, instance, source, why) =>
-            Effect.suspend(() => {
-              const known = services.get(id)
-              const h = heard.get(id)
-              if (known === undefined || h === undefined || known.instance !== instance) return Effect.void
-              if (why === "left") return lose(known, "left")
-              if (source !== "redis") h[source] = 0
-              h.mask &= ~BIT[source]
-              if (h.mask === 0) return lose(known, "expired")
-              if (SOURCE_SETS[h.mask] !== known.sources) replace(known, h)
-              return Effect.void
-            }),
+          release: (id, instance, source, why) => Effect.suspend(() => releaseUnsafe(id, instance, source, why)),
+          releaseUnsafe,
           sourceUp: (source, up) => {
             const before = downMask
             downMask = up ? downMask & ~BIT[source] : downMask | BIT[source]

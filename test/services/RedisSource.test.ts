@@ -5,9 +5,9 @@
  * restarted empty is refilled within a beat, missed events bring a full read.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer, Stream } from "effect"
+import { Context, Effect, Exit, Layer, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
-import { Cluster, type ClusterConfigInput, ClusterTest, MemoryNetwork } from "cluster-comm"
+import { Cluster, type ClusterConfigInput, ClusterTest, HookPoint, MemoryNetwork } from "cluster-comm"
 import { makeFakeRedis, type FakeRedis } from "../support/fakeRedis.ts"
 
 const on = (network: MemoryNetwork, fake: FakeRedis, name: string, extra: ClusterConfigInput = {}) =>
@@ -198,5 +198,25 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       for (let i = 0; i < 100 && (yield* state()) !== "up"; i++) yield* pass(25, 25)
       assert.strictEqual(yield* state(), "up")
       assert.strictEqual(yield* names(a), "b")
+    }))
+
+  it.effect("a membership hook that takes its time holds back the events after it: a join then a leave end with the member lost", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const fake = makeFakeRedis()
+      const a = yield* on(network, fake, "a")
+      yield* pass(1500)
+      const events: Array<string> = []
+      yield* a.events.pipe(Stream.runForEach((e) => Effect.sync(() => events.push(`${e._tag} ${e.service.name}`))), Effect.forkScoped)
+      // Events of other members come while a's found hook still waits on b.
+      yield* a.hook(HookPoint.service("found"), (s) => Effect.as(Effect.sleep("500 millis"), s)).pipe(Effect.forkScoped)
+      yield* pass(50)
+      const scope = yield* Scope.make()
+      yield* Layer.buildWithScope(ClusterTest(network, { name: "b", multicast: false }, { redis: fake.layer }), scope)
+      yield* pass(300)
+      yield* Scope.close(scope, Exit.void) // b leaves: its "left" comes while the hook still holds its join
+      yield* pass(1500)
+      assert.deepStrictEqual(events, ["ServiceFound b", "ServiceLost b"])
+      assert.strictEqual(yield* names(a), "")
     }))
 })

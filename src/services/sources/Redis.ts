@@ -90,6 +90,24 @@ const readOnce = (link: RedisLink, text: string, read: (text: string) => Describ
   return described
 }
 
+/** An event on the cluster's channel: "rev kind instance [descriptor]". */
+interface RedisEvent {
+  readonly rev: number
+  readonly kind: string
+  readonly instance: string
+  readonly text: string | undefined
+}
+let lastEvent: { readonly message: string; readonly event: RedisEvent | undefined } | undefined
+/** An event's parts, or undefined when it is not one; the last one is kept, as every member of the process takes the same one in turn. */
+const parseEvent = (message: string): RedisEvent | undefined => {
+  if (lastEvent?.message === message) return lastEvent.event
+  const [revText, kind = "", instance, text] = message.split(" ", 4)
+  const rev = Number(revText)
+  const event = !Number.isSafeInteger(rev) || instance === undefined || !INSTANCE_ID.test(instance) ? undefined : { rev, kind, instance, text }
+  lastEvent = { message, event }
+  return event
+}
+
 export const RedisSource = {
   layer: (options: RedisSourceOptions) =>
     Layer.effectDiscard(Effect.gen(function*() {
@@ -162,34 +180,35 @@ export const RedisSource = {
       const known = new Map<string, { readonly id: string; readonly text: string; rev: number }>()
       // Instances that left or were lost, by the revision that said so, until a read past it.
       const gone = new Map<string, number>()
-      const learn = (instance: string, text: string, rev: number) =>
-        Effect.suspend(() => {
-          if (instance === sender.instance || (gone.get(instance) ?? -1) > rev) return Effect.void
-          const before = known.get(instance)
-          if (before !== undefined && before.rev > rev) return Effect.void // newer news already applied
-          gone.delete(instance)
-          if (before?.text === text && registry.get(before.id)?.instance === instance) {
-            before.rev = rev
-            return Effect.void
-          }
-          const sighting = decode(instance, text)
-          if (sighting === undefined) return Effect.void
-          known.set(instance, { id: serviceId(sighting.sender.hostId, sighting.sender.name), text, rev })
-          return Effect.asVoid(registry.observe(sighting))
-        })
-      const forget = (instance: string, why: "left" | "expired", rev: number) =>
-        Effect.suspend(() => {
-          const entry = known.get(instance)
-          if (entry !== undefined && entry.rev > rev) return Effect.void // back since (a later join or read)
-          if ((gone.get(instance) ?? -1) < rev) {
-            gone.delete(instance) // re-inserted last, so the oldest go first when there are too many
-            gone.set(instance, rev)
-            if (gone.size > MAX_GONE) gone.delete(gone.keys().next().value!)
-          }
-          if (entry === undefined) return Effect.void
-          known.delete(instance)
-          return registry.release(entry.id, instance, "redis", why)
-        })
+      // `learn` and `forget` do their work when called (events are taken outside
+      // a fiber): an Exit when it is done, else an Effect of what is left.
+      const learn = (instance: string, text: string, rev: number): Effect.Effect<void> => {
+        if (instance === sender.instance || (gone.get(instance) ?? -1) > rev) return Effect.void
+        const before = known.get(instance)
+        if (before !== undefined && before.rev > rev) return Effect.void // newer news already applied
+        gone.delete(instance)
+        if (before?.text === text && registry.get(before.id)?.instance === instance) {
+          before.rev = rev
+          return Effect.void
+        }
+        const sighting = decode(instance, text)
+        if (sighting === undefined) return Effect.void
+        known.set(instance, { id: serviceId(sighting.sender.hostId, sighting.sender.name), text, rev })
+        const rest = registry.observeUnsafe(sighting)
+        return Exit.isExit(rest) && Exit.isSuccess(rest) ? Effect.void : Effect.asVoid(rest)
+      }
+      const forget = (instance: string, why: "left" | "expired", rev: number): Effect.Effect<void> => {
+        const entry = known.get(instance)
+        if (entry !== undefined && entry.rev > rev) return Effect.void // back since (a later join or read)
+        if ((gone.get(instance) ?? -1) < rev) {
+          gone.delete(instance) // re-inserted last, so the oldest go first when there are too many
+          gone.set(instance, rev)
+          if (gone.size > MAX_GONE) gone.delete(gone.keys().next().value!)
+        }
+        if (entry === undefined) return Effect.void
+        known.delete(instance)
+        return registry.releaseUnsafe(entry.id, instance, "redis", why)
+      }
 
       // The process's link to this Redis (one connection and subscription for all its members).
       const link = acquireLink(
@@ -251,39 +270,60 @@ export const RedisSource = {
           )
         }
 
-        const onEvent = (message: string) =>
-          Effect.suspend(() => {
-            const [revText, kind, instance, text] = message.split(" ", 4)
-            const rev = Number(revText)
-            if (!Number.isSafeInteger(rev) || instance === undefined || !INSTANCE_ID.test(instance)) {
+        /** Takes one event now: an Exit when that is all, else an Effect of what is left (a membership hook to run). */
+        const onEvent = (message: string): Effect.Effect<void> => {
+          const event = parseEvent(message)
+          if (event === undefined) {
+            stats.drop("redis-invalid")
+            return Effect.void
+          }
+          const { rev, kind, instance, text } = event
+          if (seen > 0 && rev > seen + 1) missed = true
+          if (rev > seen) seen = rev
+          if (rev <= readRev) return Effect.void // a read since has it
+          switch (kind) {
+            case "join":
+            case "update":
+              return text === undefined ? Effect.void : learn(instance, text, rev)
+            case "left":
+              return forget(instance, "left", rev)
+            case "lost":
+              return forget(instance, "expired", rev)
+            default:
               stats.drop("redis-invalid")
               return Effect.void
-            }
-            if (seen > 0 && rev > seen + 1) missed = true
-            if (rev > seen) seen = rev
-            if (rev <= readRev) return Effect.void // a read since has it
-            switch (kind) {
-              case "join":
-              case "update":
-                return text === undefined ? Effect.void : learn(instance, text, rev)
-              case "left":
-                return forget(instance, "left", rev)
-              case "lost":
-                return forget(instance, "expired", rev)
-              default:
-                stats.drop("redis-invalid")
-                return Effect.void
-            }
-          })
+          }
+        }
 
-        const events = yield* Queue.unbounded<string>()
-        const stop = link.listen(keys.channel, (m) => void Queue.offerUnsafe(events, m))
+        // Events are taken as the link hands them over, without a fiber a
+        // member (an event reaches every member of the process). One that
+        // leaves work (a hook to run) and those after it wait in order here,
+        // for this member's fiber.
+        const waiting = yield* Queue.unbounded<Effect.Effect<void>>()
+        let queued = 0
+        const stop = link.listen(keys.channel, (message) => {
+          if (queued === 0) {
+            let rest: Effect.Effect<void>
+            try {
+              rest = onEvent(message)
+            } catch (e) {
+              rest = Effect.die(e)
+            }
+            if (Exit.isExit(rest) && Exit.isSuccess(rest)) return
+            queued++
+            Queue.offerUnsafe(waiting, rest)
+          } else {
+            queued++
+            Queue.offerUnsafe(waiting, Effect.suspend(() => onEvent(message)))
+          }
+        })
         yield* Effect.addFinalizer(() => Effect.sync(stop))
         yield* Effect.gen(function*() {
           while (true) {
-            const batch = yield* Queue.takeAll(events)
+            const batch = yield* Queue.takeAll(waiting)
             for (let i = 0; i < batch.length; i++) {
-              yield* onEvent(batch[i]!)
+              yield* batch[i]!
+              queued--
               // A join storm brings thousands: let this process's beats through between them.
               if (i % 64 === 63) yield* Effect.yieldNow
             }
