@@ -57,3 +57,25 @@ export const sampleAllocations = async () => {
     return { total, top: [...sites].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.BENCH_ALLOC_TOP ?? 12)) }
   }
 }
+
+/** A sample's bytes and sites for one operation of `n`. */
+export const perOperation = ({ total, top }: { total: number; top: Array<[string, number]> }, n: number) => ({
+  perTrip: total / n,
+  top: top.map(([k, v]): [string, number] => [k, v / n])
+})
+
+/**
+ * A responder's side of `BENCH_ALLOC`: on `{ alloc: "start" }` it samples
+ * until the next message, then sends its allocation per answer (`answered`
+ * counts them).
+ */
+export const sampleOnRequest = (answered: () => number) =>
+  process.on("message", async (m: { alloc?: "start" | "stop" }) => {
+    if (m.alloc !== "start") return
+    const from = answered()
+    const stop = await sampleAllocations()
+    process.once("message", async () => {
+      process.send?.({ alloc: perOperation(await stop(), answered() - from) })
+    })
+    process.send?.({ sampling: true })
+  })

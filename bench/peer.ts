@@ -9,7 +9,7 @@
  */
 import { Deferred, Effect, Schedule, Stream } from "effect"
 import { Cluster, ClusterLive, HookPoint } from "cluster-comm"
-import { sampleAllocations } from "./alloc.ts"
+import { perOperation, sampleAllocations, sampleOnRequest } from "./alloc.ts"
 
 const [role = "sink", port = "23901"] = process.argv.slice(2)
 const peerOf: Record<string, string> = { source: "sink", pinger: "echo", asker: "responder" }
@@ -48,19 +48,8 @@ const main = Effect.gen(function*() {
       answered++
       return Effect.succeed(m.data)
     })
-    if (process.env.BENCH_ALLOC) {
-      // Sampled while the asker runs its timed trips (it says when), per query answered.
-      process.on("message", async (m: { alloc?: "start" | "stop" }) => {
-        if (m.alloc !== "start") return
-        const from = answered
-        const stop = await sampleAllocations()
-        process.once("message", async () => {
-          const { total, top } = await stop()
-          process.send?.({ alloc: { perTrip: total / (answered - from), top: top.map(([k, v]) => [k, v / (answered - from)]) } })
-        })
-        process.send?.({ sampling: true })
-      })
-    }
+    // Sampled while the asker runs its timed trips (it says when), per query answered.
+    if (process.env.BENCH_ALLOC) sampleOnRequest(() => answered)
     process.send?.({ ready: true })
     return yield* Effect.never
   }
@@ -103,8 +92,8 @@ const main = Effect.gen(function*() {
       if (result.responses.size !== 1) return yield* Effect.die(new Error("no response"))
       timed(i, t)
     }
-    const alloc = stop === undefined ? undefined : yield* Effect.promise(stop)
-    process.send?.({ times, cold, ...(alloc ? { alloc: { perTrip: alloc.total / go.count, top: alloc.top.map(([k, v]) => [k, v / go.count]) } } : {}) })
+    const alloc = stop === undefined ? undefined : perOperation(yield* Effect.promise(stop), go.count)
+    process.send?.({ times, cold, ...(alloc ? { alloc } : {}) })
     return yield* Effect.never
   }
   // pinger

@@ -43,8 +43,15 @@ const spawn = (file: string, args: ReadonlyArray<string>, extraArgv: ReadonlyArr
   const bundled = process.env.BENCH_SOURCE ? file === "member.ts" : file !== "raw.ts"
   const child = fork(bundled ? here(`../dist/bench/${file.replace(/\.ts$/, ".mjs")}`) : here(file), args, {
     stdio: ["ignore", "ignore", "inherit", "ipc"],
-    execArgv: [...process.execArgv, ...profile, ...extraArgv],
-    env: { ...process.env, NODE_COMPILE_CACHE: join(tmpdir(), "cluster-comm-bench-cache") }
+    // A bundle resolves what it leaves external (`cluster-comm/promise`) as an installed program does, not to the source.
+    execArgv: [...process.execArgv.filter((f) => !(bundled && f.startsWith("--conditions"))), ...profile, ...extraArgv],
+    env: {
+      ...process.env,
+      ...(bundled && process.env.NODE_OPTIONS !== undefined
+        ? { NODE_OPTIONS: process.env.NODE_OPTIONS.split(" ").filter((f) => !f.startsWith("--conditions")).join(" ") }
+        : {}),
+      NODE_COMPILE_CACHE: join(tmpdir(), "cluster-comm-bench-cache")
+    }
   })
   children.add(child)
   const inbox: Array<Msg> = []
@@ -226,9 +233,13 @@ const pair = async (impl: "cluster" | "promise" | "raw", roles: readonly [string
   if (impl !== "raw") {
     const file = impl === "cluster" ? "peer.ts" : "promise-peer.ts"
     const a = spawn(file, [roles[0], String(port)])
-    await a.next("ready")
+    const ready = [await a.next("ready")]
     const b = spawn(file, [roles[1], String(port)])
-    await b.next("ready")
+    ready.push(await b.next("ready"))
+    // The Promise API's peers must run the shipped bundle, as a user's program does.
+    for (const r of ready) {
+      if (impl === "promise" && !String(r.entry).endsWith("/dist/promise.mjs")) throw new Error(`the Promise API peer loaded ${r.entry}, not dist/promise.mjs`)
+    }
     return [a, b] as const
   }
   const a = spawn("raw.ts", [roles[0]])
@@ -259,7 +270,7 @@ const throughput = async (impl: "cluster" | "raw", count: number, size: number, 
 const roundTrip = async (impl: "cluster" | "promise" | "raw", count: number, size: number, port: number, query = false) => {
   const [echo, pinger] = await pair(impl, query ? ["responder", "asker"] : ["echo", "pinger"], port)
   // BENCH_ALLOC=1: the responder samples its allocations while the asker's timed trips run.
-  const sampling = impl === "cluster" && query && process.env.BENCH_ALLOC !== undefined
+  const sampling = impl !== "raw" && query && process.env.BENCH_ALLOC !== undefined
   if (sampling) {
     echo.send({ alloc: "start" })
     await echo.next("sampling")
@@ -269,7 +280,7 @@ const roundTrip = async (impl: "cluster" | "promise" | "raw", count: number, siz
   if (sampling) {
     echo.send({ alloc: "stop" })
     const answered = (await echo.next("alloc")).alloc
-    console.error(`allocated a round trip: asker ${Math.round(alloc.perTrip)} B, responder ${Math.round(answered.perTrip)} B`)
+    console.error(`allocated a round trip (${impl === "promise" ? "Promise API" : "Effect API"}): asker ${Math.round(alloc.perTrip)} B, responder ${Math.round(answered.perTrip)} B`)
     for (const [side, a] of [["asker", alloc], ["responder", answered]] as const) {
       for (const [site, bytes] of a.top) console.error(`  ${side} ${Math.round(bytes)} B ${site}`)
     }

@@ -54,6 +54,13 @@ describe("the Promise API (cluster-comm/promise)", () => {
       assert.strictEqual((yield* Fiber.join(atEffect))[0]?.text, "from a Promise")
       const asked = yield* Effect.promise(() => plain.queryAll({ target: "effectful", op: "Q", data: "?" }))
       assert.deepStrictEqual([...asked.responses.values()].map((r) => r.text), ["effect answers ?"])
+      // One service given as itself: the fiberless way, with the same answer, and a timeout's.
+      const [effectfulService] = plain.resolve("effectful")
+      const direct = yield* Effect.promise(() => plain.queryAll({ target: effectfulService!, op: "Q", data: "!" }))
+      assert.deepStrictEqual([[...direct.responses.values()].map((r) => r.text), direct.complete], [["effect answers !"], true])
+      // Nobody answers on that udp port: the query times out, the service missing.
+      const silent = yield* Effect.promise(() => plain.queryAll({ target: { ...effectfulService!, protocols: [{ protocol: "udp", port: 9 }] }, op: "Q", data: "!", timeout: "300 millis" }))
+      assert.deepStrictEqual([silent.complete, silent.responses.size, silent.errors.size, silent.missing.length], [false, 0, 0, 1])
       const streamed = yield* Effect.promise(async () => {
         const tags: Array<string> = []
         for await (const e of plain.query({ target: "effectful", op: "Q", data: "!" })) tags.push(e._tag)
@@ -125,6 +132,8 @@ describe("the Promise API (cluster-comm/promise)", () => {
 
       const tooLong = yield* rejection(a.broadcast("x".repeat(40), "x"))
       assert.instanceOf(tooLong, InvalidMessage)
+      const tooLongQuery = yield* rejection(a.queryAll({ target: a.resolve("errors-b")[0]!, op: "x".repeat(40), data: "x" }))
+      assert.instanceOf(tooLongQuery, InvalidMessage)
       const query = yield* rejection(a.resolver({ has: [] }))
       assert.instanceOf(query, InvalidQuery)
       const tags = yield* rejection(a.updateTags(""))

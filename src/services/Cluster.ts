@@ -239,7 +239,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         const queries = yield* makeQueries(wiring, send, targets.targetsOf)
         const { messages } = yield* makeReceivePipeline(wiring, queries, { ...options, joined })
 
-        return Cluster.of({
+        const cluster = Cluster.of({
           self: Effect.sync(discovery.self),
           tags: Effect.sync(() => discovery.self().tags),
           updateTags: (...changes) => discovery.updateTags(changes),
@@ -302,9 +302,20 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           sources: sources.status,
           sourceChanges: sources.changes
         })
+        queryAllNow.set(cluster, queries.queryAllNow)
+        return cluster
       })
     )
 }
+
+/**
+ * @internal The Promise API's way to a member's `queryAll` without a fiber
+ * (see Queries' `queryAllNow`); a member built by another layer has none.
+ */
+export const queryAllNow = new WeakMap<
+  Cluster["Service"],
+  (request: QueryOptions<Targets>, end: (result: QueryResult | InvalidMessage) => void) => boolean
+>()
 
 /** A query hook's answer as the reply's message; nothing stays nothing. */
 const answered = (query: Message, data: unknown): Message =>

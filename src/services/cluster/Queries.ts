@@ -351,34 +351,50 @@ export const makeQueries = (
           : gathering(peers, request)
       )
     const gathering = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>): Effect.Effect<QueryResult, InvalidMessage> => {
+      let wake: ((result: QueryResult) => void) | undefined
+      let ended: QueryResult | undefined
+      const asked = askAll(peers, request, (result) => {
+        if (wake !== undefined) wake(result)
+        else ended = result
+      })
+      if (asked instanceof InvalidMessage) return Effect.fail(asked)
+      if (ended !== undefined) return Exit.succeed(ended)
+      return Effect.callback<QueryResult>((resume) => {
+        wake = (result) => resume(Exit.succeed(result))
+        return Effect.sync(() => asked.cancel())
+      })
+    }
+    /** Asks these peers; `end` gets the whole answer once all have answered or the timeout came. Plain code: the query, or why it cannot go. */
+    const askAll = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>, end: (result: QueryResult) => void) => {
       const started = performance.now()
       // Errors are rare: their Map is made with the first (until then, a shared empty one).
       const result = { responses: new Map<string, QueryResponse>(), errors: NO_ERRORS as Map<string, QueryError>, missing: [] as ReadonlyArray<Service>, complete: false }
-      let wake: (() => void) | undefined
-      let ended = false
-      const asked = askPeers(peers, request, (e) => {
+      return askPeers(peers, request, (e) => {
         if (e._tag === "QueryResponse") result.responses.set(e.service.id, e)
         else if (e._tag === "QueryError") (result.errors === NO_ERRORS ? (result.errors = new Map()) : result.errors).set(e.service.id, e)
         else {
           if (e._tag === "QueryDone") result.complete = true
           else result.missing = e.missing
-          ended = true
-          wake?.()
+          telemetry.queried((performance.now() - started) / 1000)
+          end(result)
         }
-      })
-      if (asked instanceof InvalidMessage) return Effect.fail(asked)
-      const done = () => {
-        telemetry.queried((performance.now() - started) / 1000)
-        return Exit.succeed(result as QueryResult)
-      }
-      if (ended) return done()
-      return Effect.callback<QueryResult>((resume) => {
-        wake = () => resume(done())
-        return Effect.sync(() => asked.cancel())
       })
     }
 
-    return { query, queryAll, receiveQuery, queryNow, receiveReply }
+    /**
+     * `queryAll` without a fiber, for the Promise API: when the target is one
+     * service given as itself and the member makes no spans. False: it does
+     * not apply (run `queryAll`); else `end` gets the answer, or why the query
+     * could not go.
+     */
+    const queryAllNow = (request: QueryOptions<Targets>, end: (result: QueryResult | InvalidMessage) => void): boolean => {
+      if (spans || !isOneService(request.target as Targets)) return false
+      const asked = askAll([request.target as Service], request, end)
+      if (asked instanceof InvalidMessage) end(asked)
+      return true
+    }
+
+    return { query, queryAll, queryAllNow, receiveQuery, queryNow, receiveReply }
   })
 
 export type Queries = Effect.Success<ReturnType<typeof makeQueries>>

@@ -62,6 +62,10 @@ interface Connection extends ReturnPath {
   ticking: boolean
   /** That flush: made once a connection, not once a tick. */
   readonly endTick: () => void
+  /** What each pending write holds (its chunk, or a large frame's own buffer), oldest first; undefined once released. */
+  readonly writing: Array<Chunk | Buffer | undefined>
+  /** Every write's callback, made once a connection: writes end in order, so each ends the oldest. */
+  readonly written: () => void
 }
 
 export interface StreamOptions {
@@ -236,6 +240,11 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
           conn.ticking = false
           flush(conn)
         },
+        writing: [],
+        written: () => {
+          const held = conn.writing.shift()
+          if (held !== undefined) release(held)
+        },
         adopt: (peer) => adopt(conn, peer)
       }
       const settle = (error?: Error) => {
@@ -302,29 +311,33 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       if (chunk.writes === 0) buffers.release(chunk)
     }
 
+    /** A write is done with what held its bytes: a chunk no write uses any more goes back to the pool once retired. */
+    const release = (held: Chunk | Buffer) => {
+      if (held instanceof Uint8Array) buffers.releaseLarge(held)
+      else if (--held.writes === 0 && held.retired) buffers.release(held)
+    }
     /**
      * Hands bytes to the socket, or counts their frames unsent when it is
-     * gone; `done` runs once the socket is through with them (at once then).
+     * gone; `held` is released once the socket is through with them (at once then).
      * A write the kernel took whole is done as soon as `write` returns (the
      * socket then has nothing pending): its callback comes only when the
      * tick ends, and a sender that writes on in the same tick would otherwise
-     * find every buffer still in use.
+     * find every buffer still in use. One callback a connection serves
+     * every write (no closure a write).
      */
-    const writeOut = (socket: Net.Socket, bytes: Buffer, frames: number, done: () => void): void => {
+    const writeOut = (conn: Connection, bytes: Buffer, frames: number, held: Chunk | Buffer): void => {
+      const socket = conn.socket
       if (socket.destroyed) {
         for (let i = 0; i < frames; i++) stats.drop("unsent")
-        done()
+        release(held)
         return
       }
       stats.wrote(bytes.length)
-      let settled = false
-      const settle = () => {
-        if (settled) return
-        settled = true
-        done()
-      }
-      socket.write(bytes, settle)
-      if (socket.writableLength === 0) settle()
+      socket.write(bytes, conn.written)
+      if (socket.writableLength === 0) {
+        conn.writing.push(undefined)
+        release(held)
+      } else conn.writing.push(held)
     }
 
     // Frames after the first in a tick go out in one write: far fewer
@@ -336,9 +349,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       conn.start = used
       conn.frames = 0
       chunk.writes++
-      writeOut(conn.socket, chunk.buf.subarray(start, used), frames, () => {
-        if (--chunk.writes === 0 && chunk.retired) buffers.release(chunk)
-      })
+      writeOut(conn, chunk.buf.subarray(start, used), frames, chunk)
       // All of it is the kernel's already: the next frames start at the top again, in warm memory.
       if (chunk.writes === 0 && conn.chunk === chunk) conn.start = conn.used = 0
     }
@@ -353,7 +364,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         const own = buffers.takeLarge(need)
         own.writeUInt32BE(size, 0)
         inlet.encodeInto(frame, own, PREFIX)
-        writeOut(conn.socket, own.subarray(0, need), 1, () => buffers.releaseLarge(own))
+        writeOut(conn, own.subarray(0, need), 1, own)
         return
       }
       if (conn.chunk !== undefined && conn.chunk.buf.length - conn.used < need) {
