@@ -48,6 +48,20 @@ describe("queries", () => {
       assert.deepStrictEqual(result.missing, [])
     }))
 
+  it.effect("a target that speaks udp alone is asked by datagram, naming it, and answers", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make({ delay: "1 millis" })
+      const asker = yield* memberOn(network, "asker")
+      const datagrams = yield* memberOn(network, { name: "datagrams", protocols: ["udp"] })
+      yield* datagrams.hook(HookPoint.query("Q"), (q) => Effect.succeed(`by udp: ${q.text}`))
+      yield* TestClock.adjust("10 millis")
+      const run = yield* asker.queryAll({ target: "datagrams", op: "Q", data: "hi" }).pipe(Effect.forkChild)
+      for (let i = 0; i < 3; i++) yield* TestClock.adjust("10 millis")
+      const result = yield* Fiber.join(run)
+      assert.deepStrictEqual([...result.responses.values()].map((r) => `${r.text} (${r.service.protocols.map((p) => p.protocol)})`), ["by udp: hi (udp)"])
+      assert.isTrue(result.complete)
+    }))
+
   it.effect("stream the answers as they come, ending with a timeout that names who did not answer", () =>
     Effect.gen(function*() {
       const asker = yield* quickAndSlow("10 seconds")

@@ -301,21 +301,20 @@ export const makeQueries = (
       }
       pending.set(asked)
       queryAlarm.wakeBy(at)
-      // Over a connection the frame goes as it is; a datagram names its target.
-      const frameFor = (peer: Service) => (protocol: ProtocolName): Frame =>
-        protocol === "udp" ? { ...frame, targets: [peer.id] } : frame
       let later: Array<Service> | undefined
       for (const peer of peers) {
         if (deliverNow(peer, frame) === undefined) (later ??= []).push(peer)
       }
-      if (later !== undefined) {
-        runNow(Effect.forEach(later, (peer) =>
-          deliverTo(peer, (protocol) => Effect.succeed(frameFor(peer)(protocol))).pipe(
-            Effect.catch((e) => Effect.sync(() => asked.settle(peer, new QueryError({ service: peer, message: e.message }))))
-          ), { concurrency: "unbounded", discard: true }))
-      }
+      if (later !== undefined) askLater(later, frame, asked)
       return asked
     }
+    /** Peers whose connection was not ready at once, from a fiber the member owns (apart: the common path makes no closure). */
+    const askLater = (later: ReadonlyArray<Service>, frame: QueryFrame, asked: Asked) =>
+      runNow(Effect.forEach(later, (peer) =>
+        // Over a connection the frame goes as it is; a datagram names its target.
+        deliverTo(peer, (protocol): Effect.Effect<Frame> => Effect.succeed(protocol === "udp" ? { ...frame, targets: [peer.id] } : frame)).pipe(
+          Effect.catch((e) => Effect.sync(() => asked.settle(peer, new QueryError({ service: peer, message: e.message }))))
+        ), { concurrency: "unbounded", discard: true }))
 
     /** `askPeers` for targets to resolve first. */
     const ask = (request: QueryOptions<Targets>, on: (event: QueryEvent) => void) =>
