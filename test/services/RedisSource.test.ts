@@ -200,6 +200,22 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       assert.strictEqual(yield* names(a), "b")
     }))
 
+  it.effect("a first full read that fails does not make the source up: up comes with the first view", () =>
+    Effect.gen(function*() {
+      const network = MemoryNetwork.make()
+      const fake = makeFakeRedis()
+      yield* on(network, fake, "b")
+      yield* pass(1500)
+      fake.failReads(1)
+      const reads = fake.calls.read
+      const a = yield* on(network, fake, "a")
+      const state = () => Effect.map(a.sources, (ss) => ss.find((s) => s.source === "redis")?.state)
+      for (let i = 0; i < 100 && (yield* state()) !== "up"; i++) yield* pass(5, 5)
+      assert.strictEqual(yield* state(), "up")
+      assert.strictEqual(yield* names(a), "b")
+      assert.strictEqual(fake.calls.read - reads, 2)
+    }))
+
   it.effect("a membership hook that takes its time holds back the events after it: a join then a leave end with the member lost", () =>
     Effect.gen(function*() {
       const network = MemoryNetwork.make()

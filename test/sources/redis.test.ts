@@ -73,6 +73,8 @@ describe.skipIf(!canRunRedis())("redis source", () => {
       const a = yield* member({ ...base, name: "a", redis: redis.url })
       const b = yield* member({ ...base, name: "b", redis: redis.url })
       yield* eventually(names(a), (n) => n === "b")
+      // Up (its first full read done) before the freeze: a read that hangs on it takes its own timeout.
+      yield* eventually(state(a), (s) => s === "up")
       const lostAtA = yield* losses(a)
       yield* redis.freeze
       yield* eventually(state(a), (s) => s === "down", "3 seconds")

@@ -232,14 +232,14 @@ export const RedisSource = {
         let readRev = 0 // the revision of the last full read: events up to it are in it
         let reading = false
 
-        /** Everything in the set, read once for the process's members at a time; one that fails is tried again at the next beat. */
-        const readAll = (redis: Redis.Redis["Service"], releaseMissing: boolean) =>
+        /** Everything in the set, read once for the process's members at a time; one that fails (false) is tried again at the next beat. */
+        const readAll = (redis: Redis.Redis["Service"], releaseMissing: boolean): Effect.Effect<boolean> =>
           Effect.gen(function*() {
             const reply = yield* link.once(keys.state, redis.eval(scripts.read)(keys).pipe(Effect.timeout(readTimeout)))
             if (!Array.isArray(reply) || typeof reply[0] !== "number") {
               stats.drop("redis-invalid")
               missed = true
-              return
+              return false
             }
             const rev = reply[0]
             const listed = new Set<string>()
@@ -259,7 +259,13 @@ export const RedisSource = {
             readRev = Math.max(readRev, rev)
             seen = Math.max(seen, rev)
             for (const [instance, at] of gone) if (at <= rev) gone.delete(instance)
-          }).pipe(Effect.catch(() => Effect.sync(() => void (missed = true))))
+            return true
+          }).pipe(Effect.catch(() =>
+            Effect.sync(() => {
+              missed = true
+              return false
+            })
+          ))
 
         /** A read beside the beats: a big read must not hold our own beat back. */
         const startRead = (redis: Redis.Redis["Service"], releaseMissing: boolean) => {
@@ -411,7 +417,12 @@ export const RedisSource = {
               if (first) {
                 // The first view is read before the source says it is up: a
                 // program that waits for "up" finds the members Redis knows.
-                yield* readAll(redis, true)
+                // Without it (Redis froze meanwhile, say), not up yet: the next beat reads again.
+                if (!(yield* readAll(redis, true))) {
+                  missed = false
+                  yield* Effect.sleep(Duration.millis(Math.min(25, heartbeat)))
+                  continue
+                }
               } else if (!reading) {
                 const due = pendingRelease > 0 && clock.currentTimeMillisUnsafe() >= pendingRelease
                 if (refill) {
