@@ -181,8 +181,13 @@ export class Hooks extends Context.Service<Hooks, {
           } catch (e) {
             out = Effect.die(e)
           }
-          // A finished Effect gets its verdict here; a verdict that is itself
-          // finished (a value, a rejection) is taken at once.
+          // A value handed back finished is taken as it is (the verdict would wrap it again).
+          if (Exit.isExit(out) && out._tag === "Success" && out.value !== undefined && out.value !== null) {
+            current = out.value
+            continue
+          }
+          // Any other finished Effect gets its verdict here; a verdict that is
+          // itself finished (a rejection) is taken at once.
           const judged = Exit.isExit(out) ? (out._tag === "Success" ? verdict.onSuccess(out.value) : verdict.onFailure(out.cause)) : undefined
           if (judged !== undefined && Exit.isExit(judged)) {
             if (judged._tag === "Failure") return judged as Exit.Exit<never, HookRejected>
