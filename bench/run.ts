@@ -41,15 +41,14 @@ const spawn = (file: string, args: ReadonlyArray<string>, extraArgv: ReadonlyArr
   // the library as deployed. The raw references need no build. BENCH_SOURCE=1
   // runs the messaging and scale processes from the source instead (to compare).
   const bundled = process.env.BENCH_SOURCE ? file === "member.ts" : file !== "raw.ts"
+  // A bundle resolves what it leaves external (`cluster-comm/promise`) as an installed program does, not to the source.
+  const resolving = (flags: ReadonlyArray<string>) => bundled ? flags.filter((f) => !f.startsWith("--conditions")) : flags
   const child = fork(bundled ? here(`../dist/bench/${file.replace(/\.ts$/, ".mjs")}`) : here(file), args, {
     stdio: ["ignore", "ignore", "inherit", "ipc"],
-    // A bundle resolves what it leaves external (`cluster-comm/promise`) as an installed program does, not to the source.
-    execArgv: [...process.execArgv.filter((f) => !(bundled && f.startsWith("--conditions"))), ...profile, ...extraArgv],
+    execArgv: [...resolving(process.execArgv), ...profile, ...extraArgv],
     env: {
       ...process.env,
-      ...(bundled && process.env.NODE_OPTIONS !== undefined
-        ? { NODE_OPTIONS: process.env.NODE_OPTIONS.split(" ").filter((f) => !f.startsWith("--conditions")).join(" ") }
-        : {}),
+      ...(process.env.NODE_OPTIONS === undefined ? {} : { NODE_OPTIONS: resolving(process.env.NODE_OPTIONS.split(" ")).join(" ") }),
       NODE_COMPILE_CACHE: join(tmpdir(), "cluster-comm-bench-cache")
     }
   })
@@ -237,9 +236,8 @@ const pair = async (impl: "cluster" | "promise" | "raw", roles: readonly [string
     const b = spawn(file, [roles[1], String(port)])
     ready.push(await b.next("ready"))
     // The Promise API's peers must run the shipped bundle, as a user's program does.
-    for (const r of ready) {
-      if (impl === "promise" && !String(r.entry).endsWith("/dist/promise.mjs")) throw new Error(`the Promise API peer loaded ${r.entry}, not dist/promise.mjs`)
-    }
+    const wrong = impl === "promise" ? ready.find((r) => !String(r.entry).endsWith("/dist/promise.mjs")) : undefined
+    if (wrong !== undefined) throw new Error(`the Promise API peer loaded ${wrong.entry}, not dist/promise.mjs`)
     return [a, b] as const
   }
   const a = spawn("raw.ts", [roles[0]])

@@ -5,6 +5,7 @@
 import * as IpNetwork from "effect/net/IpNetwork"
 import * as NetAddress from "effect/net/NetAddress"
 import { plainAddress } from "./host.ts"
+import { boundedMemo } from "./memo.ts"
 
 /**
  * A network such as `10.1.0.0/16` or `fd00::/8`, or why it is not one. Host
@@ -35,15 +36,8 @@ const MAX_CACHED = 4096
 export const allowList = (networks: ReadonlyArray<string>): ((address: string) => boolean) | undefined => {
   if (networks.length === 0) return undefined
   const parsed = networks.map(parseNetwork).filter((n) => typeof n !== "string")
-  const known = new Map<string, boolean>()
-  return (address) => {
-    let ok = known.get(address)
-    if (ok === undefined) {
-      const ip = NetAddress.ipFromString(plainAddress(address))
-      ok = ip._tag === "Success" && parsed.some((n) => IpNetwork.contains(n, ip.success))
-      if (known.size >= MAX_CACHED) known.clear()
-      known.set(address, ok)
-    }
-    return ok
-  }
+  return boundedMemo(MAX_CACHED, (address: string) => {
+    const ip = NetAddress.ipFromString(plainAddress(address))
+    return ip._tag === "Success" && parsed.some((n) => IpNetwork.contains(n, ip.success))
+  })
 }

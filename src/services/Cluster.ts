@@ -27,7 +27,7 @@ import {
 import type { Sender } from "../schema/Frame.ts"
 import type { QueryEvent, QueryOptions, QueryResult } from "../schema/Query.ts"
 import type { Clause, InvalidQuery } from "../schema/Resolver.ts"
-import { type ClusterEvent, type Delivery, Message, type Service, toBytes } from "../schema/Service.ts"
+import type { ClusterEvent, Delivery, Message, Service } from "../schema/Service.ts"
 import type { TagChange, TagError } from "../schema/Tags.ts"
 import { makeQueries } from "./cluster/Queries.ts"
 import { makeReceivePipeline, SYSTEM_CHANNEL } from "./cluster/ReceivePipeline.ts"
@@ -319,9 +319,7 @@ export const queryAllNow = new WeakMap<
 
 /** A query hook's answer as the reply's message; nothing stays nothing. */
 const answered = (query: Message, data: unknown): Message =>
-  (data === undefined || data === null
-    ? data
-    : new Message(query.op, toBytes(data as Data), query.from, query.protocol, query.channel)) as Message
+  (data === undefined || data === null ? data : query.with({ data: data as Data })) as Message
 
 /**
  * Runs effects in fibers the member owns: started at once, and kept (to be

@@ -11,9 +11,13 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
+import { boundedMemo } from "../internal/memo.ts"
 import { spanned, tracing } from "../internal/trace.ts"
 import { HookRejected } from "../schema/Errors.ts"
 import type { Message, Outgoing, ProtocolName, Service } from "../schema/Service.ts"
+
+/** What a hook may not hand back: nothing (it is refused, as "hook returned no value"). */
+const refused = (value: unknown): boolean => value === undefined || value === null
 
 /**
  * A named place in the send, receive or membership pipeline; `A` is what its
@@ -101,7 +105,7 @@ export class Hooks extends Context.Service<Hooks, {
     }
     const verdict = (key: string): Verdict => ({
       onSuccess: (next) =>
-        next === undefined || next === null
+        refused(next)
           ? Effect.fail(new HookRejected({ point: key, reason: "hook returned no value" }))
           : Effect.succeed(next),
       onFailure: (cause) => {
@@ -114,17 +118,8 @@ export class Hooks extends Context.Service<Hooks, {
         )
       }
     })
-    const verdicts = new Map<string, Verdict>()
-    const verdictOf = (key: string): Verdict => {
-      let v = verdicts.get(key)
-      if (v === undefined) {
-        // Bounded: points are made from ops, which come from the network.
-        if (verdicts.size >= 1024) verdicts.clear()
-        v = verdict(key)
-        verdicts.set(key, v)
-      }
-      return v
-    }
+    // Bounded: points are made from ops, which come from the network.
+    const verdictOf = boundedMemo(1024, verdict)
     const guarded = <A>(key: string, hook: Hook<A, unknown>, value: A): Effect.Effect<A, HookRejected> =>
       Effect.matchCauseEffect(Effect.suspend(() => hook(value)), verdictOf(key)) as Effect.Effect<A, HookRejected>
     /** `effect`, then the hooks of `chain` from `from` on, each given the value the one before it returned. */
@@ -181,21 +176,19 @@ export class Hooks extends Context.Service<Hooks, {
           } catch (e) {
             out = Effect.die(e)
           }
-          // A value handed back finished is taken as it is (the verdict would wrap it again).
-          if (Exit.isExit(out) && out._tag === "Success" && out.value !== undefined && out.value !== null) {
-            current = out.value
-            continue
+          if (Exit.isExit(out)) {
+            // A value handed back finished is taken as it is (the verdict would wrap it again).
+            if (out._tag === "Success" && !refused(out.value)) {
+              current = out.value
+              continue
+            }
+            // Otherwise the verdict: a rejection is itself finished; a failure to log is work to do.
+            const judged = out._tag === "Success" ? verdict.onSuccess(out.value) : verdict.onFailure(out.cause)
+            if (Exit.isExit(judged)) return judged as Exit.Exit<never, HookRejected>
+            return andRest(p.key, chain, i + 1, judged) as Effect.Effect<A, HookRejected>
           }
-          // Any other finished Effect gets its verdict here; a verdict that is
-          // itself finished (a rejection) is taken at once.
-          const judged = Exit.isExit(out) ? (out._tag === "Success" ? verdict.onSuccess(out.value) : verdict.onFailure(out.cause)) : undefined
-          if (judged !== undefined && Exit.isExit(judged)) {
-            if (judged._tag === "Failure") return judged as Exit.Exit<never, HookRejected>
-            current = judged.value
-            continue
-          }
-          // Work to do (a hook still running, a failure to log): it and the hooks after it, as `run` has them.
-          return andRest(p.key, chain, i + 1, judged ?? Effect.matchCauseEffect(out, verdict)) as Effect.Effect<A, HookRejected>
+          // Work to do (a hook still running): it and the hooks after it, as `run` has them.
+          return andRest(p.key, chain, i + 1, Effect.matchCauseEffect(out, verdict)) as Effect.Effect<A, HookRejected>
         }
         return Exit.succeed(current as A)
       },

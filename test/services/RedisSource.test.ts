@@ -33,6 +33,13 @@ const joinUnheard = (network: MemoryNetwork, fake: FakeRedis, name: string, mill
     yield* pass(millis)
     fake.deafen(false)
   })
+/** Moves time on in steps of `step` ms until the member's Redis source says up (bounded); its state then. */
+const untilUp = (c: Cluster["Service"], step: number) =>
+  Effect.gen(function*() {
+    const state = Effect.map(c.sources, (ss) => ss.find((s) => s.source === "redis")?.state)
+    for (let i = 0; i < 100 && (yield* state) !== "up"; i++) yield* pass(step, step)
+    return yield* state
+  })
 /** Moves time on until a full read has run after `reads` (bounded). */
 const untilRead = (fake: FakeRedis, reads: number) =>
   Effect.gen(function*() {
@@ -194,9 +201,7 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       yield* pass(1500)
       fake.slowReads(600)
       const a = yield* on(network, fake, "a")
-      const state = () => Effect.map(a.sources, (ss) => ss.find((s) => s.source === "redis")?.state)
-      for (let i = 0; i < 100 && (yield* state()) !== "up"; i++) yield* pass(25, 25)
-      assert.strictEqual(yield* state(), "up")
+      assert.strictEqual(yield* untilUp(a, 25), "up")
       assert.strictEqual(yield* names(a), "b")
     }))
 
@@ -209,9 +214,7 @@ describe("the Redis source's protocol (fake Redis, test clock)", () => {
       fake.failReads(1)
       const reads = fake.calls.read
       const a = yield* on(network, fake, "a")
-      const state = () => Effect.map(a.sources, (ss) => ss.find((s) => s.source === "redis")?.state)
-      for (let i = 0; i < 100 && (yield* state()) !== "up"; i++) yield* pass(5, 5)
-      assert.strictEqual(yield* state(), "up")
+      assert.strictEqual(yield* untilUp(a, 5), "up")
       assert.strictEqual(yield* names(a), "b")
       assert.strictEqual(fake.calls.read - reads, 2)
     }))

@@ -22,6 +22,7 @@ import * as Exit from "effect/Exit"
 import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
 import { makeAlarm } from "../../internal/alarm.ts"
+import { boundedMemo } from "../../internal/memo.ts"
 import { spanned, tracing } from "../../internal/trace.ts"
 import { type HookRejected, InvalidMessage } from "../../schema/Errors.ts"
 import { checkFrame, type Frame, NO_TARGETS, type QueryFrame, type ReplyFrame } from "../../schema/Frame.ts"
@@ -174,16 +175,7 @@ export const makeQueries = (
     }
 
     // The query hook point of each op, made once (bounded: ops come from the network).
-    const queryPoints = new Map<string, HookPoint<Message>>()
-    const queryPoint = (op: string) => {
-      let point = queryPoints.get(op)
-      if (point === undefined) {
-        if (queryPoints.size >= 1024) queryPoints.clear()
-        point = Points.query(op) as unknown as HookPoint<Message>
-        queryPoints.set(op, point)
-      }
-      return point
-    }
+    const queryPoint = boundedMemo(1024, (op: string) => Points.query(op) as unknown as HookPoint<Message>)
 
     /**
      * Starts the answer at once; the reply leaves when its verdict is in: in

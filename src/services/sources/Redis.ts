@@ -77,6 +77,8 @@ const readByLink = new WeakMap<RedisLink, Map<string, Described>>()
  * `read(text)` once for the members of a process without a key: each join
  * reaches every member, and 50 members decoding the same text 50 times was
  * a quarter of a process's work on an event. Sightings are immutable values.
+ * Not `boundedMemo`: a miss is read by the member asking, keyless then (a
+ * member that installs a key later must not read for the others).
  */
 const readOnce = (link: RedisLink, text: string, read: (text: string) => Described): Described => {
   let texts = readByLink.get(link)
@@ -414,15 +416,14 @@ export const RedisSource = {
                 pendingRelease = clock.currentTimeMillisUnsafe() + restartGrace
                 missed = false
               }
+              let viewed = true
               if (first) {
                 // The first view is read before the source says it is up: a
                 // program that waits for "up" finds the members Redis knows.
-                // Without it (Redis froze meanwhile, say), not up yet: the next beat reads again.
-                if (!(yield* readAll(redis, true))) {
-                  missed = false
-                  yield* Effect.sleep(Duration.millis(Math.min(25, heartbeat)))
-                  continue
-                }
+                // Without it (Redis froze meanwhile, say), not up yet: the
+                // next beat, still the first, reads again.
+                viewed = yield* readAll(redis, true)
+                if (!viewed) missed = false
               } else if (!reading) {
                 const due = pendingRelease > 0 && clock.currentTimeMillisUnsafe() >= pendingRelease
                 if (refill) {
@@ -435,10 +436,12 @@ export const RedisSource = {
                   yield* startRead(redis, pendingRelease === 0)
                 }
               }
-              // Events up to this revision should have come before the next beat.
-              expectNext = rev > seen ? rev : 0
-              lastRev = rev
-              yield* sources.report("redis", "up")
+              if (viewed) {
+                // Events up to this revision should have come before the next beat.
+                expectNext = rev > seen ? rev : 0
+                lastRev = rev
+                yield* sources.report("redis", "up")
+              }
             }
           }
           // Until the first beat, look again soon: joining should not wait a heartbeat for the link.
