@@ -4,16 +4,25 @@
  */
 import * as Data from "effect/Data"
 import type * as Duration from "effect/Duration"
+import * as Pipeable from "effect/Pipeable"
 import type { Clause } from "./Resolver.ts"
 import type { Service } from "./Service.ts"
 
 const utf8 = new TextDecoder()
 
-/** A target's response. */
-export class QueryResponse extends Data.TaggedClass("QueryResponse")<{
+/**
+ * A target's response. Its fields are set one by one, not copied from the
+ * argument as a data class does: one is made a round trip, on its hot path.
+ */
+export class QueryResponse extends Pipeable.Class {
+  readonly _tag = "QueryResponse"
   readonly service: Service
   readonly data: Uint8Array
-}> {
+  constructor(props: { readonly service: Service; readonly data: Uint8Array }) {
+    super()
+    this.service = props.service
+    this.data = props.data
+  }
   get text(): string {
     return utf8.decode(this.data)
   }

@@ -3,7 +3,7 @@ import dgram from "node:dgram"
 import net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Stream } from "effect"
-import { decodeFrame, encodeFrame, type Frame, HookPoint, HookRejected, type JoinError, type Service } from "cluster-comm"
+import { type Cluster, decodeFrame, encodeFrame, type Frame, HookPoint, HookRejected, type JoinError, type Service } from "cluster-comm"
 import { collect, eventually, leavable, member, rawMulticast, testCluster } from "../helpers.ts"
 
 // Real sockets, one process, host-only (remote 0): loopback multicast, TTL 0.
@@ -14,6 +14,15 @@ const quiet = { ...net1, heartbeat: "30 seconds", ttl: "60 seconds" } as const
 
 const knowsAll = (all: ReadonlyArray<string>, self: string) => (services: ReadonlyArray<Service>) =>
   all.filter((n) => n !== self).every((n) => services.some((s) => s.name === n))
+
+/** `from` opens its connection to the member named `name` with a message, which arrives: `to` may then answer on it. */
+const opened = (from: Cluster["Service"], to: Cluster["Service"], name: string) =>
+  Effect.gen(function*() {
+    const [target] = yield* eventually(from.resolve(name), (s) => s.length === 1)
+    const got = yield* collect(to, 1)
+    yield* from.sendTo(target!, "C", "hello")
+    yield* Fiber.join(got).pipe(Effect.timeout("3 seconds"))
+  })
 
 describe("members on real sockets (one host)", () => {
   it.live("share the multicast port and all hear each other", () =>
@@ -362,33 +371,40 @@ describe("members on real sockets (one host)", () => {
       assert.deepStrictEqual(count(yield* b.stats), [1, 1])
     }))
 
-  it.live("a slow subscriber slows a tcp sender down instead of losing messages", () =>
-    Effect.gen(function*() {
-      const receiver = yield* member({ name: "slow-rx", ...fast, bufferSize: 16 })
-      const sender = yield* member({ name: "fast-tx", ...fast })
-      const [target] = yield* eventually(sender.resolve("slow-rx"), (s) => s.length === 1)
-      const count = 20_000
-      let seen = 0
-      let inOrder = true
-      const consumer = yield* receiver.messages.pipe(
-        Stream.take(count),
-        Stream.runForEach((m) =>
-          Effect.gen(function*() {
-            if (m.text !== String(seen)) inOrder = false
-            seen++
-            if (seen % 500 === 0) yield* Effect.sleep("1 millis") // a consumer slower than the sender
-          })
-        ),
-        Effect.forkChild
-      )
-      yield* Effect.sleep("20 millis")
-      for (let i = 0; i < count; i++) yield* sender.sendTo(target!, "C", String(i))
-      yield* Fiber.join(consumer).pipe(Effect.timeout("20 seconds"))
-      assert.strictEqual(seen, count)
-      assert.isTrue(inOrder)
-      const drops = (yield* receiver.stats).drops
-      assert.isUndefined(drops["queue-full"])
-    }))
+  // Both ends of a connection: the sender's own (the receiver reads it as a
+  // stream), and the receiver's, which the sender answers on (the receiver
+  // reads it through `onread`, into the buffer its dialed connections share).
+  for (const dialer of ["sender", "receiver"] as const) {
+    it.live(`a slow subscriber slows a tcp sender down instead of losing messages (the ${dialer} connected)`, () =>
+      Effect.gen(function*() {
+        const receiver = yield* member({ name: `slow-rx-${dialer}`, ...fast, bufferSize: 16 })
+        const sender = yield* member({ name: `fast-tx-${dialer}`, ...fast })
+        const [target] = yield* eventually(sender.resolve(`slow-rx-${dialer}`), (s) => s.length === 1)
+        if (dialer === "receiver") yield* opened(receiver, sender, `fast-tx-${dialer}`)
+        const count = 20_000
+        let seen = 0
+        let inOrder = true
+        const consumer = yield* receiver.messages.pipe(
+          Stream.take(count),
+          Stream.runForEach((m) =>
+            Effect.gen(function*() {
+              if (m.text !== String(seen)) inOrder = false
+              seen++
+              if (seen % 500 === 0) yield* Effect.sleep("1 millis") // a consumer slower than the sender
+            })
+          ),
+          Effect.forkChild
+        )
+        yield* Effect.sleep("20 millis")
+        for (let i = 0; i < count; i++) yield* sender.sendTo(target!, "C", String(i))
+        yield* Fiber.join(consumer).pipe(Effect.timeout("20 seconds"))
+        assert.strictEqual(seen, count)
+        assert.isTrue(inOrder)
+        const drops = (yield* receiver.stats).drops
+        assert.isUndefined(drops["queue-full"])
+        assert.strictEqual((yield* sender.stats).connectionsOpened, dialer === "sender" ? 1 : 0)
+      }))
+  }
 
   it.live("falls back from refused tcp to udp, and filters multicast to the target", () =>
     Effect.gen(function*() {
@@ -516,7 +532,7 @@ describe("members on real sockets (one host)", () => {
       assert.deepStrictEqual(messages.map((m) => Number(m.text)), Array.from({ length: 300 }, (_, i) => i))
     }))
 
-  it.live("messages of every size over one tcp connection arrive whole and in order, sealed or not", () =>
+  it.live("messages of every size over one tcp connection arrive whole and in order, both ways, sealed or not", () =>
     Effect.gen(function*() {
       // Small ones share a write buffer; from 64 KiB up a frame is a write of
       // its own, in a buffer reused by size; bursts of 40 kB and of 70 kB
@@ -526,18 +542,26 @@ describe("members on real sockets (one host)", () => {
         ...Array.from({ length: 60 }, () => 40_000), 10,
         ...Array.from({ length: 120 }, () => 70_000), 10
       ]
+      // Each message is filled with its own index, so a mix-up or a torn frame shows.
+      const sent = sizes.map((n, i) => new Uint8Array(n).fill(i))
+      const carry = (from: Cluster["Service"], to: Cluster["Service"], name: string) =>
+        Effect.gen(function*() {
+          const [target] = yield* eventually(from.resolve(name), (s) => s.length === 1)
+          const got = yield* collect(to, sizes.length)
+          for (const data of sent) yield* from.sendTo(target!, "S", data)
+          const messages = yield* Fiber.join(got).pipe(Effect.timeout("10 seconds"))
+          assert.deepStrictEqual(messages.map((m) => m.data.length), sizes)
+          for (const [i, m] of messages.entries()) assert.isTrue(m.data.every((b) => b === i), `message ${i} intact`)
+          assert.isTrue(messages.every((m) => m.protocol === "tcp"))
+        })
       for (const secret of [undefined, "size-test-secret"]) {
         const receiver = yield* member({ name: `sizes-rx-${secret === undefined}`, ...fast, protocols: ["tcp"], secret })
         const sender = yield* member({ name: `sizes-tx-${secret === undefined}`, ...fast, protocols: ["tcp"], secret })
-        const [target] = yield* eventually(sender.resolve(`sizes-rx-${secret === undefined}`), (s) => s.length === 1)
-        const got = yield* collect(receiver, sizes.length)
-        // Each message is filled with its own index, so a mix-up or a torn frame shows.
-        const sent = sizes.map((n, i) => new Uint8Array(n).fill(i))
-        for (const data of sent) yield* sender.sendTo(target!, "S", data)
-        const messages = yield* Fiber.join(got).pipe(Effect.timeout("10 seconds"))
-        assert.deepStrictEqual(messages.map((m) => m.data.length), sizes)
-        for (const [i, m] of messages.entries()) assert.isTrue(m.data.every((b) => b === i), `message ${i} intact`)
-        assert.isTrue(messages.every((m) => m.protocol === "tcp"))
+        yield* carry(sender, receiver, `sizes-rx-${secret === undefined}`)
+        // Back on the sender's connection: what it reads there lands in the
+        // buffer its dialed connections share, a read at a time, copied out.
+        yield* carry(receiver, sender, `sizes-tx-${secret === undefined}`)
+        assert.strictEqual((yield* receiver.stats).connectionsOpened, 0)
       }
     }))
 })

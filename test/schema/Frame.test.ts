@@ -168,6 +168,9 @@ describe("frame codec", () => {
     assert.strictEqual(decodeFrame(patched(18, 200)), "invalid-field") // name over 48 bytes
     const badUtf8 = patched(19, 0xff)
     assert.strictEqual(decodeFrame(badUtf8), "invalid-field")
+    // So is one after an ASCII start (a short string is read without the decoder until a byte above 0x7f).
+    assert.strictEqual(decodeFrame(patched(25, 0xff)), "invalid-field")
+    assert.strictEqual(decodeFrame(patched(29, 0xc3)), "invalid-field") // a lead byte, its continuation missing
     const hb = encodeFrame(heartbeat)
     assert.strictEqual(decodeFrame(Buffer.concat([hb, Buffer.from([0])])), "trailing-bytes")
     const manyTags = Buffer.from(hb)

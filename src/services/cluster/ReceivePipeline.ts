@@ -25,6 +25,7 @@ import * as PubSub from "effect/PubSub"
 import * as Stream from "effect/Stream"
 import { isLocalAddress } from "../../internal/host.ts"
 import { allowList } from "../../internal/networks.ts"
+import { atTickEnd } from "../../internal/tick.ts"
 import type { HookRejected } from "../../schema/Errors.ts"
 import { type Frame, isTraffic, type MessageFrame, type MessagesFrame } from "../../schema/Frame.ts"
 import { Message, type ProtocolName, toBytes } from "../../schema/Service.ts"
@@ -235,15 +236,16 @@ export const makeReceivePipeline = (
       else if (!publishing) {
         // Published once the socket's chunk is done: its messages go out as one batch.
         publishing = true
-        queueMicrotask(() => {
-          publishing = false
-          const published = publish()
-          if (published !== Effect.void) holdLine(published)
-        })
+        atTickEnd(endChunk)
       }
       return true
     }
     let publishing = false
+    const endChunk = () => {
+      publishing = false
+      const published = publish()
+      if (published !== Effect.void) holdLine(published)
+    }
 
     yield* pump(transport.takeBeacons, ({ frame, address, port, viaGroup }) =>
       isTraffic(frame) ? Effect.void : discovery.handle(frame, address, port, viaGroup))

@@ -16,6 +16,7 @@ import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import { isLocalAddress } from "../../internal/host.ts"
+import { atTickEnd } from "../../internal/tick.ts"
 import type { ClusterConfig } from "../../schema/Config.ts"
 import { FrameTooLarge, type JoinError, ProtocolFailure } from "../../schema/Errors.ts"
 import { type Frame, frameSize, type SenderCache } from "../../schema/Frame.ts"
@@ -27,6 +28,14 @@ import { type Chunk, HIGH_WATER, WriteBuffers } from "./WriteBuffers.ts"
 
 /** A batch this large is written at once rather than at the end of the tick. */
 const BATCH_BYTES = 64 * 1024
+/** A read's most: Node's own for a stream. */
+const READ_BYTES = 64 * 1024
+/**
+ * The buffer dialed connections read into. One a process is enough: a read
+ * fills it and its callback copies the bytes out before the next read.
+ */
+let shared: Buffer | undefined
+const readBuffer = () => (shared ??= Buffer.allocUnsafe(READ_BYTES))
 /** Sends that may wait (for a connect or a drain) on one peer's connection. */
 const MAX_WAITING = 4096
 
@@ -123,7 +132,8 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         socket.destroy()
         return
       }
-      const conn = newConnection(socket, undefined, address)
+      const conn = newConnection(socket, undefined)
+      socket.on("data", frameSink(conn, address))
       accepted.set(socket, conn)
       perPeer.set(address, fromPeer + 1)
       stats.connection("accepted")
@@ -137,9 +147,10 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
 
     /**
      * Cuts a connection's bytes into frames for the inlet, the connection
-     * itself as their way back. `address` is the peer's (ours to it: known once connected).
+     * itself as their way back: the handler of each chunk read. `address`
+     * is the peer's (ours to it: known once connected).
      */
-    const readFrames = (conn: Connection, address: string | undefined) => {
+    const frameSink = (conn: Connection, address: string | undefined) => {
       const { socket } = conn
       const reader = new FrameReader(options.maxFrame)
       const cache: SenderCache = {}
@@ -148,7 +159,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       const frame = (bytes: Buffer) => {
         if (!inlet.receive(bytes, name, from!, cache, 0, undefined, conn)) slowDown = true
       }
-      socket.on("data", (chunk: Buffer) => {
+      return (chunk: Buffer) => {
         from ??= options.addressOf(socket)
         if (!reader.push(chunk, frame)) {
           stats.drop("oversize")
@@ -162,7 +173,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
           socket.pause()
           inlet.whenDrained(() => socket.resume())
         }
-      })
+      }
     }
 
     const newServer = () => {
@@ -222,9 +233,9 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
 
     /**
      * A connection on `socket`: ours to the peer at `key` (open once
-     * connected), or, with the peer's `address`, one it opened to us (open now).
+     * connected), or one a peer opened to us (open now); its reads are wired by the caller.
      */
-    const newConnection = (socket: Net.Socket, key: string | undefined, address?: string): Connection => {
+    const newConnection = (socket: Net.Socket, key: string | undefined): Connection => {
       const conn: Connection = {
         socket,
         open: key === undefined,
@@ -268,14 +279,30 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         if (conn.key !== undefined && connections.get(conn.key) === conn) connections.delete(conn.key)
         settle(new Error("connection closed"))
       })
-      readFrames(conn, address)
       return conn
     }
 
+    /**
+     * Ours to a peer. Its reads skip the stream machinery (`onread`: each
+     * read lands in one buffer all such connections share, and the callback
+     * copies it out), which a round trip's asker otherwise pays once a
+     * reply; accepted sockets have no such option and read as streams.
+     */
     const connect = (to: Endpoint, key: string): Connection => {
-      const socket = net.connect({ ...options.connectTo(to), noDelay: true } as Net.NetConnectOpts)
+      let sink: (chunk: Buffer) => void
+      const onread = {
+        buffer: readBuffer(),
+        callback: (size: number, into: Uint8Array) => {
+          const chunk = Buffer.allocUnsafe(size)
+          chunk.set(size === into.length ? into : into.subarray(0, size))
+          sink(chunk)
+          return true
+        }
+      }
+      const socket = net.connect({ ...options.connectTo(to), noDelay: true, onread } as Net.NetConnectOpts)
       stats.connection("opened")
       const conn = newConnection(socket, key)
+      sink = frameSink(conn, undefined)
       connections.set(key, conn)
       return conn
     }
@@ -383,7 +410,7 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
         // it in this tick leave together when it ends.
         conn.ticking = true
         flush(conn)
-        queueMicrotask(conn.endTick)
+        atTickEnd(conn.endTick)
       } else if (conn.used - conn.start >= BATCH_BYTES) flush(conn)
     }
 
