@@ -195,6 +195,33 @@ const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
 
 const writeHostId = (buf: Buffer, at: number, hostId: string) => buf.write(hostId, at, 6, "hex")
 
+/** Strings this short in ASCII (ops, most names) are measured, written and read here: a call into C++ costs more. */
+const SHORT_STRING = 16
+
+/** A string's UTF-8 size. */
+const utf8Length = (s: string): number => {
+  if (s.length <= SHORT_STRING) {
+    let i = 0
+    while (i < s.length && s.charCodeAt(i) < 0x80) i++
+    if (i === s.length) return i
+  }
+  return Buffer.byteLength(s)
+}
+
+/** Writes a string as UTF-8 at `at`; returns its size. */
+const writeUtf8 = (buf: Buffer, s: string, at: number): number => {
+  if (s.length <= SHORT_STRING) {
+    let i = 0
+    for (; i < s.length; i++) {
+      const c = s.charCodeAt(i)
+      if (c >= 0x80) break
+      buf[at + i] = c
+    }
+    if (i === s.length) return i
+  }
+  return buf.write(s, at, "utf8")
+}
+
 const idParts = (id: string): [hostId: string, name: string] => {
   const at = id.indexOf("@")
   return [id.slice(0, at), id.slice(at + 1)]
@@ -203,7 +230,7 @@ const idParts = (id: string): [hostId: string, name: string] => {
 /** The encoded size of a frame, without any headroom. */
 export const frameSize = (frame: Frame): number => {
   if (frame._tag === "Beat") return BEAT_SIZE
-  let size = HEADER_SIZE + Buffer.byteLength(frame.sender.name)
+  let size = headerOf(frame.sender).length
   switch (frame._tag) {
     case "Leave":
       return size
@@ -211,13 +238,13 @@ export const frameSize = (frame: Frame): number => {
     case "Message":
       // A query is a message with a u32 id in front.
       if (frame._tag === "Query") size += 4
-      size += 1 + Buffer.byteLength(frame.op) + 2 + 1 + frame.data.byteLength
+      size += 1 + utf8Length(frame.op) + 2 + 1 + frame.data.byteLength
       for (const t of frame.targets) size += 6 + 1 + Buffer.byteLength(idParts(t)[1])
       return size
     case "Reply":
       return size + 5 + frame.data.byteLength
     case "Messages":
-      size += 1 + Buffer.byteLength(frame.op) + 2 + 4 + 4 * frame.items.length
+      size += 1 + utf8Length(frame.op) + 2 + 4 + 4 * frame.items.length
       for (const item of frame.items) size += item.byteLength
       return size
     case "Ping":
@@ -314,7 +341,7 @@ export const encodeFrameInto = (frame: Frame, buf: Buffer, start: number): void 
       buf.set(frame.data, at + 5)
       break
     case "Messages": {
-      const opLen = buf.write(frame.op, at + 1, "utf8")
+      const opLen = writeUtf8(buf, frame.op, at + 1)
       buf[at] = opLen
       at += 1 + opLen
       buf.writeUInt16BE(frame.channel, at)
@@ -333,7 +360,7 @@ export const encodeFrameInto = (frame: Frame, buf: Buffer, start: number): void 
         buf.writeUInt32BE(frame.id, at)
         at += 4
       }
-      const opLen = buf.write(frame.op, at + 1, "utf8")
+      const opLen = writeUtf8(buf, frame.op, at + 1)
       buf[at] = opLen
       at += 1 + opLen
       buf.writeUInt16BE(frame.channel, at)
@@ -370,18 +397,18 @@ export const encodeFrameInto = (frame: Frame, buf: Buffer, start: number): void 
 /** Why a frame we are about to send is not valid on the wire, or undefined when it is. */
 export const checkFrame = (frame: Frame): string | undefined => {
   if (frame._tag === "Beat") return frame.version >= 0 && frame.version <= 65535 ? undefined : "version must be a u16"
-  const nameLen = Buffer.byteLength(frame.sender.name)
+  const nameLen = utf8Length(frame.sender.name)
   if (nameLen < 1 || nameLen > MAX_NAME_BYTES) return `name must be 1..${MAX_NAME_BYTES} bytes`
   if (frame._tag === "Query" || frame._tag === "Reply") {
     if (!Number.isInteger(frame.id) || frame.id < 0 || frame.id > 0xffffffff) return "query id must be a u32"
   }
   if (frame._tag === "Messages") {
-    const opLen = Buffer.byteLength(frame.op)
+    const opLen = utf8Length(frame.op)
     if (opLen < 1 || opLen > MAX_OP_BYTES) return `op must be 1..${MAX_OP_BYTES} bytes`
     if (!Number.isInteger(frame.channel) || frame.channel < 0 || frame.channel > 65535) return "channel must be 0..65535"
     if (frame.items.length < 1 || frame.items.length > MAX_BATCH_ITEMS) return `a batch holds 1..${MAX_BATCH_ITEMS} messages`
   } else if (frame._tag === "Message" || frame._tag === "Query") {
-    const opLen = Buffer.byteLength(frame.op)
+    const opLen = utf8Length(frame.op)
     if (opLen < 1 || opLen > MAX_OP_BYTES) return `op must be 1..${MAX_OP_BYTES} bytes`
     if (!Number.isInteger(frame.channel) || frame.channel < 0 || frame.channel > 65535) return "channel must be 0..65535"
     if (frame.targets.length > MAX_TARGETS) return `at most ${MAX_TARGETS} targets`
@@ -609,9 +636,6 @@ const sameBytes = (a: Buffer, b: Buffer, start: number, end: number): boolean =>
   for (let i = start; i < end; i++) if (a[i] !== b[i]) return false
   return true
 }
-
-/** Strings this short in ASCII (ops, most names) are built here: a call into the decoder costs more. */
-const SHORT_STRING = 16
 
 /** A u8 length-prefixed UTF-8 string of 1..max bytes. */
 const readString = (buf: Buffer, at: number, max: number): string => {
