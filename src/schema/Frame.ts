@@ -42,6 +42,7 @@
  */
 import { net } from "../internal/builtins.ts"
 import type { Advertised, ProtocolName } from "./Service.ts"
+import { readUtf8, sameBytes, utf8Length, writeUtf8 } from "./WireText.ts"
 
 export const MAGIC = 0xcc
 export const VERSION = 1
@@ -191,36 +192,7 @@ export const registerProtocolId = (name: ProtocolName, id: number): string | und
   return undefined
 }
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
-
 const writeHostId = (buf: Buffer, at: number, hostId: string) => buf.write(hostId, at, 6, "hex")
-
-/** Strings this short in ASCII (ops, most names) are measured, written and read here: a call into C++ costs more. */
-const SHORT_STRING = 16
-
-/** A string's UTF-8 size. */
-const utf8Length = (s: string): number => {
-  if (s.length <= SHORT_STRING) {
-    let i = 0
-    while (i < s.length && s.charCodeAt(i) < 0x80) i++
-    if (i === s.length) return i
-  }
-  return Buffer.byteLength(s)
-}
-
-/** Writes a string as UTF-8 at `at`; returns its size. */
-const writeUtf8 = (buf: Buffer, s: string, at: number): number => {
-  if (s.length <= SHORT_STRING) {
-    let i = 0
-    for (; i < s.length; i++) {
-      const c = s.charCodeAt(i)
-      if (c >= 0x80) break
-      buf[at + i] = c
-    }
-    if (i === s.length) return i
-  }
-  return buf.write(s, at, "utf8")
-}
 
 const idParts = (id: string): [hostId: string, name: string] => {
   const at = id.indexOf("@")
@@ -631,27 +603,11 @@ const need = (buf: Buffer, at: number, n: number) => {
   if (at + n > buf.length) throw new Malformed("truncated")
 }
 
-/** Whether `a` and `b` hold the same bytes from `start` to `end` (a loop: cheaper than a call into Buffer.compare at these sizes). */
-const sameBytes = (a: Buffer, b: Buffer, start: number, end: number): boolean => {
-  for (let i = start; i < end; i++) if (a[i] !== b[i]) return false
-  return true
-}
-
 /** A u8 length-prefixed UTF-8 string of 1..max bytes. */
 const readString = (buf: Buffer, at: number, max: number): string => {
   need(buf, at, 1)
   const len = buf[at]!
   if (len === 0 || len > max) throw new Malformed("invalid-field")
   need(buf, at + 1, len)
-  if (len <= SHORT_STRING) {
-    let text = ""
-    let i = at + 1
-    for (; i <= at + len; i++) {
-      const c = buf[i]!
-      if (c >= 0x80) break
-      text += String.fromCharCode(c)
-    }
-    if (i > at + len) return text
-  }
-  return strictUtf8.decode(buf.subarray(at + 1, at + 1 + len))
+  return readUtf8(buf, at + 1, at + 1 + len)
 }
