@@ -293,7 +293,9 @@ export const makeStreamProtocol = (options: StreamOptions): Effect.Effect<Protoc
       const onread = {
         buffer: readBuffer(),
         callback: (size: number, into: Uint8Array) => {
-          const chunk = Buffer.allocUnsafe(size)
+          // A buffer of its own, as a stream's read is: a message kept by the
+          // program holds on to its read's bytes, not to a shared pool's 8 KiB.
+          const chunk = Buffer.allocUnsafeSlow(size)
           chunk.set(size === into.length ? into : into.subarray(0, size))
           sink(chunk)
           return true
