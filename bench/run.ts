@@ -412,7 +412,8 @@ try {
           `installed: 2 processes at once, ${label}`,
           `both know each other ${fmt(x.allKnownMs, 0)} ms after the first spawn; ${fmt(x.cpuMs, 0)} ms of CPU a process`,
           peerList((p) => `${fmt(p.allKnownMs, 0)} ms, ${fmt(p.cpuMs, 0)} ms of CPU`),
-          `CPU ${fmt(x.cpuMs / lightest, 2)}x the lightest peer's (target <= 1.2x)${label === "Promise entry" ? "; target <= 100 ms" : ""}`
+          // Issue 16's targets are the Promise entry's; the Effect entry's is its own load (above).
+          `CPU ${fmt(x.cpuMs / lightest, 2)}x the lightest peer's${label === "Promise entry" ? " (target <= 1.2x); target <= 100 ms" : ""}`
         ])
       }
       const thirty = r.thirtyAtOnce
