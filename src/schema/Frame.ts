@@ -211,7 +211,7 @@ export const frameSize = (frame: Frame): number => {
       // A query is a message with a u32 id in front.
       if (frame._tag === "Query") size += 4
       size += 1 + utf8Length(frame.op) + 2 + 1 + frame.data.byteLength
-      for (const t of frame.targets) size += 6 + 1 + Buffer.byteLength(idParts(t)[1])
+      for (const t of frame.targets) size += 6 + 1 + utf8Length(idParts(t)[1])
       return size
     case "Reply":
       return size + 5 + frame.data.byteLength
@@ -220,14 +220,14 @@ export const frameSize = (frame: Frame): number => {
       for (const item of frame.items) size += item.byteLength
       return size
     case "Ping":
-      return size + 6 + 1 + Buffer.byteLength(idParts(frame.target)[1])
+      return size + 6 + 1 + utf8Length(idParts(frame.target)[1])
     case "Repair":
       return size + 1 + frame.protocols.length
     case "Peers":
       return size + 1 + 6 * frame.endpoints.length
     default:
       size += 1 + 3 * frame.protocols.length + 1 + 2
-      for (const t of frame.tags) size += 1 + Buffer.byteLength(t)
+      for (const t of frame.tags) size += 1 + utf8Length(t)
       return size
   }
 }
@@ -304,7 +304,7 @@ export const encodeFrameInto = (frame: Frame, buf: Buffer, start: number): void 
     case "Ping": {
       const [hostId, name] = idParts(frame.target)
       writeHostId(buf, at, hostId)
-      buf[at + 6] = buf.write(name, at + 7, "utf8")
+      buf[at + 6] = writeUtf8(buf, name, at + 7)
       break
     }
     case "Reply":
@@ -342,7 +342,7 @@ export const encodeFrameInto = (frame: Frame, buf: Buffer, start: number): void 
         const [hostId, name] = idParts(t)
         writeHostId(buf, at, hostId)
         at += 6
-        const len = buf.write(name, at + 1, "utf8")
+        const len = writeUtf8(buf, name, at + 1)
         buf[at] = len
         at += 1 + len
       }
@@ -358,7 +358,7 @@ export const encodeFrameInto = (frame: Frame, buf: Buffer, start: number): void 
       }
       buf[at++] = frame.tags.length
       for (const t of frame.tags) {
-        const len = buf.write(t, at + 1, "utf8")
+        const len = writeUtf8(buf, t, at + 1)
         buf[at] = len
         at += 1 + len
       }
@@ -395,13 +395,13 @@ export const checkFrame = (frame: Frame): string | undefined => {
     }
   } else if (frame._tag === "Ping") {
     const [hostId, name] = idParts(frame.target)
-    const n = Buffer.byteLength(name)
+    const n = utf8Length(name)
     if (!HOST_ID.test(hostId) || n < 1 || n > MAX_NAME_BYTES) return "ping target must be a service id"
   } else if (frame._tag !== "Leave" && frame._tag !== "Reply") {
     if (frame.protocols.length > MAX_PROTOCOLS) return `at most ${MAX_PROTOCOLS} protocols`
     if (frame.tags.length > MAX_TAGS) return `at most ${MAX_TAGS} tags`
     for (const t of frame.tags) {
-      const n = Buffer.byteLength(t)
+      const n = utf8Length(t)
       if (n < 1 || n > MAX_TAG_BYTES) return `tags must be 1..${MAX_TAG_BYTES} bytes`
     }
   }

@@ -114,15 +114,18 @@ describe("frame codec", () => {
     )
   })
 
-  it("round-trips ops and names in every UTF-8 width, short and long", () => {
-    // Short ASCII strings are measured, written and read without Node's UTF-8
-    // codec; these cross that path's edges: the first byte over 0x7f, and past 16 characters.
+  it("round-trips ops, names, targets and tags in every UTF-8 width, short and long", () => {
+    // Short ASCII strings (ops, names, targets, tags) are measured, written and read without
+    // Node's UTF-8 codec; these cross that path's edges: the first byte over 0x7f, and past 16 characters.
     const texts = ["R", "é", "aé", "漢字", "op😀", "abcdefghijklmnop", "abcdefghijklmnopq", "abcdefghijklmnoé", "ÿÿÿÿÿÿÿÿÿÿÿÿÿÿÿÿ"]
     for (const text of texts) {
       for (const f of [
         { ...sample, op: text, sender: { ...sample.sender, name: text } },
         { _tag: "Query", sender: { ...sample.sender, name: text }, id: 1, op: text, channel: 2, targets: [], data: new Uint8Array([1]) },
-        { _tag: "Messages", sender: sample.sender, op: text, channel: 0, items: [new Uint8Array([1])] }
+        { _tag: "Messages", sender: sample.sender, op: text, channel: 0, items: [new Uint8Array([1])] },
+        { ...sample, targets: [`0242ac110003@${text}`] },
+        { _tag: "Ping", sender: sample.sender, target: `0242ac110003@${text}` },
+        { ...heartbeat, tags: [text, "web"] }
       ] as Array<Frame>) {
         const bytes = encodeFrame(f)
         assert.strictEqual(bytes.length, frameSize(f), text)
