@@ -45,15 +45,18 @@ export const sampleAllocations = async () => {
     session.disconnect()
     const sites = new Map<string, number>()
     let total = 0
-    const walk = (n: Node) => {
+    // BENCH_ALLOC_STACK=text: the sites whose name has it are keyed by their callers too.
+    const stackOf = process.env.BENCH_ALLOC_STACK
+    const walk = (n: Node, path: ReadonlyArray<string>) => {
       total += n.selfSize
+      const site = siteOf(n.callFrame)
       if (n.selfSize > 0) {
-        const key = siteOf(n.callFrame)
+        const key = stackOf !== undefined && site.includes(stackOf) ? [site, ...path.slice(-5).reverse()].join(" < ") : site
         sites.set(key, (sites.get(key) ?? 0) + n.selfSize)
       }
-      for (const c of n.children) walk(c)
+      for (const c of n.children) walk(c, stackOf === undefined ? path : [...path, site])
     }
-    walk(profile.head)
+    walk(profile.head, [])
     return { total, top: [...sites].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.BENCH_ALLOC_TOP ?? 12)) }
   }
 }

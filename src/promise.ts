@@ -32,7 +32,7 @@ import type { QueryEvent, QueryOptions, QueryResult } from "./schema/Query.ts"
 import type { Clause } from "./schema/Resolver.ts"
 import type { ClusterEvent, Delivery, Message, Service } from "./schema/Service.ts"
 import type { TagChange } from "./schema/Tags.ts"
-import { Cluster, type Data, queryAllNow, type SendOptions, type Targets } from "./services/Cluster.ts"
+import { Cluster, type Data, fastPaths, type SendOptions, type Targets } from "./services/Cluster.ts"
 import type { HookPoint } from "./services/Hooks.ts"
 import type { KeySpec } from "./services/Keyring.ts"
 import type { StatsSnapshot } from "./services/Stats.ts"
@@ -197,7 +197,7 @@ export class Member extends events.EventEmitter<MemberEvents> {
   /** Asks targets and gathers their answers: responses and errors by service id, and who is missing. */
   queryAll(request: QueryOptions<Targets>): Promise<QueryResult> {
     // One service given as itself (a round trip's common case): no fiber, no runtime call.
-    const now = this.#left === undefined ? queryAllNow.get(this.#cluster) : undefined
+    const now = this.#left === undefined ? fastPaths.get(this.#cluster)?.queryAllNow : undefined
     if (now !== undefined) {
       let settle: (result: QueryResult | InvalidMessage) => void = () => {}
       const answer = new Promise<QueryResult>((resolve, reject) => {

@@ -195,7 +195,15 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
   static readonly hook = <A, B, E, R>(point: HookPoint<A, B>, hook: Hook<A, E, R, B>) =>
     Cluster.use((c) => c.hook(point, hook))
   static readonly query = (request: QueryOptions<Targets>) => Stream.unwrap(Cluster.useSync((c) => c.query(request)))
-  static readonly queryAll = (request: QueryOptions<Targets>) => Cluster.use((c) => c.queryAll(request))
+  // One `withFiber` for the service and the query's tracer check both (see `fastPaths`).
+  static readonly queryAll = (
+    request: QueryOptions<Targets>
+  ): Effect.Effect<QueryResult, ServiceNotFound | InvalidMessage | InvalidQuery, Cluster> =>
+    Effect.withFiber((fiber) => {
+      const cluster = Context.getUnsafe(fiber.context, Cluster)
+      const fast = fastPaths.get(cluster)
+      return fast !== undefined ? fast.queryAllIn(fiber, request) : cluster.queryAll(request)
+    })
   static readonly events = Stream.unwrap(Cluster.useSync((c) => c.events))
   static readonly messages = Stream.unwrap(Cluster.useSync((c) => c.messages))
   static readonly stats = Cluster.use((c) => c.stats)
@@ -302,20 +310,21 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           sources: sources.status,
           sourceChanges: sources.changes
         })
-        queryAllNow.set(cluster, queries.queryAllNow)
+        fastPaths.set(cluster, { queryAllNow: queries.queryAllNow, queryAllIn: queries.queryAllIn })
         return cluster
       })
     )
 }
 
 /**
- * @internal The Promise API's way to a member's `queryAll` without a fiber
- * (see Queries' `queryAllNow`); a member built by another layer has none.
+ * @internal A member's `queryAll` by shorter ways, for the round trip's hot
+ * path: without a fiber, for the Promise API (see Queries' `queryAllNow`), and
+ * from a fiber at hand, for the accessor. A member built by another layer has none.
  */
-export const queryAllNow = new WeakMap<
-  Cluster["Service"],
-  (request: QueryOptions<Targets>, end: (result: QueryResult | InvalidMessage) => void) => boolean
->()
+export const fastPaths = new WeakMap<Cluster["Service"], {
+  readonly queryAllNow: (request: QueryOptions<Targets>, end: (result: QueryResult | InvalidMessage) => void) => boolean
+  readonly queryAllIn: (fiber: Fiber.Fiber<unknown, unknown>, request: QueryOptions<Targets>) => ReturnType<Cluster["Service"]["queryAll"]>
+}>()
 
 /** A query hook's answer as the reply's message; nothing stays nothing. */
 const answered = (query: Message, data: unknown): Message =>

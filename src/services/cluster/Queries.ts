@@ -19,6 +19,7 @@ import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
 import { makeAlarm } from "../../internal/alarm.ts"
@@ -47,6 +48,8 @@ const MAX_ANSWERING = 1024
 
 /** How long a query waits for answers unless it says otherwise. */
 const QUERY_TIMEOUT = Duration.seconds(5)
+/** The same in milliseconds: converted once, not at every query. */
+const QUERY_TIMEOUT_MS = Duration.toMillis(QUERY_TIMEOUT)
 
 /** Carries nothing: one serves every query. */
 const DONE = new QueryDone()
@@ -93,6 +96,11 @@ class InFlight {
   }
 }
 
+/** Where a query's answers go, one event at a time: an object, so that a query needs no closure for it. */
+interface Listener {
+  event(event: QueryEvent): void
+}
+
 /**
  * A query of ours awaiting answers: who has not answered yet, and where the
  * answers go. A class, so that a query allocates one object, not a closure a
@@ -106,8 +114,8 @@ class Asked {
   #one: Service | undefined
   readonly #many: Map<string, Service> | undefined
   readonly #pending: InFlight
-  readonly #on: (event: QueryEvent) => void
-  constructor(id: number, at: number, peers: ReadonlyArray<Service>, pending: InFlight, on: (event: QueryEvent) => void) {
+  readonly #on: Listener
+  constructor(id: number, at: number, peers: ReadonlyArray<Service>, pending: InFlight, on: Listener) {
     this.id = id
     this.at = at
     if (peers.length === 1) this.#one = peers[0]
@@ -126,10 +134,10 @@ class Asked {
   settle(service: Service, event: QueryEvent): boolean {
     if (this.#one !== undefined && this.#one.id === service.id) this.#one = undefined
     else if (this.#many === undefined || !this.#many.delete(service.id)) return false
-    this.#on(event)
+    this.#on.event(event)
     if (this.#one === undefined && (this.#many === undefined || this.#many.size === 0)) {
       this.cancel()
-      this.#on(DONE)
+      this.#on.event(DONE)
     }
     return true
   }
@@ -139,7 +147,41 @@ class Asked {
   }
   /** The deadline came first. */
   expire(): void {
-    this.#on(new QueryTimeout({ missing: this.#one !== undefined ? [this.#one] : [...(this.#many?.values() ?? [])] }))
+    this.#on.event(new QueryTimeout({ missing: this.#one !== undefined ? [this.#one] : [...(this.#many?.values() ?? [])] }))
+  }
+}
+
+/**
+ * One `queryAll`'s answers as they come, handed on whole once all are in or
+ * the timeout came: to `end` (the Promise API's), else to the fiber that
+ * waits (`wake`), else kept for the asker that finds the query over at once.
+ */
+class Gathering implements Listener {
+  readonly #started = performance.now()
+  // Errors are rare: their Map is made with the first (until then, a shared empty one).
+  readonly #result = { responses: new Map<string, QueryResponse>(), errors: NO_ERRORS as Map<string, QueryError>, missing: [] as ReadonlyArray<Service>, complete: false }
+  readonly #queried: (seconds: number) => void
+  readonly #end: ((result: QueryResult) => void) | undefined
+  /** The waiting fiber's wake-up. */
+  resume: ((exit: Exit.Exit<QueryResult>) => void) | undefined
+  /** The whole answer, when it came before anyone waited for it. */
+  ended: QueryResult | undefined
+  constructor(queried: (seconds: number) => void, end?: (result: QueryResult) => void) {
+    this.#queried = queried
+    this.#end = end
+  }
+  event(e: QueryEvent): void {
+    const result = this.#result
+    if (e._tag === "QueryResponse") result.responses.set(e.service.id, e)
+    else if (e._tag === "QueryError") (result.errors === NO_ERRORS ? (result.errors = new Map()) : result.errors).set(e.service.id, e)
+    else {
+      if (e._tag === "QueryDone") result.complete = true
+      else result.missing = e.missing
+      this.#queried((performance.now() - this.#started) / 1000)
+      if (this.#end !== undefined) this.#end(result)
+      else if (this.resume !== undefined) this.resume(Exit.succeed(result))
+      else this.ended = result
+    }
   }
 }
 
@@ -279,16 +321,16 @@ export const makeQueries = (
      * connection was not ready at once (connects, fallbacks) are sent to
      * from a fiber the member owns.
      */
-    const askPeers = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>, on: (event: QueryEvent) => void) => {
+    const askPeers = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>, on: Listener) => {
       const data = toBytes(request.data)
       // The frame, made once: checked, then sent as it is over a connection (a datagram adds its target).
       const frame: QueryFrame = { _tag: "Query", sender, id: nextId(), op: request.op, channel: 0, targets: NO_TARGETS, data }
       const problem = checkFrame(frame)
       if (problem !== undefined) return new InvalidMessage({ message: problem })
-      const at = clock.currentTimeMillisUnsafe() + Duration.toMillis(request.timeout ?? QUERY_TIMEOUT)
+      const at = clock.currentTimeMillisUnsafe() + (request.timeout === undefined ? QUERY_TIMEOUT_MS : Duration.toMillis(request.timeout))
       const asked = new Asked(frame.id, at, peers, pending, on)
       if (peers.length === 0) {
-        on(DONE)
+        on.event(DONE)
         return asked
       }
       pending.set(asked)
@@ -309,7 +351,7 @@ export const makeQueries = (
         ), { concurrency: "unbounded", discard: true }))
 
     /** `askPeers` for targets to resolve first. */
-    const ask = (request: QueryOptions<Targets>, on: (event: QueryEvent) => void) =>
+    const ask = (request: QueryOptions<Targets>, on: Listener) =>
       Effect.flatMap(targetsOf(request.target as Targets), (peers) => {
         const asked = askPeers(peers, request, on)
         return asked instanceof InvalidMessage ? Effect.fail(asked) : Effect.succeed(asked)
@@ -319,7 +361,7 @@ export const makeQueries = (
       Stream.unwrap(
         Effect.gen(function*() {
           const events = yield* Queue.unbounded<QueryEvent>()
-          const asked = yield* ask(request, (e) => Queue.offerUnsafe(events, e))
+          const asked = yield* ask(request, { event: (e) => Queue.offerUnsafe(events, e) })
           yield* Effect.addFinalizer(() => Effect.sync(() => asked.cancel()))
           return Stream.fromQueue(events).pipe(
             Stream.takeUntil((e) => e._tag === "QueryDone" || e._tag === "QueryTimeout")
@@ -334,41 +376,24 @@ export const makeQueries = (
       isOneService(request.target as Targets)
         ? gather([request.target as Service], request)
         : Effect.flatMap(targetsOf(request.target as Targets), (peers) => gather(peers, request))
+    /** `queryAll` from a fiber at hand (Cluster's accessor has one): the same, without a second `withFiber`. */
+    const queryAllIn = (fiber: Fiber.Fiber<unknown, unknown>, request: QueryOptions<Targets>) =>
+      isOneService(request.target as Targets) ? gatherIn(fiber, [request.target as Service], request) : queryAll(request)
     /** Asks these peers and gathers every answer (or who is missing at the timeout); a span only with a tracer installed. */
     const gather = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>): Effect.Effect<QueryResult, InvalidMessage> =>
-      Effect.withFiber((fiber) =>
-        tracing(fiber)
-          ? spanned(Effect.suspend(() => gathering(peers, request)), "cluster-comm.query", { op: request.op })
-          : gathering(peers, request)
-      )
+      Effect.withFiber((fiber) => gatherIn(fiber, peers, request))
+    const gatherIn = (fiber: Fiber.Fiber<unknown, unknown>, peers: ReadonlyArray<Service>, request: QueryOptions<Targets>) =>
+      tracing(fiber)
+        ? spanned(Effect.suspend(() => gathering(peers, request)), "cluster-comm.query", { op: request.op })
+        : gathering(peers, request)
     const gathering = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>): Effect.Effect<QueryResult, InvalidMessage> => {
-      let wake: ((result: QueryResult) => void) | undefined
-      let ended: QueryResult | undefined
-      const asked = askAll(peers, request, (result) => {
-        if (wake !== undefined) wake(result)
-        else ended = result
-      })
+      const gathered = new Gathering(telemetry.queried)
+      const asked = askPeers(peers, request, gathered)
       if (asked instanceof InvalidMessage) return Effect.fail(asked)
-      if (ended !== undefined) return Exit.succeed(ended)
+      if (gathered.ended !== undefined) return Exit.succeed(gathered.ended)
       return Effect.callback<QueryResult>((resume) => {
-        wake = (result) => resume(Exit.succeed(result))
+        gathered.resume = resume
         return Effect.sync(() => asked.cancel())
-      })
-    }
-    /** Asks these peers; `end` gets the whole answer once all have answered or the timeout came. Plain code: the query, or why it cannot go. */
-    const askAll = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>, end: (result: QueryResult) => void) => {
-      const started = performance.now()
-      // Errors are rare: their Map is made with the first (until then, a shared empty one).
-      const result = { responses: new Map<string, QueryResponse>(), errors: NO_ERRORS as Map<string, QueryError>, missing: [] as ReadonlyArray<Service>, complete: false }
-      return askPeers(peers, request, (e) => {
-        if (e._tag === "QueryResponse") result.responses.set(e.service.id, e)
-        else if (e._tag === "QueryError") (result.errors === NO_ERRORS ? (result.errors = new Map()) : result.errors).set(e.service.id, e)
-        else {
-          if (e._tag === "QueryDone") result.complete = true
-          else result.missing = e.missing
-          telemetry.queried((performance.now() - started) / 1000)
-          end(result)
-        }
       })
     }
 
@@ -380,12 +405,12 @@ export const makeQueries = (
      */
     const queryAllNow = (request: QueryOptions<Targets>, end: (result: QueryResult | InvalidMessage) => void): boolean => {
       if (spans || !isOneService(request.target as Targets)) return false
-      const asked = askAll([request.target as Service], request, end)
+      const asked = askPeers([request.target as Service], request, new Gathering(telemetry.queried, end))
       if (asked instanceof InvalidMessage) end(asked)
       return true
     }
 
-    return { query, queryAll, queryAllNow, receiveQuery, queryNow, receiveReply }
+    return { query, queryAll, queryAllIn, queryAllNow, receiveQuery, queryNow, receiveReply }
   })
 
 export type Queries = Effect.Success<ReturnType<typeof makeQueries>>
