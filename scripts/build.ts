@@ -6,12 +6,12 @@
  * deployed, and the command-line tool.
  */
 import { spawnSync } from "node:child_process"
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { pathToFileURL } from "node:url"
 import * as esbuild from "esbuild"
-import { eager } from "./eager.ts"
+import { eager, remap } from "./eager.ts"
 
 const node = { bundle: true, platform: "node", format: "esm", target: "node22", logLevel: "info" } as const
 
@@ -28,8 +28,14 @@ await esbuild.build({
 })
 /** Rewrites a built file with its functions (or those wanted) marked for eager compiling (see eager.ts). */
 const markEager = (file: string, wanted?: (start: number) => boolean) => {
-  const { code, functions } = eager(readFileSync(file, "utf8"), wanted)
+  const source = readFileSync(file, "utf8")
+  const { code, functions, moved } = eager(source, wanted)
   writeFileSync(file, code)
+  // Its map, moved with the text: stack traces and profiles still name the right place.
+  if (existsSync(`${file}.map`)) {
+    const map = JSON.parse(readFileSync(`${file}.map`, "utf8"))
+    writeFileSync(`${file}.map`, JSON.stringify({ ...map, mappings: remap(map.mappings, source, code, moved) }))
+  }
   console.log(`  ${file}: ${functions} functions marked for eager compiling`)
 }
 

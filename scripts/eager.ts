@@ -10,7 +10,8 @@
  *
  * Arrow functions become function expressions, except those that use `this`,
  * `arguments`, `super` or `new.target` (an arrow takes those from around it).
- * No line is added or removed, so source maps keep their lines.
+ * No line is added or removed; a source map's columns are moved with the
+ * text (`remap`).
  */
 import ts from "typescript"
 
@@ -47,7 +48,7 @@ export const eager = (
   source: string,
   /** Which functions to mark, by where they start in `source`; all when not given. */
   wanted?: (start: number) => boolean
-): { readonly code: string; readonly functions: number } => {
+): { readonly code: string; readonly functions: number; readonly moved: (offset: number) => number } => {
   const file = ts.createSourceFile("module.mjs", source, ts.ScriptTarget.Latest, true, ts.ScriptKind.JS)
   const edits: Array<Edit> = []
   let order = 0
@@ -96,5 +97,85 @@ export const eager = (
     from = edit.at + edit.replaces
   }
   code += source.slice(from)
-  return { code, functions }
+  return { code, functions, moved: mover(edits) }
+}
+
+/**
+ * Where a character of the source is in the marked code: pushed on by what
+ * was inserted before it (a character of a replaced `=>` goes to where its
+ * replacement starts).
+ */
+const mover = (edits: ReadonlyArray<Edit>): ((offset: number) => number) => {
+  const steps = edits.map((e) => ({ past: e.at + e.replaces, by: e.text.length - e.replaces })).sort((a, b) => a.past - b.past)
+  const pasts = steps.map((s) => s.past)
+  const sums: Array<number> = []
+  let sum = 0
+  for (const s of steps) sums.push(sum += s.by)
+  return (offset) => {
+    // The last step at or before `offset`, by binary search.
+    let lo = 0
+    let hi = pasts.length
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      if (pasts[mid]! <= offset) lo = mid + 1
+      else hi = mid
+    }
+    return offset + (lo === 0 ? 0 : sums[lo - 1]!)
+  }
+}
+
+const BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+/**
+ * A source map's `mappings` for the marked code: the same segments, each
+ * generated column moved as its character was. No line changes, but a
+ * minified bundle is a few long lines, and there the columns are everything.
+ */
+export const remap = (mappings: string, source: string, code: string, moved: (offset: number) => number): string => {
+  const startsOf = (text: string) => {
+    const starts = [0]
+    for (let i = text.indexOf("\n"); i >= 0; i = text.indexOf("\n", i + 1)) starts.push(i + 1)
+    return starts
+  }
+  const before = startsOf(source)
+  const after = startsOf(code)
+  return mappings.split(";").map((line, l) => {
+    let column = 0
+    let written = 0
+    return line === "" ? "" : line.split(",").map((segment) => {
+      const fields = decodeVlq(segment)
+      column += fields[0]!
+      const now = moved(before[l]! + column) - after[l]!
+      fields[0] = now - written
+      written = now
+      return fields.map(encodeVlq).join("")
+    }).join(",")
+  }).join(";")
+}
+
+const decodeVlq = (segment: string): Array<number> => {
+  const out: Array<number> = []
+  let value = 0
+  let shift = 0
+  for (const char of segment) {
+    const digit = BASE64.indexOf(char)
+    value += (digit & 31) << shift
+    if (digit & 32) shift += 5
+    else {
+      out.push(value & 1 ? -(value >>> 1) : value >>> 1)
+      value = shift = 0
+    }
+  }
+  return out
+}
+
+const encodeVlq = (n: number): string => {
+  let value = n < 0 ? (-n << 1) | 1 : n << 1
+  let out = ""
+  do {
+    const digit = value & 31
+    value >>>= 5
+    out += BASE64[value > 0 ? digit | 32 : digit]
+  } while (value > 0)
+  return out
 }

@@ -3,7 +3,9 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { pathToFileURL } from "node:url"
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { eager } from "../scripts/eager.ts"
+import { SourceMap } from "node:module"
+import * as esbuild from "esbuild"
+import { eager, remap } from "../scripts/eager.ts"
 
 // Every form of function the build meets, with what it does.
 const sample = `
@@ -82,6 +84,32 @@ describe("the build's eager marking", () => {
 
   it("leaves a function already in parentheses as it is", () => {
     const source = "export const f = (function() { return 1 })\nexport const g = (function*() { yield 1 })\n"
-    assert.deepStrictEqual(eager(source), { code: source, functions: 0 })
+    const { code, functions } = eager(source)
+    assert.deepStrictEqual({ code, functions }, { code: source, functions: 0 })
+  })
+
+  it("moves a source map's columns with the text, on a minified line", async () => {
+    // The sample minified with its map, as the Promise API's bundle is built: a few long lines.
+    const built = await esbuild.transform(sample, { minify: true, sourcemap: "external", sourcefile: "sample.js", format: "esm" })
+    const { code, moved } = eager(built.code)
+    const map = JSON.parse(built.map)
+    const marked = new SourceMap({ ...map, mappings: remap(map.mappings, built.code, code, moved) })
+    const original = new SourceMap(map)
+    // Each of these tokens maps to the same source place from the marked code as from the code before.
+    const placeOf = (text: string, at: number, m: SourceMap) => {
+      const lines = text.slice(0, at).split("\n")
+      const e = m.findEntry(lines.length - 1, lines.at(-1)!.length) as { originalLine: number; originalColumn: number }
+      return [e.originalLine, e.originalColumn]
+    }
+    // Tokens that minifying leaves as they are, each once in the code.
+    for (const token of ["*2", "+10", "await null", "Math.max", "yield 1", "this.n++", "arguments.length", "*3"]) {
+      const before = built.code.indexOf(token)
+      const after = code.indexOf(token)
+      assert.isAtLeast(before, 0, token)
+      assert.strictEqual(built.code.lastIndexOf(token), before, token)
+      assert.deepStrictEqual(placeOf(code, after, marked), placeOf(built.code, before, original), token)
+    }
+    // And the marks did move the text (else this proves nothing).
+    assert.isAbove(code.length, built.code.length + 100)
   })
 })

@@ -89,6 +89,15 @@ describe("the built package", () => {
     const bin = run(join(project, "node_modules", ".bin", "cluster-comm"), ["--help"], { cwd: project, env })
     assert.strictEqual(bin.status, 0, bin.stderr)
     assert.include(bin.stdout, "doctor")
+    // A stack trace through the Promise API's bundle names the source (its map follows the marked, minified file).
+    const stack = run(process.execPath, [
+      "--enable-source-maps",
+      "--input-type=module",
+      "-e",
+      `import { join } from "cluster-comm/promise"
+       await join({ name: "x", port: 99999 }).catch((e) => console.log(e._tag, e.stack.split("\\n")[1].trim()))`
+    ], { cwd: project, env })
+    assert.match(stack.stdout, /^JoinError at makeConfig \(.*node_modules\/cluster-comm\/src\/schema\/Config\.ts:\d+:\d+\)/, stack.stderr)
     // Tools read a package's version through its package.json.
     const version = run(process.execPath, ["-e", `console.log(require(require.resolve("cluster-comm/package.json")).version)`], { cwd: project, env })
     assert.strictEqual(version.stdout.trim(), JSON.parse(readFileSync(`${root}package.json`, "utf8")).version, version.stderr)
