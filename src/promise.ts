@@ -27,7 +27,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { ClusterLive, type LiveOptions } from "./layers/ClusterLive.ts"
 import type { ClusterConfigInput } from "./schema/Config.ts"
-import { HookRejected, InvalidMessage } from "./schema/Errors.ts"
+import { HookRejected } from "./schema/Errors.ts"
 import type { QueryEvent, QueryOptions, QueryResult } from "./schema/Query.ts"
 import type { Clause } from "./schema/Resolver.ts"
 import type { ClusterEvent, Delivery, Message, Service } from "./schema/Service.ts"
@@ -199,11 +199,11 @@ export class Member extends events.EventEmitter<MemberEvents> {
     // One service given as itself (a round trip's common case): no fiber, no runtime call.
     const now = this.#left === undefined ? fastPaths.get(this.#cluster)?.queryAllNow : undefined
     if (now !== undefined) {
-      let settle: (result: QueryResult | InvalidMessage) => void = () => {}
+      let asked = false
       const answer = new Promise<QueryResult>((resolve, reject) => {
-        settle = (result) => result instanceof InvalidMessage ? reject(result) : resolve(result)
+        asked = now(request, resolve, reject)
       })
-      if (now(request, settle)) return answer
+      if (asked) return answer
     }
     return this.#run(this.#cluster.queryAll(request))
   }

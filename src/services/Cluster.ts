@@ -322,7 +322,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
  * from a fiber at hand, for the accessor. A member built by another layer has none.
  */
 export const fastPaths = new WeakMap<Cluster["Service"], {
-  readonly queryAllNow: (request: QueryOptions<Targets>, end: (result: QueryResult | InvalidMessage) => void) => boolean
+  readonly queryAllNow: (request: QueryOptions<Targets>, end: (result: QueryResult) => void, fail: (error: InvalidMessage) => void) => boolean
   readonly queryAllIn: (fiber: Fiber.Fiber<unknown, unknown>, request: QueryOptions<Targets>) => ReturnType<Cluster["Service"]["queryAll"]>
 }>()
 

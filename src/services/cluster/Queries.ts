@@ -177,10 +177,12 @@ class Gathering implements Listener {
     else {
       if (e._tag === "QueryDone") result.complete = true
       else result.missing = e.missing
-      this.#queried((performance.now() - this.#started) / 1000)
+      const seconds = (performance.now() - this.#started) / 1000
+      // The asker first: a fiber resumed here runs on to its next query's write, which the histogram need not hold up.
       if (this.#end !== undefined) this.#end(result)
       else if (this.resume !== undefined) this.resume(Exit.succeed(result))
       else this.ended = result
+      this.#queried(seconds)
     }
   }
 }
@@ -400,13 +402,17 @@ export const makeQueries = (
     /**
      * `queryAll` without a fiber, for the Promise API: when the target is one
      * service given as itself and the member makes no spans. False: it does
-     * not apply (run `queryAll`); else `end` gets the answer, or why the query
-     * could not go.
+     * not apply (run `queryAll`); else `end` gets the answer, or `fail` why
+     * the query could not go (a promise's own resolve and reject: no closure).
      */
-    const queryAllNow = (request: QueryOptions<Targets>, end: (result: QueryResult | InvalidMessage) => void): boolean => {
+    const queryAllNow = (
+      request: QueryOptions<Targets>,
+      end: (result: QueryResult) => void,
+      fail: (error: InvalidMessage) => void
+    ): boolean => {
       if (spans || !isOneService(request.target as Targets)) return false
       const asked = askPeers([request.target as Service], request, new Gathering(telemetry.queried, end))
-      if (asked instanceof InvalidMessage) end(asked)
+      if (asked instanceof InvalidMessage) fail(asked)
       return true
     }
 
