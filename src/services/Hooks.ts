@@ -169,6 +169,8 @@ export class Hooks extends Context.Service<Hooks, {
         const chain = list.length === 1 ? list : list.slice()
         const verdict = verdictOf(p.key)
         let current: unknown = value
+        // The last hook's own Exit, when it is the answer: handed on, not wrapped again.
+        let last: Exit.Exit<unknown> | undefined
         for (let i = 0; i < chain.length; i++) {
           let out: Effect.Effect<unknown, unknown>
           try {
@@ -180,6 +182,7 @@ export class Hooks extends Context.Service<Hooks, {
             // A value handed back finished is taken as it is (the verdict would wrap it again).
             if (out._tag === "Success" && !refused(out.value)) {
               current = out.value
+              last = out as Exit.Exit<unknown>
               continue
             }
             // Otherwise the verdict: a rejection is itself finished; a failure to log is work to do.
@@ -190,7 +193,7 @@ export class Hooks extends Context.Service<Hooks, {
           // Work to do (a hook still running): it and the hooks after it, as `run` has them.
           return andRest(p.key, chain, i + 1, Effect.matchCauseEffect(out, verdict)) as Effect.Effect<A, HookRejected>
         }
-        return Exit.succeed(current as A)
+        return (last ?? Exit.succeed(current)) as Exit.Exit<A>
       },
       has: (p) => points.has(p.key),
       anyFor: (direction) => active[direction] > 0
