@@ -53,12 +53,17 @@ describe("OpenTelemetry export", () => {
         // By resolve terms: the full send path, which is traced.
         yield* Cluster.sendTo("otlp-peer", "C", "traced")
         yield* Cluster.queryAll({ target: "otlp-peer", op: "PING", data: "" })
+        // And to a service given as itself (the accessor's shorter way): traced as well.
+        const [peerService] = yield* Cluster.resolve("otlp-peer")
+        yield* Cluster.queryAll({ target: peerService!, op: "PING", data: "" })
         yield* eventually(
           Effect.sync(() => ({
             spans: spanNames(collector.received.get("/v1/traces") ?? []),
             metrics: metricNames(collector.received.get("/v1/metrics") ?? [])
           })),
-          ({ spans, metrics }) => spans.includes("cluster-comm.sendTo") && metrics.includes("cluster_comm_query_seconds")
+          ({ spans, metrics }) =>
+            spans.includes("cluster-comm.sendTo") && spans.filter((n) => n === "cluster-comm.query").length === 2 &&
+            metrics.includes("cluster_comm_query_seconds")
         )
       }).pipe(Effect.provide(ClusterLive({ name: "otlp-member", ...where })), Effect.provide(observability))
       const spans = spanNames(collector.received.get("/v1/traces") ?? [])
