@@ -54,9 +54,12 @@ const main = Effect.gen(function*() {
     return yield* Effect.never
   }
   if (role === "echo") {
-    yield* Cluster.hook(HookPoint.op("P", "receive"), (m) =>
-      Cluster.sendTo(m.from, "Q", m.data).pipe(Effect.as(m))
-    )
+    let answered = 0
+    yield* Cluster.hook(HookPoint.op("P", "receive"), (m) => {
+      answered++
+      return Cluster.sendTo(m.from, "Q", m.data).pipe(Effect.as(m))
+    })
+    if (process.env.BENCH_ALLOC) sampleOnRequest(() => answered)
     process.send?.({ ready: true })
     return yield* Effect.never
   }
@@ -99,14 +102,17 @@ const main = Effect.gen(function*() {
   // pinger
   let pending = yield* Deferred.make<void>()
   yield* Cluster.hook(HookPoint.op("Q", "receive"), (m) => Deferred.succeed(pending, undefined).pipe(Effect.as(m)))
+  let stop: (() => Promise<{ total: number; top: Array<[string, number]> }>) | undefined
   for (let i = 0; i < warmup + go.count; i++) {
+    if (i === warmup && process.env.BENCH_ALLOC) stop = yield* Effect.promise(sampleAllocations)
     pending = yield* Deferred.make<void>()
     const t = performance.now()
     yield* Cluster.sendTo(target, "P", data)
     yield* Deferred.await(pending)
     timed(i, t)
   }
-  process.send?.({ times, cold })
+  const alloc = stop === undefined ? undefined : perOperation(yield* Effect.promise(stop), go.count)
+  process.send?.({ times, cold, ...(alloc ? { alloc } : {}) })
   return yield* Effect.never
 })
 

@@ -267,8 +267,8 @@ const throughput = async (impl: "cluster" | "raw", count: number, size: number, 
  */
 const roundTrip = async (impl: "cluster" | "promise" | "raw", count: number, size: number, port: number, query = false) => {
   const [echo, pinger] = await pair(impl, query ? ["responder", "asker"] : ["echo", "pinger"], port)
-  // BENCH_ALLOC=1: the responder samples its allocations while the asker's timed trips run.
-  const sampling = impl !== "raw" && query && process.env.BENCH_ALLOC !== undefined
+  // BENCH_ALLOC=1: the responder (or echo) samples its allocations while the asker's (or pinger's) timed trips run.
+  const sampling = impl !== "raw" && process.env.BENCH_ALLOC !== undefined
   if (sampling) {
     echo.send({ alloc: "start" })
     await echo.next("sampling")
@@ -278,8 +278,10 @@ const roundTrip = async (impl: "cluster" | "promise" | "raw", count: number, siz
   if (sampling) {
     echo.send({ alloc: "stop" })
     const answered = (await echo.next("alloc")).alloc
-    console.error(`allocated a round trip (${impl === "promise" ? "Promise API" : "Effect API"}): asker ${Math.round(alloc.perTrip)} B, responder ${Math.round(answered.perTrip)} B`)
-    for (const [side, a] of [["asker", alloc], ["responder", answered]] as const) {
+    const [asking, answering] = query ? ["asker", "responder"] : ["pinger", "echo"]
+    const api = impl === "promise" ? "Promise API" : query ? "Effect API" : "Effect API, sendTo and back"
+    console.error(`allocated a round trip (${api}): ${asking} ${Math.round(alloc.perTrip)} B, ${answering} ${Math.round(answered.perTrip)} B`)
+    for (const [side, a] of [[asking, alloc], [answering, answered]] as const) {
       for (const [site, bytes] of a.top) console.error(`  ${side} ${Math.round(bytes)} B ${site}`)
     }
   }

@@ -289,20 +289,21 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           // finished Effect (an Exit) needs none, and stays an Exit (the hooks
           // then end without a fiber, see `Hooks.runNow`).
           hook: <A, B, E, R>(point: HookPoint<A, B>, hook: Hook<A, E, R, B>) =>
-            Effect.contextWith((context: Context.Context<R>) =>
-              point.responds
+            Effect.contextWith((context: Context.Context<R>) => {
+              const withCallers = servicesOf(context)
+              return point.responds
                 // A query hook's value is the response: carry it on as the message's data
                 // (none stays none: the hooks refuse it, rather than answer with the query's own data).
                 ? hooks.register(point as unknown as HookPoint<Message>, (query: Message) => {
                   const answer = hook(query as A)
                   if (Exit.isExit(answer)) return answer._tag === "Success" ? Exit.succeed(answered(query, answer.value)) : answer as Exit.Exit<never, unknown>
-                  return Effect.map(Effect.provide(answer, context), (data) => answered(query, data))
+                  return Effect.map(withCallers(answer), (data) => answered(query, data))
                 })
                 : hooks.register(point as unknown as HookPoint<A>, (value: A) => {
                   const next = hook(value)
-                  return (Exit.isExit(next) ? next : Effect.provide(next, context)) as unknown as Effect.Effect<A, E>
+                  return (Exit.isExit(next) ? next : withCallers(next)) as unknown as Effect.Effect<A, E>
                 })
-            ),
+            }),
           events: registry.events,
           messages,
           stats: stats.snapshot,
@@ -325,6 +326,26 @@ export const fastPaths = new WeakMap<Cluster["Service"], {
   readonly queryAllNow: (request: QueryOptions<Targets>, end: (result: QueryResult) => void, fail: (error: InvalidMessage) => void) => boolean
   readonly queryAllIn: (fiber: Fiber.Fiber<unknown, unknown>, request: QueryOptions<Targets>) => ReturnType<Cluster["Service"]["queryAll"]>
 }>()
+
+/**
+ * Runs a hook's effect with its caller's services over those of the fiber it
+ * runs in, as `Effect.provide` of a context does; but the two are merged once
+ * for each context the fibers run with (the member's own, unless spans are
+ * made), not copied again at every message: a fiber's context holds dozens
+ * of entries, and the copy was most of what a message allocated.
+ */
+const servicesOf = <R>(context: Context.Context<R>) => {
+  let before: Context.Context<never> | undefined
+  let merged: Context.Context<never> | undefined
+  return <A, E>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E> =>
+    Effect.updateContext(effect, (current: Context.Context<never>) => {
+      if (current !== before || merged === undefined) {
+        merged = Context.merge(current, context)
+        before = current
+      }
+      return merged as Context.Context<R>
+    })
+}
 
 /** A query hook's answer as the reply's message; nothing stays nothing. */
 const answered = (query: Message, data: unknown): Message =>

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Scope, } from "effect"
+import { Context, Effect, Exit, Fiber, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import {
   type Cluster,
@@ -7,7 +7,8 @@ import {
   type HookPoint,
   HookPoint as Points,
   HookRejected,
-  MemoryNetwork
+  MemoryNetwork,
+  type Message
 } from "cluster-comm"
 import { collect, memberOn } from "../helpers.ts"
 
@@ -106,6 +107,44 @@ describe("hooks", () => {
         withHook(sender, Points.op("D", "send"), marking("after the rejection", ran), sender.sendTo(target, "D", "y")))
       assert.isTrue(Exit.isSuccess(outcome) && Exit.isFailure(outcome.value))
       assert.deepStrictEqual(ran, [])
+    }))
+
+  it.effect("hooks that hand back a finished value pass the message on at once, before and after hooks that take steps", () =>
+    Effect.gen(function*() {
+      const { receiver, sender, target } = yield* pair
+      // Effect.succeed is an Exit: these end without a step, the marking one takes one.
+      const now = (label: string): Hook<Message> => (m) => Effect.succeed(m.with({ data: Buffer.concat([m.data, Buffer.from(`|${label}`)]) }))
+      yield* receiver.hook(Points.protocol("tcp", "receive"), now("protocol"))
+      yield* receiver.hook(Points.op("C", "receive"), now("op"))
+      const ran: Array<string> = []
+      const got = yield* collect(receiver, 2)
+      yield* withHook(receiver, Points.receive, marking("receive", ran), Effect.gen(function*() {
+        yield* sender.sendTo(target, "C", "x")
+        yield* TestClock.adjust("10 millis")
+      }))
+      yield* sender.sendTo(target, "C", "y")
+      yield* TestClock.adjust("10 millis")
+      assert.deepStrictEqual((yield* Fiber.join(got)).map((m) => m.text), ["x|protocol|receive|op", "y|protocol|op"])
+      assert.deepStrictEqual(ran, ["receive"])
+    }))
+
+  it.effect("a hook's effect runs with the services of the program that registered it, message after message", () =>
+    Effect.gen(function*() {
+      class Greeting extends Context.Service<Greeting, { readonly word: string }>()("test/Greeting") {}
+      const { receiver, sender, target } = yield* pair
+      const heard: Array<string> = []
+      yield* receiver.hook(Points.op("C", "receive"), (m: Message) =>
+        Effect.gen(function*() {
+          heard.push(`${(yield* Greeting).word} ${m.text}`)
+          return m
+        })).pipe(Effect.provideService(Greeting, Greeting.of({ word: "hello" })))
+      const got = yield* collect(receiver, 2)
+      yield* sender.sendTo(target, "C", "one")
+      yield* TestClock.adjust("10 millis")
+      yield* sender.sendTo(target, "C", "two")
+      yield* TestClock.adjust("10 millis")
+      assert.deepStrictEqual((yield* Fiber.join(got)).map((m) => m.text), ["one", "two"])
+      assert.deepStrictEqual(heard, ["hello one", "hello two"])
     }))
 
   it.effect("a rejection at any receive point cancels that message only", () =>

@@ -19,7 +19,9 @@
  *   never overtakes what a peer sent earlier.
  */
 import * as Arr from "effect/Array"
+import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as PubSub from "effect/PubSub"
 import * as Stream from "effect/Stream"
@@ -28,7 +30,7 @@ import { allowList } from "../../internal/networks.ts"
 import { atTickEnd } from "../../internal/tick.ts"
 import type { HookRejected } from "../../schema/Errors.ts"
 import { type Frame, isTraffic, type MessageFrame, type MessagesFrame } from "../../schema/Frame.ts"
-import { Message, type ProtocolName, toBytes } from "../../schema/Service.ts"
+import { Message, type ProtocolName, type Service, toBytes } from "../../schema/Service.ts"
 import { type HookPoint, HookPoint as Points } from "../Hooks.ts"
 import type { Inbound, ReturnPath } from "../Protocol.ts"
 import type { Data } from "./SendPipeline.ts"
@@ -52,7 +54,7 @@ export interface ReceiveOptions {
 }
 
 export const makeReceivePipeline = (
-  { transport, registry, discovery, hooks, stats, sender, selfId, runNow }: Wiring,
+  { transport, registry, discovery, hooks, stats, sender, selfId, runNow, tracing: spans }: Wiring,
   { receiveQuery, queryNow, receiveReply }: Queries,
   options: ReceiveOptions
 ) =>
@@ -81,15 +83,34 @@ export const makeReceivePipeline = (
       return PubSub.publishUnsafe(delivered, out) ? Effect.void : Effect.asVoid(PubSub.publish(delivered, out))
     }
 
-    /** Runs each point's hooks in turn, building nothing for points without hooks. */
+    /**
+     * Runs each point's hooks in turn, building nothing for points without
+     * hooks; without spans, hooks that end at once end here, as an Exit.
+     */
     const through = <A>(points: ReadonlyArray<HookPoint<A>>, value: A): Effect.Effect<A, HookRejected> => {
+      const run = spans ? hooks.run : hooks.runNow
       let chain: Effect.Effect<A, HookRejected> | undefined
       for (const p of points) {
         if (!hooks.has(p)) continue
-        chain = chain === undefined ? hooks.run(p, value) : Effect.flatMap(chain, (v) => hooks.run(p, v))
+        const before: Effect.Effect<A, HookRejected> | undefined = chain
+        chain = before === undefined ? run(p, value)
+          : isSuccess<A>(before) ? run(p, before.value)
+          : Effect.flatMap(before, (v) => run(p, v))
       }
       return chain ?? Effect.succeed(value)
     }
+    /** A message through its receive hooks into the batch; one they reject is counted. At once when the hooks were. */
+    const pass = (points: ReadonlyArray<HookPoint<Message>>, message: Message): Effect.Effect<void> => {
+      const passed = through(points, message)
+      if (!Exit.isExit(passed)) {
+        return Effect.matchEffect(passed, { onSuccess: (m) => deliver(normalize(m)), onFailure: () => rejected })
+      }
+      if (isSuccess<Message>(passed)) return deliver(normalize(passed.value))
+      // A rejection is counted; anything else (an interruption: no error of a type) goes on as it is.
+      const failed = passed as Exit.Failure<never, HookRejected>
+      return Cause.findError(failed.cause)._tag === "Success" ? rejected : failed as unknown as Exit.Exit<never>
+    }
+    const rejected = Effect.sync(() => stats.drop("hook-rejected"))
 
     // The receive hook points of a protocol, channel and op, made once: their
     // keys are strings to build and hash. Bounded: ops come from the network.
@@ -130,15 +151,12 @@ export const makeReceivePipeline = (
         return Effect.void
       }
       const points = receivePoints(protocol, frame.channel, frame.op)
-      return (known !== undefined ? Effect.succeed(known) : registry.observe(sighting)).pipe(
-        Effect.flatMap((from) =>
-          from === undefined ? Effect.void : Effect.forEach(items, (data) =>
-            through(points, new Message(frame.op, data, from, protocol, frame.channel)).pipe(
-              Effect.flatMap((m) => deliver(normalize(m))),
-              Effect.catchTag("HookRejected", () => Effect.sync(() => stats.drop("hook-rejected")))
-            ), { discard: true })
-        )
-      )
+      const each = (from: Service | undefined): Effect.Effect<void> =>
+        from === undefined ? Effect.void
+          // One message (the common case) needs no loop.
+          : items.length === 1 ? pass(points, new Message(frame.op, items[0]!, from, protocol, frame.channel))
+          : Effect.forEach(items, (data) => pass(points, new Message(frame.op, data, from, protocol, frame.channel)), { discard: true })
+      return known !== undefined ? each(known) : Effect.flatMap(registry.observe(sighting), each)
     }
 
     const receiveMessage = (frame: MessageFrame, protocol: ProtocolName, address: string, back: ReturnPath | undefined) => {
@@ -280,6 +298,10 @@ export const makeReceivePipeline = (
     const messages: Stream.Stream<Message> = Stream.fromPubSub(delivered).pipe(Stream.flattenArray)
     return { messages }
   })
+
+/** A finished success (hooks that ended at once). */
+const isSuccess = <A>(effect: Effect.Effect<A, unknown>): effect is Exit.Success<A, unknown> =>
+  Exit.isExit(effect) && effect._tag === "Success"
 
 /** A hook may hand back a plain object built from a message: make it a Message again. */
 const normalize = (m: Message): Message => {
