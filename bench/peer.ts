@@ -86,33 +86,37 @@ const main = Effect.gen(function*() {
     if (i >= warmup) times.push(performance.now() - t)
     else if (i < 1000) cold.push(performance.now() - t)
   }
+  // BENCH_ALLOC: allocations sampled over the timed trips (from `startAt(warmup)`), reported a trip.
+  let stop: (() => Promise<{ total: number; top: Array<[string, number]> }>) | undefined
+  const startAt = (i: number) =>
+    i === warmup && process.env.BENCH_ALLOC ? Effect.promise(async () => void (stop = await sampleAllocations())) : Effect.void
+  const report = Effect.promise(async () => {
+    const alloc = stop === undefined ? undefined : perOperation(await stop(), go.count)
+    process.send?.({ times, cold, ...(alloc ? { alloc } : {}) })
+  })
   if (role === "asker") {
-    let stop: (() => Promise<{ total: number; top: Array<[string, number]> }>) | undefined
     for (let i = 0; i < warmup + go.count; i++) {
-      if (i === warmup && process.env.BENCH_ALLOC) stop = yield* Effect.promise(sampleAllocations)
+      yield* startAt(i)
       const t = performance.now()
       const result = yield* Cluster.queryAll({ target, op: "R", data })
       if (result.responses.size !== 1) return yield* Effect.die(new Error("no response"))
       timed(i, t)
     }
-    const alloc = stop === undefined ? undefined : perOperation(yield* Effect.promise(stop), go.count)
-    process.send?.({ times, cold, ...(alloc ? { alloc } : {}) })
+    yield* report
     return yield* Effect.never
   }
   // pinger
   let pending = yield* Deferred.make<void>()
   yield* Cluster.hook(HookPoint.op("Q", "receive"), (m) => Deferred.succeed(pending, undefined).pipe(Effect.as(m)))
-  let stop: (() => Promise<{ total: number; top: Array<[string, number]> }>) | undefined
   for (let i = 0; i < warmup + go.count; i++) {
-    if (i === warmup && process.env.BENCH_ALLOC) stop = yield* Effect.promise(sampleAllocations)
+    yield* startAt(i)
     pending = yield* Deferred.make<void>()
     const t = performance.now()
     yield* Cluster.sendTo(target, "P", data)
     yield* Deferred.await(pending)
     timed(i, t)
   }
-  const alloc = stop === undefined ? undefined : perOperation(yield* Effect.promise(stop), go.count)
-  process.send?.({ times, cold, ...(alloc ? { alloc } : {}) })
+  yield* report
   return yield* Effect.never
 })
 

@@ -229,6 +229,7 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
         const telemetry = yield* Telemetry
         const stats = yield* Stats
         const sources = yield* Sources
+        const traced = yield* Effect.withFiber((fiber) => Effect.succeed(tracing(fiber)))
         const wiring: Wiring = {
           transport: yield* Transport,
           registry,
@@ -239,7 +240,8 @@ export class Cluster extends Context.Service<Cluster, ClusterShape>()("cluster-c
           sender: options.sender,
           selfId: discovery.self().id,
           runNow: yield* ownedRunner,
-          tracing: yield* Effect.withFiber((fiber) => Effect.succeed(tracing(fiber)))
+          tracing: traced,
+          runHooks: traced ? hooks.run : hooks.runNow
         }
         const joined = new Set([...FIXED_CHANNELS, ...options.channels])
         const targets = makeTargets(registry)
@@ -339,7 +341,7 @@ const servicesOf = <R>(context: Context.Context<R>) => {
   let merged: Context.Context<never> | undefined
   return <A, E>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E> =>
     Effect.updateContext(effect, (current: Context.Context<never>) => {
-      if (current !== before || merged === undefined) {
+      if (current !== before) {
         merged = Context.merge(current, context)
         before = current
       }

@@ -154,7 +154,7 @@ class Asked {
 /**
  * One `queryAll`'s answers as they come, handed on whole once all are in or
  * the timeout came: to `end` (the Promise API's), else to the fiber that
- * waits (`wake`), else kept for the asker that finds the query over at once.
+ * waits (`resume`), else kept for the asker that finds the query over at once.
  */
 class Gathering implements Listener {
   readonly #started = performance.now()
@@ -188,7 +188,7 @@ class Gathering implements Listener {
 }
 
 export const makeQueries = (
-  { registry, hooks, stats, telemetry, sender, selfId, runNow, tracing: spans }: Wiring,
+  { registry, hooks, stats, telemetry, sender, selfId, runNow, tracing: spans, runHooks }: Wiring,
   { deliverTo, deliverNow }: SendPipeline,
   targetsOf: TargetsOf
 ) =>
@@ -243,7 +243,7 @@ export const makeQueries = (
       }
       answering++
       const query = new Message(frame.op, frame.data, from, protocol, frame.channel)
-      const now = spans ? hooks.run(point, query) : hooks.runNow(point, query)
+      const now = runHooks(point, query)
       if (Exit.isExit(now)) {
         answered(from, frame.id, now as Exit.Exit<Message, HookRejected>)
         return
@@ -373,17 +373,14 @@ export const makeQueries = (
 
     // The whole answer at once: no stream, no queue, no generator; one
     // wait, ended by the last answer or the query alarm.
-    const queryAll = (request: QueryOptions<Targets>) =>
+    const queryAll = (request: QueryOptions<Targets>) => Effect.withFiber((fiber) => queryAllIn(fiber, request))
+    /** `queryAll` from a fiber at hand (Cluster's accessor has one), without a `withFiber` of its own. */
+    const queryAllIn = (fiber: Fiber.Fiber<unknown, unknown>, request: QueryOptions<Targets>) =>
       // One service given as itself (the common case) needs no resolving.
       isOneService(request.target as Targets)
-        ? gather([request.target as Service], request)
-        : Effect.flatMap(targetsOf(request.target as Targets), (peers) => gather(peers, request))
-    /** `queryAll` from a fiber at hand (Cluster's accessor has one): the same, without a second `withFiber`. */
-    const queryAllIn = (fiber: Fiber.Fiber<unknown, unknown>, request: QueryOptions<Targets>) =>
-      isOneService(request.target as Targets) ? gatherIn(fiber, [request.target as Service], request) : queryAll(request)
+        ? gatherIn(fiber, [request.target as Service], request)
+        : Effect.flatMap(targetsOf(request.target as Targets), (peers) => gatherIn(fiber, peers, request))
     /** Asks these peers and gathers every answer (or who is missing at the timeout); a span only with a tracer installed. */
-    const gather = (peers: ReadonlyArray<Service>, request: QueryOptions<Targets>): Effect.Effect<QueryResult, InvalidMessage> =>
-      Effect.withFiber((fiber) => gatherIn(fiber, peers, request))
     const gatherIn = (fiber: Fiber.Fiber<unknown, unknown>, peers: ReadonlyArray<Service>, request: QueryOptions<Targets>) =>
       tracing(fiber)
         ? spanned(Effect.suspend(() => gathering(peers, request)), "cluster-comm.query", { op: request.op })

@@ -54,7 +54,7 @@ export interface ReceiveOptions {
 }
 
 export const makeReceivePipeline = (
-  { transport, registry, discovery, hooks, stats, sender, selfId, runNow, tracing: spans }: Wiring,
+  { transport, registry, discovery, hooks, stats, sender, selfId, runNow, runHooks: run }: Wiring,
   { receiveQuery, queryNow, receiveReply }: Queries,
   options: ReceiveOptions
 ) =>
@@ -85,10 +85,9 @@ export const makeReceivePipeline = (
 
     /**
      * Runs each point's hooks in turn, building nothing for points without
-     * hooks; without spans, hooks that end at once end here, as an Exit.
+     * hooks; hooks that end at once end here, as an Exit (see `runHooks`).
      */
     const through = <A>(points: ReadonlyArray<HookPoint<A>>, value: A): Effect.Effect<A, HookRejected> => {
-      const run = spans ? hooks.run : hooks.runNow
       let chain: Effect.Effect<A, HookRejected> | undefined
       for (const p of points) {
         if (!hooks.has(p)) continue

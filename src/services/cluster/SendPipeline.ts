@@ -20,6 +20,7 @@ import * as Effect from "effect/Effect"
 import { InvalidMessage, type SendAttempt, SendFailed } from "../../schema/Errors.ts"
 import { checkFrame, type Frame, MAX_BATCH_ITEMS, MAX_OP_BYTES, type MessageFrame, NO_TARGETS } from "../../schema/Frame.ts"
 import { type Advertised, type Delivery, type Outgoing, type ProtocolName, type Service, toBytes } from "../../schema/Service.ts"
+import { utf8Length } from "../../schema/WireText.ts"
 import { traced } from "../../internal/trace.ts"
 import { HookPoint as Points } from "../Hooks.ts"
 import { isOneService, type Targets, type TargetsOf } from "./Targets.ts"
@@ -159,7 +160,7 @@ export const makeSendPipeline = ({ transport, hooks, stats, discovery, registry,
   /** Whether messages with `op` may skip the full send path: no send hooks to run, an op the wire takes. */
   const plain = (op: string): boolean => {
     if (hooks.anyFor("send")) return false
-    const opBytes = Buffer.byteLength(op)
+    const opBytes = utf8Length(op)
     return opBytes > 0 && opBytes <= MAX_OP_BYTES
   }
 

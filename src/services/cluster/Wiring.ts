@@ -29,6 +29,12 @@ export interface Wiring {
    * after a query's first sends.
    */
   readonly runNow: <A>(effect: Effect.Effect<A>) => Fiber.Fiber<A>
-  /** Whether the member's spans go anywhere (a tracer is installed): else hooks may run without a fiber. */
+  /** Whether the member's spans go anywhere (a tracer is installed). */
   readonly tracing: boolean
+  /**
+   * A point's hooks as this member runs them on the message path: in spans
+   * when it makes them, else ending at once while they hand back finished
+   * values (`Hooks.runNow`).
+   */
+  readonly runHooks: Hooks["Service"]["runNow"]
 }
