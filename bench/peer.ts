@@ -86,17 +86,16 @@ const main = Effect.gen(function*() {
     if (i >= warmup) times.push(performance.now() - t)
     else if (i < 1000) cold.push(performance.now() - t)
   }
-  // BENCH_ALLOC: allocations sampled over the timed trips (from `startAt(warmup)`), reported a trip.
+  // BENCH_ALLOC: allocations sampled over the timed trips (`sample` at the first), reported a trip.
   let stop: (() => Promise<{ total: number; top: Array<[string, number]> }>) | undefined
-  const startAt = (i: number) =>
-    i === warmup && process.env.BENCH_ALLOC ? Effect.promise(async () => void (stop = await sampleAllocations())) : Effect.void
+  const sample = process.env.BENCH_ALLOC ? Effect.promise(async () => void (stop = await sampleAllocations())) : Effect.void
   const report = Effect.promise(async () => {
     const alloc = stop === undefined ? undefined : perOperation(await stop(), go.count)
     process.send?.({ times, cold, ...(alloc ? { alloc } : {}) })
   })
   if (role === "asker") {
     for (let i = 0; i < warmup + go.count; i++) {
-      yield* startAt(i)
+      if (i === warmup) yield* sample
       const t = performance.now()
       const result = yield* Cluster.queryAll({ target, op: "R", data })
       if (result.responses.size !== 1) return yield* Effect.die(new Error("no response"))
@@ -109,7 +108,7 @@ const main = Effect.gen(function*() {
   let pending = yield* Deferred.make<void>()
   yield* Cluster.hook(HookPoint.op("Q", "receive"), (m) => Deferred.succeed(pending, undefined).pipe(Effect.as(m)))
   for (let i = 0; i < warmup + go.count; i++) {
-    yield* startAt(i)
+    if (i === warmup) yield* sample
     pending = yield* Deferred.make<void>()
     const t = performance.now()
     yield* Cluster.sendTo(target, "P", data)
