@@ -7,7 +7,9 @@
  * - load: a process's CPU to import the Effect entry, the Effect modules it
  *   uses alone, and the Promise entry (one bundled file);
  * - a member: 2 processes started at once, each until it knows the other: the
- *   time from the first spawn, and each process's CPU up to then;
+ *   time from the first spawn, and each process's CPU up to then. Ours and
+ *   node-discover's each as an ES module program and a CommonJS one: a
+ *   program's own module format costs it 3 ms or more, whatever it loads;
  * - 30 processes started at once (full runs): until all know all.
  *
  * Every process runs in a network namespace of the bench's own (loopback
@@ -28,6 +30,7 @@ const GROUP = "239.7.7.7"
 /** The scripts a process runs, each printing one JSON line when it is done (then waiting to be ended). */
 const scripts: Record<string, string> = {
   "bare.mjs": `console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
+  "bare.cjs": `console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
   "load-effect-modules.mjs": `
     for (const m of ${JSON.stringify(["Array", "Cause", "Clock", "Context", "Data", "Deferred", "Duration", "Effect", "Fiber", "FiberSet", "Layer", "Metric", "Option", "PubSub", "Queue", "Random", "Result", "Schedule", "Scope", "Stream", "Tracer", "net/IpNetwork", "net/NetAddress"])}) await import("effect/" + m)
     console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
@@ -40,6 +43,15 @@ const scripts: Record<string, string> = {
     const done = () => console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
     if (member.services().length >= Number(expect)) done()
     else member.on("found", () => { if (member.services().length === Number(expect)) done() })`,
+  // The same member in a CommonJS program: \`require\` takes the entry's CommonJS build.
+  "promise-member.cjs": `
+    const [name, expect] = process.argv.slice(2)
+    const { join } = require("cluster-comm/promise")
+    join({ name, port: ${PORT}, address: "${GROUP}", heartbeat: "1 second", ttl: "5 seconds" }).then((member) => {
+      const done = () => console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
+      if (member.services().length >= Number(expect)) done()
+      else member.on("found", () => { if (member.services().length === Number(expect)) done() })
+    })`,
   "effect-member.mjs": `
     const [name, expect] = process.argv.slice(2)
     const Effect = await import("effect/Effect")
@@ -58,6 +70,16 @@ const scripts: Record<string, string> = {
   "discover-member.cjs": `
     const [, expect] = process.argv.slice(2)
     const Discover = require("node-discover")
+    const d = Discover({ port: ${PORT}, multicast: "${GROUP}", multicastTTL: 1 })
+    let known = 0
+    d.on("added", () => {
+      if (++known === Number(expect)) console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
+    })
+    process.on("SIGTERM", () => process.exit(0))`,
+  // node-discover in an ES module program, as ours above: importing a CommonJS package costs it its exports' analysis.
+  "discover-member.mjs": `
+    const [, expect] = process.argv.slice(2)
+    const { default: Discover } = await import("node-discover")
     const d = Discover({ port: ${PORT}, multicast: "${GROUP}", multicastTTL: 1 })
     let known = 0
     d.on("added", () => {
@@ -178,20 +200,32 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
   }
 
   try {
-    const load = { bare: [] as Array<number>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, promiseEntry: [] as Array<number> }
+    const load = { bare: [] as Array<number>, bareCjs: [] as Array<number>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, promiseEntry: [] as Array<number> }
     const peers = { nodeDiscover: "discover-member.cjs", cote: "cote-member.cjs", bonjourService: "bonjour-member.cjs" } as const
     type Peer = keyof typeof peers
-    const pairs = { promise: [] as Array<Report>, effect: [] as Array<Report>, nodeDiscover: [] as Array<Report>, cote: [] as Array<Report>, bonjourService: [] as Array<Report> }
+    const pairs = {
+      promise: [] as Array<Report>,
+      promiseCjs: [] as Array<Report>,
+      effect: [] as Array<Report>,
+      nodeDiscover: [] as Array<Report>,
+      nodeDiscoverEsm: [] as Array<Report>,
+      cote: [] as Array<Report>,
+      bonjourService: [] as Array<Report>
+    }
     const thirty = { promise: [] as Array<number>, nodeDiscover: [] as Array<number>, cote: [] as Array<number>, bonjourService: [] as Array<number>, bare: [] as Array<number> }
     // Warm the compile cache once for each, as a deployed program's second start would be.
     for (const f of ["load-effect-entry.mjs", "load-promise-entry.mjs", "load-effect-modules.mjs"]) await once(f)
+    for (const f of ["promise-member.cjs", "discover-member.cjs", "discover-member.mjs"]) await together(f, 2)
     for (let run = 0; run < runs; run++) {
       // Interleaved, so that each sees the machine as the others do.
       load.bare.push(await once("bare.mjs"))
+      load.bareCjs.push(await once("bare.cjs"))
       load.effectModules.push(await once("load-effect-modules.mjs"))
       load.effectEntry.push(await once("load-effect-entry.mjs"))
       load.promiseEntry.push(await once("load-promise-entry.mjs"))
       pairs.promise.push(await together("promise-member.mjs", 2))
+      pairs.promiseCjs.push(await together("promise-member.cjs", 2))
+      pairs.nodeDiscoverEsm.push(await together("discover-member.mjs", 2))
       pairs.effect.push(await together("effect-member.mjs", 2))
       for (const peer of Object.keys(peers) as Array<Peer>) pairs[peer].push(await together(peers[peer], 2))
       if (withThirty) {
@@ -208,6 +242,7 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
     return {
       loadCpuMs: {
         bareNode: median(load.bare),
+        bareNodeCjs: median(load.bareCjs),
         effectModulesAlone: median(load.effectModules),
         effectEntry: median(load.effectEntry),
         promiseEntry: median(load.promiseEntry),

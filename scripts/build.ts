@@ -104,21 +104,26 @@ await esbuild.build({
   outExtension: { ".js": ".mjs" }
 })
 // The Promise API, one file with its own copy of the Effect modules it uses:
-// a plain Node.js program installs nothing else and loads one module.
-await esbuild.build({
-  ...node,
-  entryPoints: { promise: "src/promise.ts" },
-  minify: true,
-  // Maps into the shipped src/ (and Effect's own files), without a copy of every source inside.
-  sourcemap: true,
-  sourcesContent: false,
-  external: loadedOnDemand,
-  outdir: "dist",
-  outExtension: { ".js": ".mjs" }
-})
-// Our own bundle, Effect's modules included: the functions a member runs are
-// marked for eager compiling (all of them when the rehearsal cannot run).
-markEager("dist/promise.mjs", rehearsed("dist/promise.mjs"))
+// a plain Node.js program installs nothing else and loads one module. Built
+// twice: for `import`, and for `require`, which then needs no ES module
+// loader (1-2 ms of a CommonJS program's start).
+for (const [format, extension] of [["esm", ".mjs"], ["cjs", ".cjs"]] as const) {
+  await esbuild.build({
+    ...node,
+    format,
+    entryPoints: { promise: "src/promise.ts" },
+    minify: true,
+    // Maps into the shipped src/ (and Effect's own files), without a copy of every source inside.
+    sourcemap: true,
+    sourcesContent: false,
+    external: loadedOnDemand,
+    outdir: "dist",
+    outExtension: { ".js": extension }
+  })
+  // Our own bundle, Effect's modules included: the functions a member runs are
+  // marked for eager compiling (all of them when the rehearsal cannot run).
+  markEager(`dist/promise${extension}`, rehearsed(`dist/promise${extension}`))
+}
 // The bench's Promise API peer loads that file itself, as a user's program does.
 await esbuild.build({
   ...node,

@@ -5,7 +5,7 @@
  * NODE_V8_COVERAGE, it tells the build which of the Promise bundle's
  * functions a member runs, the ones worth compiling at load (see eager.ts).
  *
- * Usage: node scripts/rehearse.ts <bundle.mjs>; exits 0 once done, 1 if the
+ * Usage: node scripts/rehearse.ts <bundle.mjs or .cjs>; exits 0 once done, 1 if the
  * members did not meet within 5 s.
  */
 import { pathToFileURL } from "node:url"

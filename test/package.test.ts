@@ -98,6 +98,26 @@ describe("the built package", () => {
        await join({ name: "x", port: 99999 }).catch((e) => console.log(e._tag, e.stack.split("\\n")[1].trim()))`
     ], { cwd: project, env })
     assert.match(stack.stdout, /^JoinError at makeConfig \(.*node_modules\/cluster-comm\/src\/schema\/Config\.ts:\d+:\d+\)/, stack.stderr)
+    // A CommonJS program's `require` takes the entry's CommonJS build: two members meet, send and query on loopback.
+    const cluster = testCluster(23)
+    writeFileSync(join(project, "program.cjs"), `
+      const { join, HookPoint } = require("cluster-comm/promise")
+      const config = (name) => ({ name, port: ${cluster.port}, address: "${cluster.address}", heartbeat: "100 millis" })
+      ;(async () => {
+        console.log(require("node:path").basename(require.resolve("cluster-comm/promise")))
+        await join({ name: "x", port: 99999 }).catch((e) => console.log(e._tag, e instanceof Error, e.stack.split("\\n")[1].trim()))
+        const [a, b] = [await join(config("cjs-a"), { leaveOnSignals: false }), await join(config("cjs-b"), { leaveOnSignals: false })]
+        while (a.resolve("cjs-b").length === 0) await new Promise((r) => setTimeout(r, 10))
+        const heard = new Promise((resolve) => b.once("message", (m) => resolve(m.text)))
+        b.hook(HookPoint.query("Q"), (q) => "re: " + q.text)
+        await a.sendTo("cjs-b", "C", "hello")
+        const answers = await a.queryAll({ target: "cjs-b", op: "Q", data: "ping", timeout: "2 seconds" })
+        console.log(await heard, [...answers.responses.values()].map((r) => r.text).join())
+        await a.leave(); await b.leave()
+      })()`)
+    const cjs = run(process.execPath, ["--enable-source-maps", "program.cjs"], { cwd: project, env, timeout: 30_000 })
+    assert.deepStrictEqual(cjs.stdout.trim().split("\n").slice(0, 1), ["promise.cjs"], cjs.stderr)
+    assert.match(cjs.stdout, /\nJoinError true at makeConfig \(.*node_modules\/cluster-comm\/src\/schema\/Config\.ts:\d+:\d+\)\nhello re: ping\n$/, cjs.stderr)
     // Tools read a package's version through its package.json.
     const version = run(process.execPath, ["-e", `console.log(require(require.resolve("cluster-comm/package.json")).version)`], { cwd: project, env })
     assert.strictEqual(version.stdout.trim(), JSON.parse(readFileSync(`${root}package.json`, "utf8")).version, version.stderr)
