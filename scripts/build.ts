@@ -6,7 +6,7 @@
  * deployed, and the command-line tool.
  */
 import { spawnSync } from "node:child_process"
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { pathToFileURL } from "node:url"
@@ -83,6 +83,9 @@ const declarations = readdirSync("dist/types", { recursive: true, encoding: "utf
 for (const file of declarations.map((f) => join("dist/types", f))) {
   writeFileSync(file, readFileSync(file, "utf8").replace(/((?:from|import\()\s*"\.{1,2}\/[^"]*)\.ts"/g, '$1.js"'))
 }
+// The Promise entry's for \`require\`: the same declarations as a CommonJS module's,
+// which a consumer compiling CommonJS under Node16 resolution takes without complaint.
+copyFileSync("dist/types/promise.d.ts", "dist/types/promise.d.cts")
 console.log(`  dist/types: ${declarations.length} declaration files`)
 
 // The bench's processes resolve `cluster-comm` to dist/index.mjs: they run the library as deployed.

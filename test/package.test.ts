@@ -127,6 +127,7 @@ describe("the built package", () => {
   // settings; a wrong program fails, so the check can fail.
   const configs = {
     nodenext: { module: "NodeNext", moduleResolution: "NodeNext" },
+    node16: { module: "Node16", moduleResolution: "Node16" },
     bundler: { module: "ESNext", moduleResolution: "bundler" },
     exact: { module: "NodeNext", moduleResolution: "NodeNext", exactOptionalPropertyTypes: true }
   }
@@ -136,12 +137,14 @@ describe("the built package", () => {
     return run(process.execPath, [`${root}node_modules/typescript/bin/tsc`, "-p", `tsconfig.${config}.json`], { cwd: project })
   }
 
-  it("its declarations type-check a consumer's program under NodeNext, bundler and exactOptionalPropertyTypes", () => {
+  it("its declarations type-check a consumer's program under NodeNext, Node16, bundler and exactOptionalPropertyTypes, as ES module and CommonJS", () => {
     const project = join(scratch, "project")
     const program = readFileSync(`${root}test/consumer/program.ts`, "utf8")
     writeFileSync(join(project, "program.ts"), program)
     const promise = readFileSync(`${root}test/consumer/promise.ts`, "utf8")
     writeFileSync(join(project, "promise.ts"), promise)
+    // The same program as CommonJS: its imports become `require`, which takes the entry's CommonJS build.
+    writeFileSync(join(project, "promise.cts"), promise)
     const wrongPromise = promise.replace("member.sendTo(", "member.sendto(")
     assert.notStrictEqual(wrongPromise, promise)
     writeFileSync(join(project, "wrong-promise.ts"), wrongPromise)
@@ -151,7 +154,7 @@ describe("the built package", () => {
     writeFileSync(join(project, "wrong.ts"), wrong)
     const tagLine = wrong.split("\n").findIndex((l) => l.includes(`catchTag("JoinFailed"`)) + 1
     for (const config of Object.keys(configs) as Array<keyof typeof configs>) {
-      for (const file of ["program.ts", "promise.ts"]) {
+      for (const file of ["program.ts", "promise.ts", ...(config === "bundler" ? [] : ["promise.cts"])]) {
         const good = typecheck(project, config, file)
         assert.strictEqual(good.status, 0, `${config}, ${file}: ${good.stdout}${good.stderr}`)
       }
