@@ -273,20 +273,41 @@ const roundTrip = async (impl: "cluster" | "promise" | "raw", count: number, siz
     echo.send({ alloc: "start" })
     await echo.next("sampling")
   }
+  const before = [onCpuNs(echo.child.pid), onCpuNs(pinger.child.pid)]
   pinger.send({ count, size, warmup: count })
   const { times, cold, alloc } = await pinger.next("times", 120_000)
+  // Each side's CPU a trip, over all of them (warm-up included): where a trip's time goes.
+  const [answering, asking] = [onCpuNs(echo.child.pid), onCpuNs(pinger.child.pid)].map((after, i) =>
+    after === undefined || before[i] === undefined ? undefined : (after - before[i]!) / 1000 / (2 * count)
+  )
   if (sampling) {
     echo.send({ alloc: "stop" })
     const answered = (await echo.next("alloc")).alloc
-    const [asking, answering] = query ? ["asker", "responder"] : ["pinger", "echo"]
+    const [asker, responder] = query ? ["asker", "responder"] : ["pinger", "echo"]
     const api = impl === "promise" ? "Promise API" : query ? "Effect API" : "Effect API, sendTo and back"
-    console.error(`allocated a round trip (${api}): ${asking} ${Math.round(alloc.perTrip)} B, ${answering} ${Math.round(answered.perTrip)} B`)
-    for (const [side, a] of [[asking, alloc], [answering, answered]] as const) {
+    console.error(`allocated a round trip (${api}): ${asker} ${Math.round(alloc.perTrip)} B, ${responder} ${Math.round(answered.perTrip)} B`)
+    for (const [side, a] of [[asker, alloc], [responder, answered]] as const) {
       for (const [site, bytes] of a.top) console.error(`  ${side} ${Math.round(bytes)} B ${site}`)
     }
   }
   await stop([echo, pinger])
-  return { p50: percentile(times, 50), p99: percentile(times, 99), coldP50: percentile(cold, 50), coldP99: percentile(cold, 99) }
+  return {
+    p50: percentile(times, 50),
+    p99: percentile(times, 99),
+    coldP50: percentile(cold, 50),
+    coldP99: percentile(cold, 99),
+    askerCpuUs: asking ?? Number.NaN,
+    responderCpuUs: answering ?? Number.NaN
+  }
+}
+
+/** A process's time on a CPU so far, in ns (Linux's scheduler statistics); undefined elsewhere. */
+const onCpuNs = (pid: number | undefined): number | undefined => {
+  try {
+    return Number(readFileSync(`/proc/${pid}/schedstat`, "utf8").split(" ")[0])
+  } catch {
+    return undefined
+  }
 }
 
 /**
@@ -557,7 +578,7 @@ try {
   // Round trips, each kind next to the raw echo of the same run: a query and
   // its response (the issue's measure), and a sendTo answered by a sendTo.
   const rtCount = quick ? 500 : 10_000
-  type Trip = { p50: number; p99: number; coldP50: number; coldP99: number }
+  type Trip = { p50: number; p99: number; coldP50: number; coldP99: number; askerCpuUs: number; responderCpuUs: number }
   const rt = { raw: [] as Array<Trip>, query: [] as Array<Trip>, sendTo: [] as Array<Trip>, promise: [] as Array<Trip> }
   for (let run = 0; run < (runs("rtt") ? RUNS : 0); run++) {
     rt.raw.push(await roundTrip("raw", rtCount, 100, PORT))
@@ -567,6 +588,7 @@ try {
     rt.promise.push(await roundTrip("promise", rtCount, 100, PORT, true))
   }
   const m = (xs: Array<Trip>, k: keyof Trip) => median(xs.map((x) => x[k]))
+  const cpuSides = (xs: Array<Trip>) => `${fmt(m(xs, "askerCpuUs"), 1)} / ${fmt(m(xs, "responderCpuUs"), 1)} µs (asking / answering)`
   if (rt.raw.length > 0) {
     results.round_trip_100B = {
       queryP50Ms: m(rt.query, "p50"),
@@ -577,6 +599,8 @@ try {
       promiseQueryP99Ms: m(rt.promise, "p99"),
       rawP50Ms: m(rt.raw, "p50"),
       rawP99Ms: m(rt.raw, "p99"),
+      // Each side's CPU a trip (Linux), asking / answering.
+      cpuUs: Object.fromEntries(Object.entries(rt).map(([k, xs]) => [k, { asking: m(xs, "askerCpuUs"), answering: m(xs, "responderCpuUs") }])),
       coldQueryP50Ms: m(rt.query, "coldP50"),
       coldQueryP99Ms: m(rt.query, "coldP99"),
       coldRawP50Ms: m(rt.raw, "coldP50"),
@@ -587,8 +611,8 @@ try {
     for (const [label, trips, target] of [["query + response", rt.query, " (target 1.2x / 2x)"], ["sendTo + sendTo back", rt.sendTo, ""], ["Promise API: query + response", rt.promise, ""]] as const) {
       rows.push([
         `round trip 100 B (${label})`,
-        `p50 ${fmt(m(trips, "p50"), 3)} ms, p99 ${fmt(m(trips, "p99"), 3)} ms`,
-        `raw echo p50 ${fmt(m(rt.raw, "p50"), 3)} ms, p99 ${fmt(m(rt.raw, "p99"), 3)} ms`,
+        `p50 ${fmt(m(trips, "p50"), 3)} ms, p99 ${fmt(m(trips, "p99"), 3)} ms; CPU a trip ${cpuSides(trips)}`,
+        `raw echo p50 ${fmt(m(rt.raw, "p50"), 3)} ms, p99 ${fmt(m(rt.raw, "p99"), 3)} ms; CPU a trip ${cpuSides(rt.raw)}`,
         `${fmt(m(trips, "p50") / m(rt.raw, "p50"), 2)}x / ${fmt(m(trips, "p99") / m(rt.raw, "p99"), 2)}x raw${target}`
       ])
     }

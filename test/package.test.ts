@@ -36,6 +36,8 @@ describe("the built package", () => {
     // Both APIs' query round trips were timed (the Promise API's from dist/promise.mjs).
     assert.isAbove(results.round_trip_100B.queryP50Ms, 0)
     assert.isAbove(results.round_trip_100B.promiseQueryP50Ms, 0)
+    // And each side's CPU a trip, read from the kernel's accounting of each process.
+    for (const kind of ["raw", "query", "promise"]) assert.isAbove(results.round_trip_100B.cpuUs[kind].asking, 0)
     // The reach section (with redis-server installed): both modes ran, every member knew every other.
     if (canRunRedis()) {
       assert.deepStrictEqual(results.reach.failed, [])
