@@ -43,7 +43,7 @@ const scripts: Record<string, string> = {
     const done = () => console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
     if (member.services().length >= Number(expect)) done()
     else member.on("found", () => { if (member.services().length === Number(expect)) done() })`,
-  // The same member in a CommonJS program: \`require\` takes the entry's CommonJS build.
+  // The same member in a CommonJS program: `require` takes the entry's CommonJS build.
   "promise-member.cjs": `
     const [name, expect] = process.argv.slice(2)
     const { join } = require("cluster-comm/promise")

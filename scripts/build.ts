@@ -1,9 +1,11 @@
 /**
  * `npm run build`: the package's entries (`dist/index.mjs`, `dist/schema.mjs`
  * and their shared chunks, Effect left external), their functions marked for
- * eager compiling (see eager.ts); their declarations (`dist/types`); then the
- * bundles built on them: the bench's processes, which run the library as
- * deployed, and the command-line tool.
+ * eager compiling (see eager.ts); their declarations (`dist/types`); the
+ * Promise API's bundle, Effect inside, for `import` and for `require`
+ * (`dist/promise.mjs`, `dist/promise.cjs`); then the bundles built on them:
+ * the bench's processes, which run the library as deployed, and the
+ * command-line tool.
  */
 import { spawnSync } from "node:child_process"
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
@@ -83,7 +85,7 @@ const declarations = readdirSync("dist/types", { recursive: true, encoding: "utf
 for (const file of declarations.map((f) => join("dist/types", f))) {
   writeFileSync(file, readFileSync(file, "utf8").replace(/((?:from|import\()\s*"\.{1,2}\/[^"]*)\.ts"/g, '$1.js"'))
 }
-// The Promise entry's for \`require\`: the same declarations as a CommonJS module's,
+// The Promise entry's for `require`: the same declarations as a CommonJS module's,
 // which a consumer compiling CommonJS under Node16 resolution takes without complaint.
 copyFileSync("dist/types/promise.d.ts", "dist/types/promise.d.cts")
 console.log(`  dist/types: ${declarations.length} declaration files`)
