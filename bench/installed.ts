@@ -27,6 +27,30 @@ type Report = Record<string, any>
 const PORT = 23000
 const GROUP = "239.7.7.7"
 
+/** A member's one line once it knows all the others: when, and its CPU until then. */
+const KNOWS_ALL = "console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))"
+
+/** A Promise API member; `entry` is how its program takes the entry (an import or a require). */
+const promiseMember = (entry: string) => `
+    const [name, expect] = process.argv.slice(2)
+    const { join } = ${entry}
+    join({ name, port: ${PORT}, address: "${GROUP}", heartbeat: "1 second", ttl: "5 seconds" }).then((member) => {
+      const done = () => ${KNOWS_ALL}
+      if (member.services().length >= Number(expect)) done()
+      else member.on("found", () => { if (member.services().length === Number(expect)) done() })
+    })`
+
+/** A node-discover member; `entry` is how its program takes the package. */
+const discoverMember = (entry: string) => `
+    const [, expect] = process.argv.slice(2)
+    const Discover = ${entry}
+    const d = Discover({ port: ${PORT}, multicast: "${GROUP}", multicastTTL: 1 })
+    let known = 0
+    d.on("added", () => {
+      if (++known === Number(expect)) ${KNOWS_ALL}
+    })
+    process.on("SIGTERM", () => process.exit(0))`
+
 /** The scripts a process runs, each printing one JSON line when it is done (then waiting to be ended). */
 const scripts: Record<string, string> = {
   "bare.mjs": `console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
@@ -36,22 +60,9 @@ const scripts: Record<string, string> = {
     console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
   "load-effect-entry.mjs": `await import("cluster-comm"); console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
   "load-promise-entry.mjs": `await import("cluster-comm/promise"); console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
-  "promise-member.mjs": `
-    const [name, expect] = process.argv.slice(2)
-    const { join } = await import("cluster-comm/promise")
-    const member = await join({ name, port: ${PORT}, address: "${GROUP}", heartbeat: "1 second", ttl: "5 seconds" })
-    const done = () => console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
-    if (member.services().length >= Number(expect)) done()
-    else member.on("found", () => { if (member.services().length === Number(expect)) done() })`,
+  "promise-member.mjs": promiseMember(`await import("cluster-comm/promise")`),
   // The same member in a CommonJS program: `require` takes the entry's CommonJS build.
-  "promise-member.cjs": `
-    const [name, expect] = process.argv.slice(2)
-    const { join } = require("cluster-comm/promise")
-    join({ name, port: ${PORT}, address: "${GROUP}", heartbeat: "1 second", ttl: "5 seconds" }).then((member) => {
-      const done = () => console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
-      if (member.services().length >= Number(expect)) done()
-      else member.on("found", () => { if (member.services().length === Number(expect)) done() })
-    })`,
+  "promise-member.cjs": promiseMember(`require("cluster-comm/promise")`),
   "effect-member.mjs": `
     const [name, expect] = process.argv.slice(2)
     const Effect = await import("effect/Effect")
@@ -62,30 +73,14 @@ const scripts: Record<string, string> = {
       Stream.filter((e) => e._tag === "ServiceFound"),
       Stream.takeWhile((e) => known.add(e.service.id).size < Number(expect)),
       Stream.runDrain,
-      Effect.andThen(Effect.sync(() => console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() })))),
+      Effect.andThen(Effect.sync(() => ${KNOWS_ALL})),
       Effect.andThen(Effect.never),
       Effect.provide(ClusterLive({ name, port: ${PORT}, address: "${GROUP}", heartbeat: "1 second", ttl: "5 seconds" }))
     ))
     process.on("SIGTERM", () => process.exit(0))`,
-  "discover-member.cjs": `
-    const [, expect] = process.argv.slice(2)
-    const Discover = require("node-discover")
-    const d = Discover({ port: ${PORT}, multicast: "${GROUP}", multicastTTL: 1 })
-    let known = 0
-    d.on("added", () => {
-      if (++known === Number(expect)) console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
-    })
-    process.on("SIGTERM", () => process.exit(0))`,
+  "discover-member.cjs": discoverMember(`require("node-discover")`),
   // node-discover in an ES module program, as ours above: importing a CommonJS package costs it its exports' analysis.
-  "discover-member.mjs": `
-    const [, expect] = process.argv.slice(2)
-    const { default: Discover } = await import("node-discover")
-    const d = Discover({ port: ${PORT}, multicast: "${GROUP}", multicastTTL: 1 })
-    let known = 0
-    d.on("added", () => {
-      if (++known === Number(expect)) console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
-    })
-    process.on("SIGTERM", () => process.exit(0))`,
+  "discover-member.mjs": discoverMember(`(await import("node-discover")).default`),
   "cote-member.cjs": `
     const [name, expect] = process.argv.slice(2)
     const cote = require("cote")
@@ -94,7 +89,7 @@ const scripts: Record<string, string> = {
     const poll = setInterval(() => {
       if (r.discovery === undefined || Object.keys(r.discovery.nodes).length < Number(expect)) return
       clearInterval(poll)
-      console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
+      ${KNOWS_ALL}
     }, 5)
     process.on("SIGTERM", () => process.exit(0))`,
   // mDNS on its own group and port (224.0.0.251:5353), routed through loopback in the namespace.
@@ -107,7 +102,7 @@ const scripts: Record<string, string> = {
     b.find({ type: "bench" }, (s) => {
       if (s.name === name || seen.has(s.name)) return
       seen.add(s.name)
-      if (seen.size === Number(expect)) console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))
+      if (seen.size === Number(expect)) ${KNOWS_ALL}
     })
     process.on("SIGTERM", () => process.exit(0))`
 }

@@ -13,6 +13,7 @@
  * No line is added or removed; a source map's columns are moved with the
  * text (`remap`).
  */
+import { decode, encode, type SourceMapSegment } from "@jridgewell/sourcemap-codec"
 import ts from "typescript"
 
 /** Whether an arrow function reads what a function expression would rebind. */
@@ -124,8 +125,6 @@ const mover = (edits: ReadonlyArray<Edit>): ((offset: number) => number) => {
   }
 }
 
-const BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
 /**
  * A source map's `mappings` for the marked code: the same segments, each
  * generated column moved as its character was. No line changes, but a
@@ -139,43 +138,11 @@ export const remap = (mappings: string, source: string, code: string, moved: (of
   }
   const before = startsOf(source)
   const after = startsOf(code)
-  return mappings.split(";").map((line, l) => {
-    let column = 0
-    let written = 0
-    return line === "" ? "" : line.split(",").map((segment) => {
-      const fields = decodeVlq(segment)
-      column += fields[0]!
-      const now = moved(before[l]! + column) - after[l]!
-      fields[0] = now - written
-      written = now
-      return fields.map(encodeVlq).join("")
-    }).join(",")
-  }).join(";")
-}
-
-const decodeVlq = (segment: string): Array<number> => {
-  const out: Array<number> = []
-  let value = 0
-  let shift = 0
-  for (const char of segment) {
-    const digit = BASE64.indexOf(char)
-    value += (digit & 31) << shift
-    if (digit & 32) shift += 5
-    else {
-      out.push(value & 1 ? -(value >>> 1) : value >>> 1)
-      value = shift = 0
-    }
-  }
-  return out
-}
-
-const encodeVlq = (n: number): string => {
-  let value = n < 0 ? (-n << 1) | 1 : n << 1
-  let out = ""
-  do {
-    const digit = value & 31
-    value >>>= 5
-    out += BASE64[value > 0 ? digit | 32 : digit]
-  } while (value > 0)
-  return out
+  return encode(decode(mappings).map((segments, l) =>
+    segments.map((segment): SourceMapSegment => {
+      const out = [...segment] as SourceMapSegment
+      out[0] = moved(before[l]! + segment[0]) - after[l]!
+      return out
+    })
+  ))
 }
