@@ -5,7 +5,8 @@
  * not to be had here), all in the same run:
  *
  * - load: a process's CPU to import the Effect entry, the Effect modules it
- *   uses alone, and the Promise entry (one bundled file);
+ *   uses alone, and the Promise entry (one bundled file); and the Effect
+ *   entry's own, in a process that has loaded those modules first;
  * - a member: 2 processes started at once, each until it knows the other: the
  *   time from the first spawn, and each process's CPU up to then. Ours and
  *   node-discover's each as an ES module program and a CommonJS one: a
@@ -51,14 +52,24 @@ const discoverMember = (entry: string) => `
     })
     process.on("SIGTERM", () => process.exit(0))`
 
+/** Imports the Effect modules the Effect entry uses, alone. */
+const LOAD_EFFECT_MODULES = `
+    for (const m of ${JSON.stringify(["Array", "Cause", "Clock", "Context", "Data", "Deferred", "Duration", "Effect", "Exit", "Fiber", "FiberSet", "Layer", "Metric", "Option", "Pipeable", "PubSub", "Queue", "Random", "References", "Result", "Schedule", "Scope", "Stream", "Tracer", "net/IpNetwork", "net/NetAddress"])}) await import("effect/" + m)`
+
 /** The scripts a process runs, each printing one JSON line when it is done (then waiting to be ended). */
 const scripts: Record<string, string> = {
   "bare.mjs": `console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
   "bare.cjs": `console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
-  "load-effect-modules.mjs": `
-    for (const m of ${JSON.stringify(["Array", "Cause", "Clock", "Context", "Data", "Deferred", "Duration", "Effect", "Fiber", "FiberSet", "Layer", "Metric", "Option", "PubSub", "Queue", "Random", "Result", "Schedule", "Scope", "Stream", "Tracer", "net/IpNetwork", "net/NetAddress"])}) await import("effect/" + m)
+  "load-effect-modules.mjs": `${LOAD_EFFECT_MODULES}
     console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
   "load-effect-entry.mjs": `await import("cluster-comm"); console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
+  // The entry's own cost measured inside one process, on top of its Effect modules
+  // already loaded: a difference of two processes' CPU is lost in their spread.
+  "load-effect-entry-own.mjs": `${LOAD_EFFECT_MODULES}
+    const before = process.cpuUsage()
+    await import("cluster-comm")
+    const own = process.cpuUsage(before)
+    console.log(JSON.stringify({ cpu: process.cpuUsage(), ownMs: (own.user + own.system) / 1000 }))`,
   "load-promise-entry.mjs": `await import("cluster-comm/promise"); console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
   "promise-member.mjs": promiseMember(`await import("cluster-comm/promise")`),
   // The same member in a CommonJS program: `require` takes the entry's CommonJS build.
@@ -177,13 +188,15 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
         c.kill("SIGTERM") // our own child, by its PID
       })
     ))
-  /** A script that reports once and exits: its CPU. */
-  const once = async (file: string) => {
+  /** A script that reports once and exits: its report. */
+  const reportOf = async (file: string) => {
     const { child, report } = start(file)
     const r = await report
     await end([child])
-    return cpuMs(r)
+    return r
   }
+  /** The same: its CPU. */
+  const once = async (file: string) => cpuMs(await reportOf(file))
   /** N processes of a kind started at once: from the first spawn until the last knows all; each one's CPU. */
   const together = async (file: string, n: number) => {
     const t0 = Date.now()
@@ -195,7 +208,7 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
   }
 
   try {
-    const load = { bare: [] as Array<number>, bareCjs: [] as Array<number>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, promiseEntry: [] as Array<number> }
+    const load = { bare: [] as Array<number>, bareCjs: [] as Array<number>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, effectEntryOwn: [] as Array<number>, promiseEntry: [] as Array<number> }
     const peers = { nodeDiscover: "discover-member.cjs", cote: "cote-member.cjs", bonjourService: "bonjour-member.cjs" } as const
     type Peer = keyof typeof peers
     const pairs = {
@@ -209,7 +222,7 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
     }
     const thirty = { promise: [] as Array<number>, nodeDiscover: [] as Array<number>, cote: [] as Array<number>, bonjourService: [] as Array<number>, bare: [] as Array<number> }
     // Warm the compile cache once for each, as a deployed program's second start would be.
-    for (const f of ["load-effect-entry.mjs", "load-promise-entry.mjs", "load-effect-modules.mjs"]) await once(f)
+    for (const f of ["load-effect-entry.mjs", "load-promise-entry.mjs", "load-effect-modules.mjs", "load-effect-entry-own.mjs"]) await once(f)
     for (const f of ["promise-member.cjs", "discover-member.cjs", "discover-member.mjs"]) await together(f, 2)
     for (let run = 0; run < runs; run++) {
       // Interleaved, so that each sees the machine as the others do.
@@ -217,6 +230,7 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
       load.bareCjs.push(await once("bare.cjs"))
       load.effectModules.push(await once("load-effect-modules.mjs"))
       load.effectEntry.push(await once("load-effect-entry.mjs"))
+      load.effectEntryOwn.push((await reportOf("load-effect-entry-own.mjs")).ownMs)
       load.promiseEntry.push(await once("load-promise-entry.mjs"))
       pairs.promise.push(await together("promise-member.mjs", 2))
       pairs.promiseCjs.push(await together("promise-member.cjs", 2))
@@ -241,8 +255,8 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
         effectModulesAlone: median(load.effectModules),
         effectEntry: median(load.effectEntry),
         promiseEntry: median(load.promiseEntry),
-        // The library's own cost on top of loading the Effect modules it uses.
-        effectEntryOwn: median(load.effectEntry) - median(load.effectModules)
+        // The library's own cost on top of loading the Effect modules it uses, in one process.
+        effectEntryOwn: median(load.effectEntryOwn)
       },
       twoAtOnce: Object.fromEntries(Object.entries(pairs).map(([k, xs]) => [k, { allKnownMs: m(xs, "allKnownMs"), cpuMs: m(xs, "cpuMs") }])) as
         Record<keyof typeof pairs, { allKnownMs: number; cpuMs: number }>,

@@ -42,39 +42,50 @@ const markEager = (file: string, wanted?: (start: number) => boolean) => {
 }
 
 /**
- * The functions of a bundle a member runs, by where they start: a rehearsal
- * (scripts/rehearse.ts) under V8's coverage. Compiled at load, they come from
- * Node's compile cache at the next start; the rest (the Tcl dialect, Redis,
- * metrics) would only make the cache longer to read. Undefined when the
- * rehearsal did not complete (no multicast on loopback here, say).
+ * The functions of the built files a member runs, by file and where they
+ * start: a rehearsal (scripts/rehearse.ts for the Promise bundle,
+ * rehearse-effect.ts for the Effect entry) under V8's coverage. Compiled at
+ * load, they come from Node's compile cache at the next start; the rest (the
+ * Tcl dialect, Redis, metrics) would only make the cache longer to read.
+ * Undefined when the rehearsal did not complete (no multicast on loopback
+ * here, say).
  */
-const rehearsed = (file: string): ((start: number) => boolean) | undefined => {
+const rehearsed = (script: string, entry: string): Map<string, Set<number>> | undefined => {
   const dir = mkdtempSync(join(tmpdir(), "cluster-comm-rehearsal-"))
   try {
-    const run = spawnSync(process.execPath, ["scripts/rehearse.ts", file], {
+    const run = spawnSync(process.execPath, [script, entry], {
       env: { ...process.env, NODE_V8_COVERAGE: dir },
       stdio: "inherit",
       timeout: 20_000
     })
     if (run.status !== 0) {
-      console.log(`  ${file}: the rehearsal did not complete; every function marked`)
+      console.log(`  ${entry}: the rehearsal did not complete; every function marked`)
       return undefined
     }
-    const url = pathToFileURL(resolve(file)).href
-    const starts = new Set<number>()
+    const starts = new Map<string, Set<number>>()
     for (const report of readdirSync(dir)) {
-      for (const script of JSON.parse(readFileSync(join(dir, report), "utf8")).result) {
-        if (script.url !== url) continue
-        for (const fn of script.functions) if (fn.ranges[0].count > 0) starts.add(fn.ranges[0].startOffset)
+      for (const { url, functions } of JSON.parse(readFileSync(join(dir, report), "utf8")).result) {
+        if (!url.startsWith(pathToFileURL(resolve("dist")).href)) continue
+        const ran = starts.get(url) ?? new Set<number>()
+        for (const fn of functions) if (fn.ranges[0].count > 0) ran.add(fn.ranges[0].startOffset)
+        starts.set(url, ran)
       }
     }
-    return (start) => starts.has(start)
+    return starts
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
 }
+/** What to mark in a built file: what the rehearsal ran of it, or all of it when the rehearsal did not load it. */
+const ranIn = (starts: Map<string, Set<number>> | undefined, file: string) => {
+  const ran = starts?.get(pathToFileURL(resolve(file)).href)
+  return ran === undefined ? undefined : (start: number) => ran.has(start)
+}
 const built = ["dist/index.mjs", "dist/schema.mjs", ...readdirSync("dist/chunks").map((f) => join("dist/chunks", f))]
-for (const file of built.filter((f) => f.endsWith(".mjs"))) markEager(file)
+// The Effect entry: what a member runs of it and of its chunks (the Tcl chunk and
+// the schema entry, not loaded by a member of its own, wholly).
+const effectEntryRan = rehearsed("scripts/rehearse-effect.ts", "dist/index.mjs")
+for (const file of built.filter((f) => f.endsWith(".mjs"))) markEager(file, ranIn(effectEntryRan, file))
 
 // Declarations from the source, with maps back into it. The source imports `./X.ts`
 // (Node runs it as is); a consumer's compiler takes `./X.js`, which it resolves to `./X.d.ts`.
@@ -127,7 +138,8 @@ for (const [format, extension] of [["esm", ".mjs"], ["cjs", ".cjs"]] as const) {
   })
   // Our own bundle, Effect's modules included: the functions a member runs are
   // marked for eager compiling (all of them when the rehearsal cannot run).
-  markEager(`dist/promise${extension}`, rehearsed(`dist/promise${extension}`))
+  const bundle = `dist/promise${extension}`
+  markEager(bundle, ranIn(rehearsed("scripts/rehearse.ts", bundle), bundle))
 }
 // The bench's Promise API peer loads that file itself, as a user's program does.
 await esbuild.build({
