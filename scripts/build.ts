@@ -63,9 +63,10 @@ const rehearsed = (script: string, entry: string): Map<string, Set<number>> | un
       return undefined
     }
     const starts = new Map<string, Set<number>>()
+    const builtHere = `${pathToFileURL(resolve("dist")).href}/`
     for (const report of readdirSync(dir)) {
       for (const { url, functions } of JSON.parse(readFileSync(join(dir, report), "utf8")).result) {
-        if (!url.startsWith(pathToFileURL(resolve("dist")).href)) continue
+        if (!url.startsWith(builtHere)) continue
         const ran = starts.get(url) ?? new Set<number>()
         for (const fn of functions) if (fn.ranges[0].count > 0) ran.add(fn.ranges[0].startOffset)
         starts.set(url, ran)
