@@ -8,7 +8,7 @@
  *   uses alone, and the Promise entry (one bundled file); and the Effect
  *   entry's own, in a process that has loaded those modules first;
  * - a member: 2 processes started at once, each until it knows the other: the
- *   time from the first spawn, and each process's CPU up to then. Ours and
+ *   time from the first spawn, and each process's CPU and page faults up to then. Ours and
  *   node-discover's each as an ES module program and a CommonJS one: a
  *   program's own module format costs it 3 ms or more, whatever it loads;
  * - 30 processes started at once (full runs): until all know all.
@@ -28,8 +28,13 @@ type Report = Record<string, any>
 const PORT = 23000
 const GROUP = "239.7.7.7"
 
-/** A member's one line once it knows all the others: when, and its CPU until then. */
-const KNOWS_ALL = "console.log(JSON.stringify({ knowsAllAt: Date.now(), cpu: process.cpuUsage() }))"
+/**
+ * A process's CPU so far, and its first touches of memory (minor page faults):
+ * what a start costs differs between machines mostly by what a fault costs.
+ */
+const USAGE = "cpu: process.cpuUsage(), faults: process.resourceUsage().minorPageFault"
+/** A member's one line once it knows all the others: when, and its usage until then. */
+const KNOWS_ALL = `console.log(JSON.stringify({ knowsAllAt: Date.now(), ${USAGE} }))`
 
 /** A Promise API member; `entry` is how its program takes the entry (an import or a require). */
 const promiseMember = (entry: string) => `
@@ -58,8 +63,8 @@ const LOAD_EFFECT_MODULES = `
 
 /** The scripts a process runs, each printing one JSON line when it is done (then waiting to be ended). */
 const scripts: Record<string, string> = {
-  "bare.mjs": `console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
-  "bare.cjs": `console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
+  "bare.mjs": `console.log(JSON.stringify({ ${USAGE} }))`,
+  "bare.cjs": `console.log(JSON.stringify({ ${USAGE} }))`,
   "load-effect-modules.mjs": `${LOAD_EFFECT_MODULES}
     console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
   "load-effect-entry.mjs": `await import("cluster-comm"); console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
@@ -204,11 +209,11 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
     const reports = await Promise.all(members.map((m) => m.report))
     await end(members.map((m) => m.child))
     await new Promise((r) => setTimeout(r, 200))
-    return { allKnownMs: Math.max(...reports.map((r) => r.knowsAllAt)) - t0, cpuMs: median(reports.map(cpuMs)) }
+    return { allKnownMs: Math.max(...reports.map((r) => r.knowsAllAt)) - t0, cpuMs: median(reports.map(cpuMs)), faults: median(reports.map((r) => r.faults)) }
   }
 
   try {
-    const load = { bare: [] as Array<number>, bareCjs: [] as Array<number>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, effectEntryOwn: [] as Array<number>, promiseEntry: [] as Array<number> }
+    const load = { bare: [] as Array<number>, bareFaults: [] as Array<number>, bareCjs: [] as Array<number>, bareCjsFaults: [] as Array<number>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, effectEntryOwn: [] as Array<number>, promiseEntry: [] as Array<number> }
     const peers = { nodeDiscover: "discover-member.cjs", cote: "cote-member.cjs", bonjourService: "bonjour-member.cjs" } as const
     type Peer = keyof typeof peers
     const pairs = {
@@ -226,8 +231,12 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
     for (const f of ["promise-member.cjs", "discover-member.cjs", "discover-member.mjs"]) await together(f, 2)
     for (let run = 0; run < runs; run++) {
       // Interleaved, so that each sees the machine as the others do.
-      load.bare.push(await once("bare.mjs"))
-      load.bareCjs.push(await once("bare.cjs"))
+      const bare = await reportOf("bare.mjs")
+      load.bare.push(cpuMs(bare))
+      load.bareFaults.push(bare.faults)
+      const bareCjs = await reportOf("bare.cjs")
+      load.bareCjs.push(cpuMs(bareCjs))
+      load.bareCjsFaults.push(bareCjs.faults)
       load.effectModules.push(await once("load-effect-modules.mjs"))
       load.effectEntry.push(await once("load-effect-entry.mjs"))
       // Three a run: one process's figure moves by a few ms from start to start.
@@ -253,14 +262,16 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
       loadCpuMs: {
         bareNode: median(load.bare),
         bareNodeCjs: median(load.bareCjs),
+        bareNodeFaults: median(load.bareFaults),
+        bareNodeCjsFaults: median(load.bareCjsFaults),
         effectModulesAlone: median(load.effectModules),
         effectEntry: median(load.effectEntry),
         promiseEntry: median(load.promiseEntry),
         // The library's own cost on top of loading the Effect modules it uses, in one process.
         effectEntryOwn: median(load.effectEntryOwn)
       },
-      twoAtOnce: Object.fromEntries(Object.entries(pairs).map(([k, xs]) => [k, { allKnownMs: m(xs, "allKnownMs"), cpuMs: m(xs, "cpuMs") }])) as
-        Record<keyof typeof pairs, { allKnownMs: number; cpuMs: number }>,
+      twoAtOnce: Object.fromEntries(Object.entries(pairs).map(([k, xs]) => [k, { allKnownMs: m(xs, "allKnownMs"), cpuMs: m(xs, "cpuMs"), faults: m(xs, "faults") }])) as
+        Record<keyof typeof pairs, { allKnownMs: number; cpuMs: number; faults: number }>,
       ...(withThirty
         ? { thirtyAtOnce: Object.fromEntries(Object.entries(thirty).map(([k, xs]) => [k, median(xs)])) as Record<keyof typeof thirty, number> }
         : {}),

@@ -444,6 +444,12 @@ try {
         `CPU ${fmt(t.promiseCjs.cpuMs / t.nodeDiscover.cpuMs, 2)}x node-discover's (target <= 1.2x); target <= 100 ms`
       ])
       rows.push([
+        "installed: page faults a process (its first touches of memory), 2 at once",
+        `Promise entry: ${fmt(t.promise.faults, 0)} (ES module program), ${fmt(t.promiseCjs.faults, 0)} (CommonJS)`,
+        `node-discover ${fmt(t.nodeDiscoverEsm.faults, 0)} (imported), ${fmt(t.nodeDiscover.faults, 0)}; bare node ${fmt(l.bareNodeFaults, 0)}, ${fmt(l.bareNodeCjsFaults, 0)}`,
+        "what a fault costs sets much of a start's CPU on a machine"
+      ])
+      rows.push([
         "installed: 2 processes at once, Effect entry",
         `both know each other ${fmt(t.effect.allKnownMs, 0)} ms after the first spawn; ${fmt(t.effect.cpuMs, 0)} ms of CPU a process`,
         peerList((p) => `${fmt(p.allKnownMs, 0)} ms, ${fmt(p.cpuMs, 0)} ms of CPU`),
