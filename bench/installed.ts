@@ -18,9 +18,9 @@
  * leaves the machine; without root this section is skipped.
  */
 import { execFileSync, spawn } from "node:child_process"
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs"
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { dirname, join } from "node:path"
 import { median } from "./summary.ts"
 
 type Report = Record<string, any>
@@ -57,24 +57,47 @@ const discoverMember = (entry: string) => `
     })
     process.on("SIGTERM", () => process.exit(0))`
 
-/** Imports the Effect modules the Effect entry uses, alone. */
-const LOAD_EFFECT_MODULES = `
-    for (const m of ${JSON.stringify(["Array", "Cause", "Clock", "Context", "Data", "Deferred", "Duration", "Effect", "Exit", "Fiber", "FiberSet", "Layer", "Metric", "Option", "Pipeable", "PubSub", "Queue", "Random", "References", "Result", "Schedule", "Scope", "Stream", "Tracer", "net/IpNetwork", "net/NetAddress"])}) await import("effect/" + m)`
+/**
+ * The Effect modules the installed Effect entry imports as it loads, read
+ * from its files (what it imports on demand, `import("…")`, is not part of
+ * its load): a list kept by hand goes stale as the library changes.
+ */
+const effectModulesOf = (dist: string): Array<string> => {
+  const modules = new Set<string>()
+  const read = new Set<string>()
+  const visit = (file: string) => {
+    if (read.has(file)) return
+    read.add(file)
+    for (const [, specifier] of readFileSync(join(dist, file), "utf8").matchAll(/\bfrom\s*"([^"]+)"/g)) {
+      if (specifier!.startsWith("effect/")) modules.add(specifier!)
+      else if (specifier!.startsWith("./")) visit(join(dirname(file), specifier!))
+    }
+  }
+  visit("index.mjs")
+  return [...modules].sort()
+}
+
+/** The scripts that load those modules: alone, and then the entry on top of them. */
+const effectModuleScripts = (modules: ReadonlyArray<string>): Record<string, string> => {
+  const load = `for (const m of ${JSON.stringify(modules)}) await import(m)`
+  return {
+    "load-effect-modules.mjs": `${load}
+    console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
+    // The entry's own cost measured inside one process, on top of its Effect modules
+    // already loaded: a difference of two processes' CPU is lost in their spread.
+    "load-effect-entry-own.mjs": `${load}
+    const before = process.cpuUsage()
+    await import("cluster-comm")
+    const own = process.cpuUsage(before)
+    console.log(JSON.stringify({ cpu: process.cpuUsage(), ownMs: (own.user + own.system) / 1000 }))`
+  }
+}
 
 /** The scripts a process runs, each printing one JSON line when it is done (then waiting to be ended). */
 const scripts: Record<string, string> = {
   "bare.mjs": `console.log(JSON.stringify({ ${USAGE} }))`,
   "bare.cjs": `console.log(JSON.stringify({ ${USAGE} }))`,
-  "load-effect-modules.mjs": `${LOAD_EFFECT_MODULES}
-    console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
   "load-effect-entry.mjs": `await import("cluster-comm"); console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
-  // The entry's own cost measured inside one process, on top of its Effect modules
-  // already loaded: a difference of two processes' CPU is lost in their spread.
-  "load-effect-entry-own.mjs": `${LOAD_EFFECT_MODULES}
-    const before = process.cpuUsage()
-    await import("cluster-comm")
-    const own = process.cpuUsage(before)
-    console.log(JSON.stringify({ cpu: process.cpuUsage(), ownMs: (own.user + own.system) / 1000 }))`,
   "load-promise-entry.mjs": `await import("cluster-comm/promise"); console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
   "promise-member.mjs": promiseMember(`await import("cluster-comm/promise")`),
   // The same member in a CommonJS program: `require` takes the entry's CommonJS build.
@@ -144,7 +167,8 @@ const install = (root: string) => {
   mkdirSync(project)
   writeFileSync(join(project, "package.json"), JSON.stringify({ name: "bench-installed", private: true, type: "module" }))
   execFileSync("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", join(scratch, tarball), "node-discover@1.2.1", "cote@1.2.0", "bonjour-service@1.4.4"], { cwd: project, stdio: "ignore" })
-  for (const [file, text] of Object.entries(scripts)) writeFileSync(join(project, file), text)
+  const effectModules = effectModulesOf(join(project, "node_modules", "cluster-comm", "dist"))
+  for (const [file, text] of Object.entries({ ...scripts, ...effectModuleScripts(effectModules) })) writeFileSync(join(project, file), text)
   // A namespace with loopback alone, multicast routed through it.
   const ns = `cc-bench-${process.pid}`
   execFileSync("ip", ["netns", "add", ns])
