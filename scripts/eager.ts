@@ -28,8 +28,11 @@ const takesFromAround = (arrow: ts.ArrowFunction): boolean => {
       found = true
       return
     }
-    // A function or class of its own rebinds them; a nested arrow does not.
-    if (ts.isFunctionDeclaration(node) || ts.isFunctionExpression(node) || ts.isClassLike(node) || ts.isMethodDeclaration(node)) return
+    // A function, method, accessor or class of its own rebinds them; a nested arrow does not.
+    if (
+      ts.isFunctionDeclaration(node) || ts.isFunctionExpression(node) || ts.isClassLike(node) || ts.isMethodDeclaration(node) ||
+      ts.isGetAccessorDeclaration(node) || ts.isSetAccessorDeclaration(node)
+    ) return
     ts.forEachChild(node, walk)
   }
   ts.forEachChild(arrow, walk)

@@ -28,6 +28,7 @@ export function args() { return [1, 2].map(() => arguments.length) }
 export const named = () => 0
 export const bare = x => x + 1
 export const bareLater = async x => x * 3
+export const accessors = () => { const o = { n: 0, get more() { return this.n + 5 }, set less(v) { this.n = v - 1 } }; o.less = 3; return o.more }
 `
 
 describe("the build's eager marking", () => {
@@ -59,10 +60,12 @@ describe("the build's eager marking", () => {
       assert.strictEqual(m.named.name, "named")
       assert.strictEqual(m.bare(1), 2)
       assert.strictEqual(await m.bareLater(2), 6)
+      assert.strictEqual(m.accessors(), 7)
     }
-    // Each arrow became `(function`, but those that read `this` or `arguments` from around them.
-    assert.strictEqual(functions, 13)
-    assert.strictEqual(code.match(/\(function|\(async function/g)?.length, 13)
+    // Each arrow became `(function`, but those that read `this` or `arguments` from around them
+    // (an accessor's own `this`, in an object made inside one, is not from around it).
+    assert.strictEqual(functions, 14)
+    assert.strictEqual(code.match(/\(function|\(async function/g)?.length, 14)
     assert.deepStrictEqual(code.match(/=>[^\n]*/g), ["=> this.n++", "=> arguments.length) }"])
     assert.include(code, "/* @__PURE__ */ Math.max(1, 2)")
     // Source maps stay right by line.
