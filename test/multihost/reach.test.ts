@@ -60,15 +60,21 @@ describe.skipIf(!canUseNamespaces() || !canRunRedis())("beyond one LAN (subnets 
       const asked = yield* b.command({ cmd: "queryAll", target: "a", op: "Q", data: "hi" })
       assert.deepStrictEqual(asked.ok.responses, [["a", "from a (asked: hi)"]])
 
-      // A leave is seen at once across the router; a crash within 3 s (1 s heartbeat).
+      // A leave is seen at once across the router. A crash when its lease runs out
+      // (2.2 s with a 1 s heartbeat, longer after late beats, at most 5 ttls: 11 s),
+      // reaped by the next beat of a live member (up to 1 s), which spares it half a
+      // beat if that beat was itself late: within about 4 s on a machine that keeps
+      // time, 6 s allowed for a loaded one, well short of a lease stretched to its end.
       yield* lanPeer.kill("SIGTERM")
       const left = yield* lost(b, "lan-peer", 1000)
       assert.strictEqual(left.why, "left")
       const killedAt = Date.now()
       yield* crasher.kill("SIGKILL")
-      const crashed = yield* lost(a, "crasher", 3000)
+      const crashed = yield* lost(a, "crasher", 6000)
       assert.strictEqual(crashed.why, "expired")
-      assert.isBelow(Date.now() - killedAt, 3000)
+      const seenAfter = Date.now() - killedAt
+      console.log(`a crash across the router seen ${seenAfter} ms after the kill (heartbeat 1 s)`)
+      assert.isBelow(seenAfter, 6000)
     }), 60_000)
 
   it.live("Redis frozen 10 s: nobody lost, stale, healed; restarted empty: all back; a member cut off from Redis stays known on its LAN", () =>
