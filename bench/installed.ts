@@ -226,6 +226,11 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
   }
   /** The same: its CPU. */
   const once = async (file: string) => cpuMs(await reportOf(file))
+  /** The same: its CPU and page faults. */
+  const usageOf = async (file: string) => {
+    const r = await reportOf(file)
+    return { cpuMs: cpuMs(r), faults: r.faults as number }
+  }
   /** N processes of a kind started at once: from the first spawn until the last knows all; each one's CPU. */
   const together = async (file: string, n: number) => {
     const t0 = Date.now()
@@ -237,7 +242,8 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
   }
 
   try {
-    const load = { bare: [] as Array<number>, bareFaults: [] as Array<number>, bareCjs: [] as Array<number>, bareCjsFaults: [] as Array<number>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, effectEntryOwn: [] as Array<number>, promiseEntry: [] as Array<number> }
+    type Usage = { cpuMs: number; faults: number }
+    const load = { bare: [] as Array<Usage>, bareCjs: [] as Array<Usage>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, effectEntryOwn: [] as Array<number>, promiseEntry: [] as Array<number> }
     const peers = { nodeDiscover: "discover-member.cjs", cote: "cote-member.cjs", bonjourService: "bonjour-member.cjs" } as const
     type Peer = keyof typeof peers
     const pairs = {
@@ -255,12 +261,8 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
     for (const f of ["promise-member.cjs", "discover-member.cjs", "discover-member.mjs"]) await together(f, 2)
     for (let run = 0; run < runs; run++) {
       // Interleaved, so that each sees the machine as the others do.
-      const bare = await reportOf("bare.mjs")
-      load.bare.push(cpuMs(bare))
-      load.bareFaults.push(bare.faults)
-      const bareCjs = await reportOf("bare.cjs")
-      load.bareCjs.push(cpuMs(bareCjs))
-      load.bareCjsFaults.push(bareCjs.faults)
+      load.bare.push(await usageOf("bare.mjs"))
+      load.bareCjs.push(await usageOf("bare.cjs"))
       load.effectModules.push(await once("load-effect-modules.mjs"))
       load.effectEntry.push(await once("load-effect-entry.mjs"))
       // Three a run: one process's figure moves by a few ms from start to start.
@@ -284,10 +286,10 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
     const m = (xs: ReadonlyArray<Report>, k: string) => median(xs.map((x) => x[k]))
     return {
       loadCpuMs: {
-        bareNode: median(load.bare),
-        bareNodeCjs: median(load.bareCjs),
-        bareNodeFaults: median(load.bareFaults),
-        bareNodeCjsFaults: median(load.bareCjsFaults),
+        bareNode: median(load.bare.map((u) => u.cpuMs)),
+        bareNodeCjs: median(load.bareCjs.map((u) => u.cpuMs)),
+        bareNodeFaults: median(load.bare.map((u) => u.faults)),
+        bareNodeCjsFaults: median(load.bareCjs.map((u) => u.faults)),
         effectModulesAlone: median(load.effectModules),
         effectEntry: median(load.effectEntry),
         promiseEntry: median(load.promiseEntry),

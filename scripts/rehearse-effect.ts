@@ -10,14 +10,11 @@
  */
 import { Deferred, Effect, Fiber, Schedule, Stream } from "effect"
 import { pathToFileURL } from "node:url"
+import { rehearsalConfig } from "./rehearsal.ts"
 
 const entry = process.argv[2]!
 const { Cluster, ClusterLive, HookPoint } = (await import(pathToFileURL(entry).href)) as typeof import("../src/index.ts")
-// A group and port of its own, so that no other cluster on this host (a test suite's) meets it.
-const byte = () => 1 + Math.floor(Math.random() * 254)
-const address = `239.${byte()}.${byte()}.${byte()}`
-const port = 30000 + Math.floor(Math.random() * 2700) // below the ephemeral ports, above the test suites'
-const member = (name: string) => ClusterLive({ name, address, port, heartbeat: "100 millis", ttl: "1 second" })
+const member = (name: string) => ClusterLive(rehearsalConfig(name))
 
 /** Until this member knows the other. */
 const meet = (other: string) =>

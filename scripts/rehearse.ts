@@ -9,14 +9,10 @@
  * members did not meet within 5 s.
  */
 import { pathToFileURL } from "node:url"
+import { rehearsalConfig as config } from "./rehearsal.ts"
 
 const bundle = process.argv[2]!
 const { HookPoint, join } = await import(pathToFileURL(bundle).href)
-// A group and port of its own, so that no other cluster on this host (a test suite's) meets it.
-const byte = () => 1 + Math.floor(Math.random() * 254)
-const address = `239.${byte()}.${byte()}.${byte()}`
-const port = 30000 + Math.floor(Math.random() * 2700) // below the ephemeral ports, above the test suites'
-const config = (name: string) => ({ name, address, port, heartbeat: "100 millis", ttl: "1 second" })
 const options = { leaveOnSignals: false }
 
 const a = await join(config("rehearsal-a"), options)
