@@ -144,13 +144,17 @@ export class Registry extends Context.Service<Registry, {
         // When each beacon source last heard each service, and which sources know it.
         const heard = new Map<string, Heard>()
         let downMask = 0
-        const pubsub = yield* PubSub.dropping<ClusterEvent>(options.bufferSize)
+        // Unbounded, held to `bufferSize` here: a bounded PubSub allocates its whole
+        // ring at the join (two arrays of `bufferSize`), for events that are rare.
+        const pubsub = yield* PubSub.unbounded<ClusterEvent>()
         yield* Effect.addFinalizer(() => PubSub.shutdown(pubsub))
 
         let beyond: ReadonlyArray<Service> | undefined
         const publish = (event: ClusterEvent) => {
           beyond = undefined
-          if (!PubSub.publishUnsafe(pubsub, event)) stats.drop("subscriber-full")
+          // Its size is what the slowest subscriber has yet to take.
+          if (PubSub.sizeUnsafe(pubsub) >= options.bufferSize) stats.drop("subscriber-full")
+          else PubSub.publishUnsafe(pubsub, event)
         }
 
         // Kept plain so that joining, when nearly every service is found, runs no metric code.

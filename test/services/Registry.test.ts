@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Layer, Stream } from "effect"
+import { Deferred, Duration, Effect, Fiber, Layer, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { type ClusterEvent, HookPoint, HookRejected, Hooks, Registry, Stats } from "cluster-comm"
 
@@ -163,4 +163,25 @@ describe("Registry", () => {
       yield* r.observe(sighting("one"))
       assert.deepStrictEqual(tags(yield* Fiber.join(events)), ["ServiceFound", "ServiceLost", "ServiceFound"])
     }).pipe(Effect.provide(registry)))
+
+  it.effect("an events subscriber bufferSize events behind loses the next ones, each counted, then hears again", () =>
+    Effect.gen(function*() {
+      const r = yield* Registry
+      const stats = yield* Stats
+      // A subscriber held on its first event while five more are published.
+      const held = yield* Deferred.make<void>()
+      const events = yield* r.events.pipe(
+        Stream.tap(() => Deferred.await(held)),
+        Stream.take(4),
+        Stream.runCollect,
+        Effect.forkChild
+      )
+      yield* Effect.yieldNow
+      for (const name of ["a", "b", "c", "d", "e", "f"]) yield* r.observe(sighting(name))
+      assert.strictEqual((yield* stats.snapshot).drops["subscriber-full"], 3)
+      yield* Deferred.succeed(held, undefined)
+      yield* r.observe(sighting("g"))
+      const seen = yield* Fiber.join(events)
+      assert.deepStrictEqual(seen.map((e) => (e as Extract<ClusterEvent, { _tag: "ServiceFound" }>).service.name), ["a", "b", "c", "g"])
+    }).pipe(Effect.provide(Registry.layer({ ttl: Duration.seconds(3), self, bufferSize: 2, maxServices: 10 }).pipe(Layer.provideMerge(deps)))))
 })
