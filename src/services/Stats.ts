@@ -21,7 +21,7 @@ export type DropReason =
   | "conflict" // from an instance that lost its id to another live process
   | "hook-rejected" // a receive or service hook cancelled it
   | "queue-full" // the inbound queue was full
-  | "subscriber-full" // a `messages`/`events` subscriber fell too far behind
+  | "subscriber-full" // an `events` subscriber `bufferSize` events behind (a slow `messages` one holds delivery back instead)
   | "unsent" // accepted for a tcp connection that closed before it was written
   | "unexpected-reply" // a reply to no query of ours, or from a service it did not ask
   | "busy" // a query refused because too many are being answered already
