@@ -275,7 +275,7 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
       // (one pair's CPU moves by a tenth from start to start).
       for (let i = 0; i < PAIRS_A_RUN; i++) {
         pairs.promiseCjs.push(await together("promise-member.cjs", 2))
-        pairs.nodeDiscover.push(await together(peers.nodeDiscover, 2))
+        pairs.nodeDiscover.push(await together("discover-member.cjs", 2))
         pairs.promise.push(await together("promise-member.mjs", 2))
         pairs.nodeDiscoverEsm.push(await together("discover-member.mjs", 2))
       }
