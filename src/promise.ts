@@ -19,6 +19,7 @@
  */
 import { events } from "./internal/builtins.ts"
 import type { EventEmitter } from "node:events"
+import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Layer from "effect/Layer"
@@ -72,8 +73,38 @@ export { KeyringError, type KeySpec } from "./services/Keyring.ts"
 export type { StatsSnapshot } from "./services/Stats.ts"
 export type { SourceStatus } from "./services/Sources.ts"
 
+/**
+ * A signal to give up on a call, as Node's own APIs take one: aborting it
+ * rejects the call with `signal.reason` and stops its work (a join under way,
+ * a send waiting for its connection, a query waiting for answers, an iterator).
+ */
+export interface Abortable {
+  readonly signal?: AbortSignal | undefined
+}
+
+/**
+ * Runs until done or until `signal` aborts, then rejects with its reason.
+ * An already aborted signal rejects before anything is done.
+ */
+const untilAborted = <A>(signal: AbortSignal, run: (signal: AbortSignal) => Promise<Exit.Exit<A, unknown>>): Promise<A> => {
+  if (signal.aborted) return Promise.reject(signal.reason)
+  return run(signal).then((exit) => {
+    if (Exit.isSuccess(exit)) return exit.value
+    throw signal.aborted && Cause.hasInterruptsOnly(exit.cause) ? signal.reason : Cause.squash(exit.cause)
+  })
+}
+
+/** Fails with the signal's reason once it aborts (at once if it has). */
+const aborted = (signal: AbortSignal): Effect.Effect<never, unknown> =>
+  Effect.callback<never, unknown>((resume) => {
+    const abort = () => resume(Effect.fail(signal.reason))
+    if (signal.aborted) return abort()
+    signal.addEventListener("abort", abort, { once: true })
+    return Effect.sync(() => signal.removeEventListener("abort", abort))
+  })
+
 /** What `join` takes besides the configuration. */
-export interface JoinOptions extends LiveOptions {
+export interface JoinOptions extends LiveOptions, Abortable {
   /**
    * Leave (the leave beacon goes out) when the process gets SIGINT or SIGTERM,
    * then let the signal do what it would have done. Default true.
@@ -148,8 +179,11 @@ export class Member extends events.EventEmitter<MemberEvents> {
     })
   }
 
-  #run<A, E>(effect: Effect.Effect<A, E, Cluster>): Promise<A> {
-    return this.#runtime.runPromise(effect as Effect.Effect<A, never, Cluster>)
+  #run<A, E>(effect: Effect.Effect<A, E, Cluster>, signal?: AbortSignal): Promise<A> {
+    const run = effect as Effect.Effect<A, never, Cluster>
+    return signal === undefined
+      ? this.#runtime.runPromise(run)
+      : untilAborted(signal, (s) => this.#runtime.runPromiseExit(run, { signal: s }))
   }
   #now<A>(effect: Effect.Effect<A, never, Cluster>): A {
     return this.#runtime.runSync(effect)
@@ -179,23 +213,25 @@ export class Member extends events.EventEmitter<MemberEvents> {
     return this.#run(this.#cluster.resolver(...clauses))
   }
   /** Sends `op` with `data` to every member, by multicast. */
-  broadcast(op: string, data: Data, options?: SendOptions): Promise<void> {
-    return this.#run(this.#cluster.broadcast(op, data, options))
+  broadcast(op: string, data: Data, options?: SendOptions & Abortable): Promise<void> {
+    return this.#run(this.#cluster.broadcast(op, data, options), options?.signal)
   }
   /** Sends to each target (a service, names, tags, or `{ where }`), over its first working protocol; says which. */
-  sendTo(targets: Targets, op: string, data: Data, options?: SendOptions): Promise<ReadonlyArray<Delivery>> {
-    return this.#run(this.#cluster.sendTo(targets, op, data, options))
+  sendTo(targets: Targets, op: string, data: Data, options?: SendOptions & Abortable): Promise<ReadonlyArray<Delivery>> {
+    return this.#run(this.#cluster.sendTo(targets, op, data, options), options?.signal)
   }
   /** Many messages with one op to one service, in order, in batch frames; resolves with how many were sent. */
-  sendAll(target: Service, op: string, items: Iterable<Data>, options?: SendOptions): Promise<number> {
-    return this.#run(this.#cluster.sendAll(target, op, items, options))
+  sendAll(target: Service, op: string, items: Iterable<Data>, options?: SendOptions & Abortable): Promise<number> {
+    return this.#run(this.#cluster.sendAll(target, op, items, options), options?.signal)
   }
   /** Asks targets; yields each answer as it comes, then `QueryDone` or `QueryTimeout`. */
-  query(request: QueryOptions<Targets>): AsyncIterable<QueryEvent> {
-    return this.#iterate(this.#cluster.query(request))
+  query(request: QueryOptions<Targets> & Abortable): AsyncIterable<QueryEvent> {
+    return this.#iterate(this.#cluster.query(request), request.signal)
   }
   /** Asks targets and gathers their answers: responses and errors by service id, and who is missing. */
-  queryAll(request: QueryOptions<Targets>): Promise<QueryResult> {
+  queryAll(request: QueryOptions<Targets> & Abortable): Promise<QueryResult> {
+    const signal = request.signal
+    if (signal !== undefined) return this.#run(this.#cluster.queryAll(request), signal)
     // One service given as itself (a round trip's common case): no fiber, no runtime call.
     const now = this.#left === undefined ? fastPaths.get(this.#cluster)?.queryAllNow : undefined
     if (now !== undefined) {
@@ -256,15 +292,16 @@ export class Member extends events.EventEmitter<MemberEvents> {
   }
 
   /** Delivered messages from now on, as an async iterator (one subscription each). */
-  messages(): AsyncIterable<Message> {
-    return this.#iterate(this.#cluster.messages)
+  messages(options?: Abortable): AsyncIterable<Message> {
+    return this.#iterate(this.#cluster.messages, options?.signal)
   }
   /** Membership events: first a `ServiceFound` for each service already known, then as they happen. */
-  events(): AsyncIterable<ClusterEvent> {
-    return this.#iterate(this.#cluster.events)
+  events(options?: Abortable): AsyncIterable<ClusterEvent> {
+    return this.#iterate(this.#cluster.events, options?.signal)
   }
-  #iterate<A, E>(stream: Stream.Stream<A, E>): AsyncIterable<A> {
-    return Stream.toAsyncIterableWith(stream, this.#now(Effect.context<never>()))
+  #iterate<A, E>(stream: Stream.Stream<A, E>, signal: AbortSignal | undefined): AsyncIterable<A> {
+    const until = signal === undefined ? stream : Stream.interruptWhen(stream, aborted(signal))
+    return Stream.toAsyncIterableWith(until, this.#now(Effect.context<never>()))
   }
 
   /** Each discovery source this member runs (multicast, seeds, redis) and its state. */
@@ -281,6 +318,10 @@ export class Member extends events.EventEmitter<MemberEvents> {
     return this.#run(this.#cluster.metrics)
   }
 
+  /** `await using member = await join(...)`: the member leaves at the end of the block. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.leave()
+  }
   /** Leaves the cluster (the others drop this member at once); a second call is harmless. */
   leave(): Promise<void> {
     this.#left ??= (() => {
@@ -302,7 +343,10 @@ export const join = async (nameOrConfig: string | ClusterConfigInput = {}, optio
   const runtime = ManagedRuntime.make(ClusterLive(nameOrConfig, options) as Layer.Layer<Cluster, never>)
   let cluster: Cluster["Service"]
   try {
-    cluster = await runtime.runPromise(Cluster.use(Effect.succeed))
+    const { signal } = options
+    cluster = signal === undefined
+      ? await runtime.runPromise(Cluster.use(Effect.succeed))
+      : await untilAborted(signal, (s) => runtime.runPromiseExit(Cluster.use(Effect.succeed), { signal: s }))
   } catch (e) {
     await runtime.dispose()
     throw e

@@ -159,6 +159,93 @@ describe("the Promise API (cluster-comm/promise)", () => {
       assert.strictEqual((own as HookRejected).reason, "mine to refuse")
     }))
 
+  it.live("an AbortSignal gives up on a join, a send, a query and an iterator, rejecting with its reason; `await using` leaves", () =>
+    Effect.gen(function*() {
+      const watcher = yield* joined("abort-watcher")
+      const seen: Array<string> = []
+      watcher.on("found", (s) => seen.push(s.name))
+      const reason = new Error("given up")
+      const abortedWith = () => {
+        const c = new AbortController()
+        c.abort(reason)
+        return c.signal
+      }
+
+      // A join: given up before it starts, or while it binds its sockets.
+      assert.strictEqual(yield* rejection(join({ name: "abort-never", ...where }, { leaveOnSignals: false, signal: abortedWith() })), reason)
+      const underWay = new AbortController()
+      const joining = join({ name: "abort-midway", ...where }, { leaveOnSignals: false, signal: underWay.signal })
+      underWay.abort(reason)
+      assert.strictEqual(yield* rejection(joining), reason)
+
+      const asker = yield* joined("abort-asker")
+      const responder = yield* joined("abort-responder")
+      yield* Effect.promise(() => until(() => asker.resolve("abort-responder").length === 1 && responder.resolve("abort-asker").length === 1))
+      const [target] = asker.resolve("abort-responder")
+
+      // A send given up before it goes is not sent: the responder hears only the next one.
+      const heard: Array<string> = []
+      responder.on("message", (m) => heard.push(m.text))
+      assert.strictEqual(yield* rejection(asker.sendTo(target!, "C", "never sent", { signal: abortedWith() })), reason)
+      yield* Effect.promise(() => asker.sendTo(target!, "C", "sent"))
+      yield* Effect.promise(() => until(() => heard.length > 0))
+      assert.deepStrictEqual(heard, ["sent"])
+
+      // A query given up while its answer is held back: the answer, when it comes, is dropped and counted.
+      let answer: (text: string) => void = () => {}
+      let asked = 0
+      responder.hook(HookPoint.query("slow"), () => {
+        asked++
+        return new Promise<string>((resolve) => (answer = resolve))
+      })
+      const giveUp = new AbortController()
+      const slow = asker.queryAll({ target: target!, op: "slow", data: "?", signal: giveUp.signal })
+      yield* Effect.promise(() => until(() => asked === 1))
+      giveUp.abort(reason)
+      assert.strictEqual(yield* rejection(slow), reason)
+      answer("too late")
+      yield* Effect.promise(() => until(() => asker.stats().drops["unexpected-reply"] === 1))
+      // The same, as an iterator.
+      const iterating = new AbortController()
+      const iterated = (async () => {
+        for await (const _ of asker.query({ target: target!, op: "slow", data: "?", signal: iterating.signal })) return "answered"
+      })()
+      yield* Effect.promise(() => until(() => asked === 2))
+      iterating.abort(reason)
+      assert.strictEqual(yield* rejection(iterated), reason)
+      answer("too late again")
+      yield* Effect.promise(() => until(() => asker.stats().drops["unexpected-reply"] === 2))
+      // An abort after the answer changes nothing.
+      responder.hook(HookPoint.query("fast"), (q) => `fast ${q.text}`)
+      const late = new AbortController()
+      const fast = yield* Effect.promise(() => asker.queryAll({ target: target!, op: "fast", data: "!", signal: late.signal }))
+      late.abort(reason)
+      assert.deepStrictEqual([...fast.responses.values()].map((r) => r.text), ["fast !"])
+
+      // Messages as an iterator, until the signal.
+      const listening = new AbortController()
+      const texts: Array<string> = []
+      const listened = (async () => {
+        for await (const m of responder.messages({ signal: listening.signal })) if (texts.push(m.text) === 1) listening.abort(reason)
+      })()
+      yield* Effect.sleep("20 millis")
+      yield* Effect.promise(() => asker.sendTo(target!, "C", "one"))
+      assert.strictEqual(yield* rejection(listened), reason)
+      assert.deepStrictEqual(texts, ["one"])
+
+      // `await using`: the member leaves at the end of its block, and the others drop it at once.
+      const lost: Array<string> = []
+      watcher.on("lost", (s, why) => lost.push(`${s.name} ${why}`))
+      yield* Effect.promise(async () => {
+        await using scoped = await join({ name: "abort-scoped", ...where }, { leaveOnSignals: false })
+        await until(() => watcher.resolve("abort-scoped").length === 1)
+        assert.strictEqual(scoped.self.name, "abort-scoped")
+      })
+      yield* Effect.promise(() => until(() => lost.includes("abort-scoped left"), 1000))
+      assert.notInclude(seen, "abort-never")
+      assert.notInclude(seen, "abort-midway")
+    }), 20_000)
+
   it.live("a member leaves on SIGTERM and SIGINT (the others drop it at once), and stays silent when it opts out", () =>
     Effect.gen(function*() {
       const watcher = yield* joined("signal-watcher")

@@ -20,8 +20,15 @@ export const main = async (): Promise<string> => {
     if (e instanceof SendFailed) return e.attempts.map((a) => ({ service: e.service, protocol: a.protocol }))
     throw e
   })
-  const answers = await member.queryAll({ target: "service_two", op: "time", data: "now" })
+  const answers = await member.queryAll({ target: "service_two", op: "time", data: "now", signal: AbortSignal.timeout(500) })
   for await (const event of member.query({ target: "worker", op: "load", data: "" })) console.log(event._tag)
+  const stop = new AbortController()
+  for await (const m of member.messages({ signal: stop.signal })) if (m.op === "stop") stop.abort()
+  {
+    // Leaves at the end of the block.
+    await using other = await join("service_four", { signal: AbortSignal.timeout(1000) })
+    await other.sendTo("service_one", "C", "bye", { channel: 0, signal: stop.signal })
+  }
   remove()
   await member.leave()
   return `${deliveries.length} ${answers.responses.size}`
