@@ -18,6 +18,9 @@
  * copy of the Effect modules it needs (`dist/promise.mjs`).
  */
 import { events } from "./internal/builtins.ts"
+import { nodeStyle } from "./internal/nodeStyle.ts"
+// This module's own exports, to name its classes as exported (see the end).
+import * as exported from "./promise.ts"
 import type { EventEmitter } from "node:events"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
@@ -358,3 +361,5 @@ export const join = async (nameOrConfig: string | ClusterConfigInput = {}, optio
   }
   return member
 }
+
+nodeStyle(exported)

@@ -102,6 +102,21 @@ describe("the built package", () => {
        await join({ name: "x", port: 99999 }).catch((e) => console.log(e._tag, e.stack.split("\\n")[1].trim()))`
     ], { cwd: project, env })
     assert.match(stack.stdout, /^JoinError at makeConfig \(.*node_modules\/cluster-comm\/src\/schema\/Config\.ts:\d+:\d+\)/, stack.stderr)
+    // Both builds, though minified, name each function and class as exported, and print an error as Node prints its own.
+    const named = `const misnamed = Object.entries(p).filter(([k, v]) => typeof v === "function" && v.name !== k).map(([k, v]) => k + " as " + v.name)
+      const classes = Object.keys(p).filter((k) => typeof p[k] === "function" && /^[A-Z]/.test(k)).length
+      const e = await p.join({ name: "x", port: 99999 }).catch((e) => e)
+      console.log(JSON.stringify({ misnamed, classes, printed: require("node:util").inspect(e).split("\\n") }))`
+    for (const [format, load] of [["module", `import * as p from "cluster-comm/promise"; import { createRequire } from "node:module"; const require = createRequire(import.meta.url)`], ["commonjs", `const p = require("cluster-comm/promise")`]]) {
+      const script = format === "module" ? `${load}\n${named}` : `${load}\n;(async () => { ${named} })()`
+      const out = run(process.execPath, [`--input-type=${format}`, "-e", script], { cwd: project, env })
+      const { misnamed, classes, printed } = JSON.parse(out.stdout || "{}") as { misnamed: Array<string>; classes: number; printed: Array<string> }
+      assert.deepStrictEqual(misnamed, [], `${format}: ${out.stderr}`)
+      assert.isAtLeast(classes, 21)
+      assert.strictEqual(printed[0], 'JoinError: invalid configuration field "port": must be an integer from 1 to 65535')
+      assert.match(printed[1]!, /^ {4}at /)
+      assert.include(printed, "  reason: 'InvalidConfig',")
+    }
     // A CommonJS program's `require` takes the entry's CommonJS build: two members meet, send and query on loopback.
     const cluster = testCluster(23)
     writeFileSync(join(project, "program.cjs"), `
