@@ -22,6 +22,7 @@ import { nodeStyle } from "./internal/nodeStyle.ts"
 // This module's own exports, to name its classes as exported (see the end).
 import * as exported from "./promise.ts"
 import type { EventEmitter } from "node:events"
+import type { inspect as Inspect, InspectOptions } from "node:util"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -155,6 +156,16 @@ export class Member extends events.EventEmitter<MemberEvents> {
   readonly #cluster: Cluster["Service"]
   #left: Promise<void> | undefined
   #listening = false
+
+  // What `console.log(member)` shows: who it is and what it knows, not its emitter's insides.
+  static {
+    Object.defineProperty(Member.prototype, Symbol.for("nodejs.util.inspect.custom"), {
+      value(this: Member, _depth: number, options: InspectOptions, inspect: typeof Inspect): string {
+        const shown = this.#left === undefined ? { id: this.self.id, tags: this.tags, services: this.services().length } : { left: true }
+        return `Member ${inspect(shown, options)}`
+      }
+    })
+  }
 
   /** @internal use `join` */
   constructor(runtime: ManagedRuntime.ManagedRuntime<Cluster, never>, cluster: Cluster["Service"]) {

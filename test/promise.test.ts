@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process"
 import dgram from "node:dgram"
+import { inspect } from "node:util"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { HookPoint as EffectHookPoint } from "cluster-comm"
@@ -46,6 +47,8 @@ describe("the Promise API (cluster-comm/promise)", () => {
       assert.deepStrictEqual(found, ["effectful"])
       assert.deepStrictEqual(plain.ips(), ["127.0.0.1"])
       assert.strictEqual(plain.self.name, "plain")
+      // Printed, a member shows who it is and what it knows.
+      assert.strictEqual(inspect(plain), `Member { id: '${plain.self.id}', tags: [], services: 1 }`)
 
       // Promise -> Effect: a message, a query.
       const atEffect = yield* collect(effectful, 1)
@@ -236,12 +239,14 @@ describe("the Promise API (cluster-comm/promise)", () => {
       // `await using`: the member leaves at the end of its block, and the others drop it at once.
       const lost: Array<string> = []
       watcher.on("lost", (s, why) => lost.push(`${s.name} ${why}`))
-      yield* Effect.promise(async () => {
+      const left = yield* Effect.promise(async () => {
         await using scoped = await join({ name: "abort-scoped", ...where }, { leaveOnSignals: false })
         await until(() => watcher.resolve("abort-scoped").length === 1)
         assert.strictEqual(scoped.self.name, "abort-scoped")
+        return scoped
       })
       yield* Effect.promise(() => until(() => lost.includes("abort-scoped left"), 1000))
+      assert.strictEqual(inspect(left), "Member { left: true }")
       assert.notInclude(seen, "abort-never")
       assert.notInclude(seen, "abort-midway")
     }), 20_000)
