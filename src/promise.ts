@@ -133,6 +133,21 @@ export interface MemberEvents {
   source: [status: SourceStatus]
 }
 
+/**
+ * Emits as Node's emitters do from I/O: what a listener throws is the
+ * program's uncaught exception, and the next event still comes. (Thrown into
+ * the pump, it would end the pump: every later event lost, silently.)
+ */
+const emitting = <A>(each: (a: A) => void, a: A) => {
+  try {
+    each(a)
+  } catch (e) {
+    process.nextTick(() => {
+      throw e
+    })
+  }
+}
+
 const signals = ["SIGINT", "SIGTERM"] as const
 /** Members that leave on a signal; one handler a signal for all of them. */
 const leavingOnSignal = new Set<Member>()
@@ -203,7 +218,7 @@ export class Member extends events.EventEmitter<MemberEvents> {
     return this.#runtime.runSync(effect)
   }
   #pump<A>(stream: Stream.Stream<A>, each: (a: A) => void) {
-    this.#runtime.runFork(Stream.runForEach(stream, (a) => Effect.sync(() => each(a))))
+    this.#runtime.runFork(Stream.runForEach(stream, (a) => Effect.sync(() => emitting(each, a))))
   }
 
   /** This member as the others see it. */

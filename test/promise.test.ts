@@ -251,6 +251,49 @@ describe("the Promise API (cluster-comm/promise)", () => {
       assert.notInclude(seen, "abort-midway")
     }), 20_000)
 
+  it.live("a listener that throws is the program's uncaught exception, as with Node's emitters, and the next events still come", () =>
+    Effect.gen(function*() {
+      // In a process of its own: an uncaught exception here would be the test runner's.
+      const program = (handled: boolean) =>
+        `import { join } from "cluster-comm/promise"
+         ${handled ? `process.on("uncaughtException", (e) => console.log("uncaught", e.message))` : ""}
+         const where = ${JSON.stringify({ ...where, port: where.port + 41 })}
+         const [a, b] = [await join({ name: "thrower", ...where }), await join({ name: "sender", ...where })]
+         a.on("found", (s) => { throw new Error("found " + s.name) })
+         a.on("message", (m) => {
+           console.log("got", m.text)
+           if (m.text === "one") throw new Error("listener failed")
+         })
+         while (b.resolve("thrower").length === 0) await new Promise((r) => setTimeout(r, 5))
+         for (const text of ["one", "two"]) await b.sendTo("thrower", "C", text)
+         await new Promise((r) => setTimeout(r, 300))
+         await a.leave(); await b.leave()`
+      const run = (handled: boolean) =>
+        Effect.promise(() =>
+          new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+            const child = spawn(process.execPath, ["--input-type=module", "-e", program(handled)], { stdio: ["ignore", "pipe", "pipe"] })
+            let out = ""
+            let err = ""
+            child.stdout.on("data", (d) => (out += d))
+            child.stderr.on("data", (d) => (err += d))
+            const guard = setTimeout(() => child.kill("SIGKILL"), 15_000) // our own child, by its PID
+            child.on("exit", (code) => {
+              clearTimeout(guard)
+              resolve({ code, out, err })
+            })
+          })
+        )
+      const handled = yield* run(true)
+      assert.strictEqual(handled.code, 0, handled.err)
+      // The throw comes out after the emit (on the next tick), so "two", in the same read, may come first.
+      assert.deepStrictEqual(handled.out.trim().split("\n").filter((l) => !l.startsWith("uncaught found")).sort(), ["got one", "got two", "uncaught listener failed"])
+      assert.include(handled.out, "uncaught found sender")
+      // Unhandled, it ends the process as any uncaught exception does, with its stack.
+      const unhandled = yield* run(false)
+      assert.strictEqual(unhandled.code, 1)
+      assert.match(unhandled.err, /Error: found sender\n\s+at /)
+    }), 40_000)
+
   it.live("a member leaves on SIGTERM and SIGINT (the others drop it at once), and stays silent when it opts out", () =>
     Effect.gen(function*() {
       const watcher = yield* joined("signal-watcher")
