@@ -18,12 +18,11 @@
  * copy of the Effect modules it needs (`dist/promise.mjs`).
  */
 import { events } from "./internal/builtins.ts"
-import { nodeStyle } from "./internal/nodeStyle.ts"
-// This module's own exports, to name its classes as exported (see the end).
+import { aborted, emitting, nodeStyle, untilAborted } from "./internal/nodeStyle.ts"
+// This module's own exports, to name them as exported (see the end).
 import * as exported from "./promise.ts"
 import type { EventEmitter } from "node:events"
 import type { inspect as Inspect, InspectOptions } from "node:util"
-import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Layer from "effect/Layer"
@@ -86,27 +85,6 @@ export interface Abortable {
   readonly signal?: AbortSignal | undefined
 }
 
-/**
- * Runs until done or until `signal` aborts, then rejects with its reason.
- * An already aborted signal rejects before anything is done.
- */
-const untilAborted = <A>(signal: AbortSignal, run: (signal: AbortSignal) => Promise<Exit.Exit<A, unknown>>): Promise<A> => {
-  if (signal.aborted) return Promise.reject(signal.reason)
-  return run(signal).then((exit) => {
-    if (Exit.isSuccess(exit)) return exit.value
-    throw signal.aborted && Cause.hasInterruptsOnly(exit.cause) ? signal.reason : Cause.squash(exit.cause)
-  })
-}
-
-/** Fails with the signal's reason once it aborts (at once if it has). */
-const aborted = (signal: AbortSignal): Effect.Effect<never, unknown> =>
-  Effect.callback<never, unknown>((resume) => {
-    const abort = () => resume(Effect.fail(signal.reason))
-    if (signal.aborted) return abort()
-    signal.addEventListener("abort", abort, { once: true })
-    return Effect.sync(() => signal.removeEventListener("abort", abort))
-  })
-
 /** What `join` takes besides the configuration. */
 export interface JoinOptions extends LiveOptions, Abortable {
   /**
@@ -131,21 +109,6 @@ export interface MemberEvents {
   message: [message: Message]
   /** A discovery source changed state (Redis down, connecting, up again). */
   source: [status: SourceStatus]
-}
-
-/**
- * Emits as Node's emitters do from I/O: what a listener throws is the
- * program's uncaught exception, and the next event still comes. (Thrown into
- * the pump, it would end the pump: every later event lost, silently.)
- */
-const emitting = <A>(each: (a: A) => void, a: A) => {
-  try {
-    each(a)
-  } catch (e) {
-    process.nextTick(() => {
-      throw e
-    })
-  }
 }
 
 const signals = ["SIGINT", "SIGTERM"] as const
