@@ -33,7 +33,6 @@ export const aborted = (signal: AbortSignal): Effect.Effect<never, unknown> =>
     return Effect.sync(() => signal.removeEventListener("abort", abort))
   })
 
-0
 const custom = Symbol.for("nodejs.util.inspect.custom")
 
 function asNodeError(this: Error, depth: number | null, options: InspectOptions, inspect: typeof Inspect): string {
