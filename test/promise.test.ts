@@ -228,15 +228,16 @@ describe("the Promise API (cluster-comm/promise)", () => {
       // Messages as an iterator, until the signal.
       const listening = new AbortController()
       const texts: Array<string> = []
+      // What it rejects with, taken at once: it rejects while the sends below go on.
       const listened = (async () => {
         for await (const m of responder.messages({ signal: listening.signal })) if (texts.push(m.text) === 1) listening.abort(reason)
-      })()
+      })().then(() => undefined, (e: unknown) => e)
       // Sent until the iterator, subscribing as it starts, has one (at most 100 times).
       for (let i = 0; i < 100 && texts.length === 0; i++) {
         yield* Effect.promise(() => asker.sendTo(target!, "C", "one"))
         yield* Effect.sleep("20 millis")
       }
-      assert.strictEqual(yield* rejection(listened), reason)
+      assert.strictEqual(yield* Effect.promise(() => listened), reason)
       assert.deepStrictEqual(texts, ["one"])
 
       // `await using`: the member leaves at the end of its block, and the others drop it at once.
