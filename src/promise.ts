@@ -18,7 +18,7 @@
  * copy of the Effect modules it needs (`dist/promise.mjs`).
  */
 import { events } from "./internal/builtins.ts"
-import { aborted, emitting, nodeStyle, untilAborted } from "./internal/nodeStyle.ts"
+import { aborted, emitting, inspectCustom, nodeStyle, runAbortable } from "./internal/nodeStyle.ts"
 // This module's own exports, to name them as exported (see the end).
 import * as exported from "./promise.ts"
 import type { EventEmitter } from "node:events"
@@ -137,7 +137,7 @@ export class Member extends events.EventEmitter<MemberEvents> {
 
   // What `console.log(member)` shows: who it is and what it knows, not its emitter's insides.
   static {
-    Object.defineProperty(Member.prototype, Symbol.for("nodejs.util.inspect.custom"), {
+    Object.defineProperty(Member.prototype, inspectCustom, {
       value(this: Member, _depth: number, options: InspectOptions, inspect: typeof Inspect): string {
         const shown = this.#left === undefined ? { id: this.self.id, tags: this.tags, services: this.services().length } : { left: true }
         return `Member ${inspect(shown, options)}`
@@ -172,10 +172,7 @@ export class Member extends events.EventEmitter<MemberEvents> {
   }
 
   #run<A, E>(effect: Effect.Effect<A, E, Cluster>, signal?: AbortSignal): Promise<A> {
-    const run = effect as Effect.Effect<A, never, Cluster>
-    return signal === undefined
-      ? this.#runtime.runPromise(run)
-      : untilAborted(signal, (s) => this.#runtime.runPromiseExit(run, { signal: s }))
+    return runAbortable(this.#runtime, effect as Effect.Effect<A, never, Cluster>, signal)
   }
   #now<A>(effect: Effect.Effect<A, never, Cluster>): A {
     return this.#runtime.runSync(effect)
@@ -335,10 +332,7 @@ export const join = async (nameOrConfig: string | ClusterConfigInput = {}, optio
   const runtime = ManagedRuntime.make(ClusterLive(nameOrConfig, options) as Layer.Layer<Cluster, never>)
   let cluster: Cluster["Service"]
   try {
-    const { signal } = options
-    cluster = signal === undefined
-      ? await runtime.runPromise(Cluster.use(Effect.succeed))
-      : await untilAborted(signal, (s) => runtime.runPromiseExit(Cluster.use(Effect.succeed), { signal: s }))
+    cluster = await runAbortable(runtime, Cluster.use(Effect.succeed), options.signal)
   } catch (e) {
     await runtime.dispose()
     throw e

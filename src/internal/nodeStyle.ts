@@ -11,14 +11,20 @@ import type { inspect as Inspect, InspectOptions } from "node:util"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as ManagedRuntime from "effect/ManagedRuntime"
 
 /**
- * Runs until done or until `signal` aborts, then rejects with its reason.
- * An already aborted signal rejects before anything is done.
+ * Runs `effect` to a Promise; with a signal, until done or until it aborts,
+ * then rejects with its reason (an already aborted one, before anything is done).
  */
-export const untilAborted = <A>(signal: AbortSignal, run: (signal: AbortSignal) => Promise<Exit.Exit<A, unknown>>): Promise<A> => {
+export const runAbortable = <A, R>(
+  runtime: ManagedRuntime.ManagedRuntime<R, never>,
+  effect: Effect.Effect<A, never, R>,
+  signal: AbortSignal | undefined
+): Promise<A> => {
+  if (signal === undefined) return runtime.runPromise(effect)
   if (signal.aborted) return Promise.reject(signal.reason)
-  return run(signal).then((exit) => {
+  return runtime.runPromiseExit(effect, { signal }).then((exit) => {
     if (Exit.isSuccess(exit)) return exit.value
     throw signal.aborted && Cause.hasInterruptsOnly(exit.cause) ? signal.reason : Cause.squash(exit.cause)
   })
@@ -33,7 +39,8 @@ export const aborted = (signal: AbortSignal): Effect.Effect<never, unknown> =>
     return Effect.sync(() => signal.removeEventListener("abort", abort))
   })
 
-const custom = Symbol.for("nodejs.util.inspect.custom")
+/** Node's key for how a value prints (`util.inspect.custom`), without loading `node:util`. */
+export const inspectCustom = Symbol.for("nodejs.util.inspect.custom")
 
 function asNodeError(this: Error, depth: number | null, options: InspectOptions, inspect: typeof Inspect): string {
   return inspect(this, { ...options, depth, customInspect: false })
@@ -44,7 +51,7 @@ export const nodeStyle = (api: object): void => {
   for (const [name, c] of Object.entries(api)) {
     if (typeof c !== "function") continue
     Object.defineProperty(c, "name", { value: name, configurable: true })
-    if (c.prototype instanceof Error) Object.defineProperty(c.prototype, custom, { value: asNodeError, configurable: true, writable: true })
+    if (c.prototype instanceof Error) Object.defineProperty(c.prototype, inspectCustom, { value: asNodeError, configurable: true, writable: true })
   }
 }
 
