@@ -99,6 +99,18 @@ const effectModuleScripts = (modules: ReadonlyArray<string>): Record<string, str
 const scripts: Record<string, string> = {
   "bare.mjs": `console.log(JSON.stringify({ ${USAGE} }))`,
   "bare.cjs": `console.log(JSON.stringify({ ${USAGE} }))`,
+  // What a page fault costs on this machine: CPU for touching 2,000 fresh pages,
+  // less the same writes again on pages already there. Where a fault is dear, a
+  // process's start is as much the memory it touches as the code it runs.
+  "fault-price.mjs": `
+    const pages = [], faults0 = process.resourceUsage().minorPageFault, cpu0 = process.cpuUsage()
+    for (let i = 0; i < 125; i++) pages.push(Buffer.allocUnsafeSlow(65536).fill(1))
+    const first = process.cpuUsage(cpu0), faults = process.resourceUsage().minorPageFault - faults0
+    const cpu1 = process.cpuUsage()
+    for (const p of pages) p.fill(2)
+    const again = process.cpuUsage(cpu1)
+    const us = (c) => c.user + c.system
+    console.log(JSON.stringify({ usPerFault: (us(first) - us(again)) / faults, faults }))`,
   "load-effect-entry.mjs": `await import("cluster-comm"); console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
   "load-promise-entry.mjs": `await import("cluster-comm/promise"); console.log(JSON.stringify({ cpu: process.cpuUsage() }))`,
   "promise-member.mjs": promiseMember(`await import("cluster-comm/promise")`),
@@ -245,7 +257,7 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
 
   try {
     type Usage = { cpuMs: number; faults: number }
-    const load = { bare: [] as Array<Usage>, bareCjs: [] as Array<Usage>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, effectEntryOwn: [] as Array<number>, promiseEntry: [] as Array<number> }
+    const load = { faultUs: [] as Array<number>, bare: [] as Array<Usage>, bareCjs: [] as Array<Usage>, effectModules: [] as Array<number>, effectEntry: [] as Array<number>, effectEntryOwn: [] as Array<number>, promiseEntry: [] as Array<number> }
     const peers = { nodeDiscover: "discover-member.cjs", cote: "cote-member.cjs", bonjourService: "bonjour-member.cjs" } as const
     type Peer = keyof typeof peers
     const pairs = {
@@ -263,6 +275,7 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
     for (const f of ["promise-member.cjs", "discover-member.cjs", "discover-member.mjs"]) await together(f, 2)
     for (let run = 0; run < runs; run++) {
       // Interleaved, so that each sees the machine as the others do.
+      load.faultUs.push((await reportOf("fault-price.mjs")).usPerFault)
       load.bare.push(await usageOf("bare.mjs"))
       load.bareCjs.push(await usageOf("bare.cjs"))
       load.effectModules.push(await once("load-effect-modules.mjs"))
@@ -293,6 +306,8 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
     }
     const m = (xs: ReadonlyArray<Report>, k: string) => median(xs.map((x) => x[k]))
     return {
+      /** CPU a minor page fault costs here, in µs. */
+      faultUs: median(load.faultUs),
       loadCpuMs: {
         bareNode: median(load.bare.map((u) => u.cpuMs)),
         bareNodeCjs: median(load.bareCjs.map((u) => u.cpuMs)),
