@@ -1,4 +1,4 @@
-import { spawn } from "node:child_process"
+import { type ChildProcess, spawn } from "node:child_process"
 import dgram from "node:dgram"
 import { inspect } from "node:util"
 import { assert, describe, it } from "@effect/vitest"
@@ -33,6 +33,29 @@ const joined = (name: string, extra: object = {}) =>
   Effect.acquireRelease(Effect.promise(() => join({ name, ...where, ...extra }, { leaveOnSignals: false })), (m) => Effect.promise(() => m.leave()))
 /** What a rejected Promise rejected with. */
 const rejection = (p: Promise<unknown>) => Effect.promise(() => p.then(() => undefined, (e: unknown) => e))
+/**
+ * Runs an ES module program in a process of its own (ended by its PID if it
+ * overstays 15 s); `onOutput` sees it once it prints. Resolves with how it
+ * ended and what it printed.
+ */
+const program = (source: string, onOutput?: (child: ChildProcess) => void) =>
+  Effect.promise(() =>
+    new Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string; err: string }>((resolve) => {
+      const child = spawn(process.execPath, ["--input-type=module", "-e", source], { stdio: ["ignore", "pipe", "pipe"] })
+      let out = ""
+      let err = ""
+      child.stdout.on("data", (d) => {
+        out += d
+        onOutput?.(child)
+      })
+      child.stderr.on("data", (d) => (err += d))
+      const guard = setTimeout(() => child.kill("SIGKILL"), 15_000) // our own child, by its PID
+      child.on("exit", (code, signal) => {
+        clearTimeout(guard)
+        resolve({ code, signal, out, err })
+      })
+    })
+  )
 
 describe("the Promise API (cluster-comm/promise)", () => {
   it.live("a Promise member and an Effect member in one cluster: discovery, events, messages, queries, both ways", () =>
@@ -258,7 +281,7 @@ describe("the Promise API (cluster-comm/promise)", () => {
   it.live("a listener that throws is the program's uncaught exception, as with Node's emitters, and the next events still come", () =>
     Effect.gen(function*() {
       // In a process of its own: an uncaught exception here would be the test runner's.
-      const program = (handled: boolean) =>
+      const source = (handled: boolean) =>
         `import { join } from "cluster-comm/promise"
          ${handled ? `process.on("uncaughtException", (e) => console.log("uncaught", e.message))` : ""}
          const where = ${JSON.stringify({ ...where, port: where.port + 41 })}
@@ -272,28 +295,13 @@ describe("the Promise API (cluster-comm/promise)", () => {
          for (const text of ["one", "two"]) await b.sendTo("thrower", "C", text)
          await new Promise((r) => setTimeout(r, 300))
          await a.leave(); await b.leave()`
-      const run = (handled: boolean) =>
-        Effect.promise(() =>
-          new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-            const child = spawn(process.execPath, ["--input-type=module", "-e", program(handled)], { stdio: ["ignore", "pipe", "pipe"] })
-            let out = ""
-            let err = ""
-            child.stdout.on("data", (d) => (out += d))
-            child.stderr.on("data", (d) => (err += d))
-            const guard = setTimeout(() => child.kill("SIGKILL"), 15_000) // our own child, by its PID
-            child.on("exit", (code) => {
-              clearTimeout(guard)
-              resolve({ code, out, err })
-            })
-          })
-        )
-      const handled = yield* run(true)
+      const handled = yield* program(source(true))
       assert.strictEqual(handled.code, 0, handled.err)
       // The throw comes out after the emit (on the next tick), so "two", in the same read, may come first.
       assert.deepStrictEqual(handled.out.trim().split("\n").filter((l) => !l.startsWith("uncaught found")).sort(), ["got one", "got two", "uncaught listener failed"])
       assert.include(handled.out, "uncaught found sender")
       // Unhandled, it ends the process as any uncaught exception does, with its stack.
-      const unhandled = yield* run(false)
+      const unhandled = yield* program(source(false))
       assert.strictEqual(unhandled.code, 1)
       assert.match(unhandled.err, /Error: found sender\n\s+at /)
     }), 40_000)
@@ -303,25 +311,16 @@ describe("the Promise API (cluster-comm/promise)", () => {
       const watcher = yield* joined("signal-watcher")
       const lost: Array<string> = []
       watcher.on("lost", (s, why) => lost.push(`${s.name} ${why}`))
-      const program = (name: string, opt: boolean) =>
-        `import { join } from "cluster-comm/promise"
-         await join(${JSON.stringify({ name, ...where })}, { leaveOnSignals: ${opt} })
-         console.log("joined")`
+      // Joins, says so, and is sent `signal` once the watcher knows it.
       const run = (name: string, signal: NodeJS.Signals, opt = true) =>
-        Effect.promise(() =>
-          new Promise<number | null>((resolve) => {
-            const child = spawn(process.execPath, ["--input-type=module", "-e", program(name, opt)], { stdio: ["ignore", "pipe", "inherit"] })
-            child.stdout.on("data", () => {
-              void until(() => watcher.resolve(name).length === 1).then(() => child.kill(signal)) // our own child, by its PID
-            })
-            const guard = setTimeout(() => child.kill("SIGKILL"), 15_000)
-            child.on("exit", (code, sig) => {
-              clearTimeout(guard)
-              resolve(code ?? (sig === signal ? -1 : null))
-            })
-          })
+        program(
+          `import { join } from "cluster-comm/promise"
+           await join(${JSON.stringify({ name, ...where })}, { leaveOnSignals: ${opt} })
+           console.log("joined")`,
+          (child) => void until(() => watcher.resolve(name).length === 1).then(() => child.kill(signal)) // our own child, by its PID
         )
-      assert.strictEqual(yield* run("by-sigterm", "SIGTERM"), -1) // then the signal does what it would have done
+      const bySigterm = yield* run("by-sigterm", "SIGTERM")
+      assert.strictEqual(bySigterm.signal, "SIGTERM", bySigterm.err) // then the signal does what it would have done
       yield* Effect.promise(() => until(() => lost.includes("by-sigterm left"), 1000))
       yield* run("by-sigint", "SIGINT")
       yield* Effect.promise(() => until(() => lost.includes("by-sigint left"), 1000))
