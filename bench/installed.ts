@@ -254,6 +254,15 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
     await new Promise((r) => setTimeout(r, 200))
     return { allKnownMs: Math.max(...reports.map((r) => r.knowsAllAt)) - t0, cpuMs: median(reports.map(cpuMs)), faults: median(reports.map((r) => r.faults)) }
   }
+  /** N bare node processes started at once: from the first spawn until all are up (the floor under `together`). */
+  const upTogether = async (file: string, n: number) => {
+    const t0 = Date.now()
+    const bare = Array.from({ length: n }, () => start(file))
+    await Promise.all(bare.map((b) => b.report))
+    const upMs = Date.now() - t0
+    await end(bare.map((b) => b.child))
+    return upMs
+  }
 
   try {
     type Usage = { cpuMs: number; faults: number }
@@ -270,6 +279,7 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
       bonjourService: [] as Array<Report>
     }
     const thirty = { promise: [] as Array<number>, nodeDiscover: [] as Array<number>, cote: [] as Array<number>, bonjourService: [] as Array<number>, bare: [] as Array<number> }
+    const twoBare = { esm: [] as Array<number>, cjs: [] as Array<number> }
     // Warm the compile cache once for each, as a deployed program's second start would be.
     for (const f of ["load-effect-entry.mjs", "load-promise-entry.mjs", "load-effect-modules.mjs", "load-effect-entry-own.mjs"]) await once(f)
     for (const f of ["promise-member.cjs", "discover-member.cjs", "discover-member.mjs"]) await together(f, 2)
@@ -291,17 +301,15 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
         pairs.nodeDiscover.push(await together("discover-member.cjs", 2))
         pairs.promise.push(await together("promise-member.mjs", 2))
         pairs.nodeDiscoverEsm.push(await together("discover-member.mjs", 2))
+        twoBare.cjs.push(await upTogether("bare.cjs", 2))
+        twoBare.esm.push(await upTogether("bare.mjs", 2))
       }
       pairs.effect.push(await together("effect-member.mjs", 2))
       for (const peer of ["cote", "bonjourService"] as const) pairs[peer].push(await together(peers[peer], 2))
       if (withThirty) {
         thirty.promise.push((await together("promise-member.mjs", 30)).allKnownMs)
         for (const peer of Object.keys(peers) as Array<Peer>) thirty[peer].push((await together(peers[peer], 30)).allKnownMs)
-        const t0 = Date.now()
-        const bare = Array.from({ length: 30 }, () => start("bare.mjs"))
-        await Promise.all(bare.map((b) => b.report))
-        thirty.bare.push(Date.now() - t0)
-        await end(bare.map((b) => b.child))
+        thirty.bare.push(await upTogether("bare.mjs", 30))
       }
     }
     const m = (xs: ReadonlyArray<Report>, k: string) => median(xs.map((x) => x[k]))
@@ -321,10 +329,12 @@ export const installedStartup = async (root: string, runs: number, withThirty: b
       },
       twoAtOnce: Object.fromEntries(Object.entries(pairs).map(([k, xs]) => [k, { allKnownMs: m(xs, "allKnownMs"), cpuMs: m(xs, "cpuMs"), faults: m(xs, "faults") }])) as
         Record<keyof typeof pairs, { allKnownMs: number; cpuMs: number; faults: number }>,
+      /** 2 bare node processes started at once, until both are up: what the 100 ms target leaves the library. */
+      twoBareUpMs: { esm: median(twoBare.esm), cjs: median(twoBare.cjs) },
       ...(withThirty
         ? { thirtyAtOnce: Object.fromEntries(Object.entries(thirty).map(([k, xs]) => [k, median(xs)])) as Record<keyof typeof thirty, number> }
         : {}),
-      runs: { load, pairs, thirty }
+      runs: { load, pairs, twoBare, thirty }
     }
   } finally {
     await end([...started])
