@@ -7,16 +7,26 @@ import { assert, describe, it } from "@effect/vitest"
 // or a section moved to another page must not leave a link going nowhere.
 const root = fileURLToPath(new URL("..", import.meta.url))
 const pages = ["README.md", "CHANGELOG.md", ...readdirSync(join(root, "docs")).filter((f) => f.endsWith(".md")).map((f) => `docs/${f}`)]
-const withoutCode = (text: string) => text.replace(/```[\s\S]*?```/g, "")
+/** A page's text without its code blocks (where `](` and `#` are code, not links and headings), read once. */
+const texts = new Map<string, string>()
+const textOf = (page: string): string => {
+  let text = texts.get(page)
+  if (text === undefined) texts.set(page, text = readFileSync(join(root, page), "utf8").replace(/```[\s\S]*?```/g, ""))
+  return text
+}
 
 /** GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens. */
 const slug = (heading: string) => heading.trim().toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, "").replace(/ /g, "-")
 
-/** A page's anchors, a repeated heading numbered as GitHub numbers it. */
+/** A page's anchors, a repeated heading numbered as GitHub numbers it; made once a page. */
+const anchorSets = new Map<string, Set<string>>()
 const anchorsOf = (page: string): Set<string> => {
+  const made = anchorSets.get(page)
+  if (made !== undefined) return made
   const seen = new Map<string, number>()
   const anchors = new Set<string>()
-  for (const [, heading] of withoutCode(readFileSync(join(root, page), "utf8")).matchAll(/^#{1,6}\s+(.*)$/gm)) {
+  anchorSets.set(page, anchors)
+  for (const [, heading] of textOf(page).matchAll(/^#{1,6}\s+(.*)$/gm)) {
     const base = slug(heading!)
     const n = seen.get(base) ?? 0
     seen.set(base, n + 1)
@@ -28,7 +38,7 @@ const anchorsOf = (page: string): Set<string> => {
 /** Every relative link of a page that does not reach a file, or a heading of it. */
 const brokenLinks = (page: string): Array<string> => {
   const broken: Array<string> = []
-  for (const [, target] of withoutCode(readFileSync(join(root, page), "utf8")).matchAll(/\]\(([^)\s]+)\)/g)) {
+  for (const [, target] of textOf(page).matchAll(/\]\(([^)\s]+)\)/g)) {
     if (/^[a-z]+:/.test(target!)) continue
     const [path = "", anchor] = target!.split("#")
     const file = path === "" ? page : join(dirname(page), path)
@@ -50,7 +60,7 @@ describe("the docs' links", () => {
       slug("A fourth session: what a page fault costs (2026-12-04, later)"),
       "a-fourth-session-what-a-page-fault-costs-2026-12-04-later"
     )
-    const linked = pages.flatMap((page) => [...withoutCode(readFileSync(join(root, page), "utf8")).matchAll(/\]\(([^)\s:]+#[^)\s]+)\)/g)])
+    const linked = pages.flatMap((page) => [...textOf(page).matchAll(/\]\(([^)\s:]+#[^)\s]+)\)/g)])
     assert.isAbove(linked.length, 10)
   })
 })
