@@ -7,25 +7,24 @@ import { assert, describe, it } from "@effect/vitest"
 // or a section moved to another page must not leave a link going nowhere.
 const root = fileURLToPath(new URL("..", import.meta.url))
 const pages = ["README.md", "CHANGELOG.md", ...readdirSync(join(root, "docs")).filter((f) => f.endsWith(".md")).map((f) => `docs/${f}`)]
-/** A page's text without its code blocks (where `](` and `#` are code, not links and headings), read once. */
-const texts = new Map<string, string>()
-const textOf = (page: string): string => {
-  let text = texts.get(page)
-  if (text === undefined) texts.set(page, text = readFileSync(join(root, page), "utf8").replace(/```[\s\S]*?```/g, ""))
-  return text
+/** `make` for a page, made once: each page is read and parsed a single time. */
+const perPage = <A>(make: (page: string) => A) => {
+  const made = new Map<string, A>()
+  return (page: string): A => {
+    if (!made.has(page)) made.set(page, make(page))
+    return made.get(page)!
+  }
 }
+/** A page's text without its code blocks (where `](` and `#` are code, not links and headings). */
+const textOf = perPage((page) => readFileSync(join(root, page), "utf8").replace(/```[\s\S]*?```/g, ""))
 
 /** GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens. */
 const slug = (heading: string) => heading.trim().toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, "").replace(/ /g, "-")
 
-/** A page's anchors, a repeated heading numbered as GitHub numbers it; made once a page. */
-const anchorSets = new Map<string, Set<string>>()
-const anchorsOf = (page: string): Set<string> => {
-  const made = anchorSets.get(page)
-  if (made !== undefined) return made
+/** A page's anchors, a repeated heading numbered as GitHub numbers it. */
+const anchorsOf = perPage((page) => {
   const seen = new Map<string, number>()
   const anchors = new Set<string>()
-  anchorSets.set(page, anchors)
   for (const [, heading] of textOf(page).matchAll(/^#{1,6}\s+(.*)$/gm)) {
     const base = slug(heading!)
     const n = seen.get(base) ?? 0
@@ -33,7 +32,7 @@ const anchorsOf = (page: string): Set<string> => {
     anchors.add(n === 0 ? base : `${base}-${n}`)
   }
   return anchors
-}
+})
 
 /** Every relative link of a page that does not reach a file, or a heading of it. */
 const brokenLinks = (page: string): Array<string> => {

@@ -35,8 +35,8 @@ const joined = (name: string, extra: object = {}) =>
 const rejection = (p: Promise<unknown>) => Effect.promise(() => p.then(() => undefined, (e: unknown) => e))
 /**
  * Runs an ES module program in a process of its own (ended by its PID if it
- * overstays 15 s); `onOutput` sees it once it prints. Resolves with how it
- * ended and what it printed.
+ * overstays 15 s); `onOutput` sees it when it first prints. Resolves with how
+ * it ended and what it printed.
  */
 const program = (source: string, onOutput?: (child: ChildProcess) => void) =>
   Effect.promise(() =>
@@ -45,8 +45,8 @@ const program = (source: string, onOutput?: (child: ChildProcess) => void) =>
       let out = ""
       let err = ""
       child.stdout.on("data", (d) => {
+        if (out === "") onOutput?.(child)
         out += d
-        onOutput?.(child)
       })
       child.stderr.on("data", (d) => (err += d))
       const guard = setTimeout(() => child.kill("SIGKILL"), 15_000) // our own child, by its PID
